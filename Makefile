@@ -1,0 +1,28 @@
+# `make test` and `make demo` set everything up themselves: a .venv with pinned dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedclip-installed
+
+.PHONY: test demo lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/fedclip demo --out runs/demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/synth_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The `fedclip` command line: thin commands over the library."""

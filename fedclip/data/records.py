@@ -1,0 +1,107 @@
+"""The dataset-dir format: `images/` + `metadata.csv` (filepath, caption, labels, meta).
+
+It is the one format every stage reads, and `open_clip_train` reads it as is
+(`--csv-img-key filepath --csv-caption-key caption --csv-separator ,`). Paths in `filepath` are
+relative to the dataset dir; a blank label cell means "not known for this image" (public datasets
+rarely carry every label), which is why `Record.labels` holds only the known ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedclip.errors import DataError
+from fedclip.synth.taxonomy import LABEL_COLUMNS, validate_labels
+
+METADATA_FILE = "metadata.csv"
+IMAGES_DIR = "images"
+META_COLUMNS: tuple[str, ...] = ("patient_id", "eye", "visit", "hospital", "camera", "seed", "index", "source")
+REQUIRED_COLUMNS = ("filepath", "caption")
+
+
+@dataclass
+class Record:
+    """One image on disk with its caption, the labels known for it and where it came from."""
+
+    filepath: str
+    caption: str
+    labels: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, root: str | Path) -> Path:
+        p = Path(self.filepath)
+        return p if p.is_absolute() else Path(root) / p
+
+
+def checked_labels(labels: Mapping[str, Any], where: str) -> dict[str, int]:
+    """Validate known labels and add the derived ones (`dr` = any diabetic retinopathy)."""
+    known = {k: v for k, v in labels.items() if v is not None and v != ""}
+    full = validate_labels(known, where)
+    out = {k: full[k] for k in known}
+    if "dr_grade" in out:
+        derived = int(out["dr_grade"] > 0)
+        if out.setdefault("dr", derived) != derived:
+            raise DataError(f"{where}: dr={out['dr']} contradicts dr_grade={out['dr_grade']}; fix one of them")
+    return out
+
+
+def write_metadata(root: str | Path, records: Iterable[Record]) -> Path:
+    """Write `metadata.csv` atomically (temp file + rename): readers never see half a file."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    columns = ["filepath", "caption", *LABEL_COLUMNS, *META_COLUMNS]
+    fd, tmp = tempfile.mkstemp(prefix=".metadata.", suffix=".csv", dir=root)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for r in records:
+                row = {"filepath": r.filepath, "caption": r.caption}
+                row.update({k: v for k, v in r.labels.items() if k in LABEL_COLUMNS})
+                row.update({k: v for k, v in r.meta.items() if k in META_COLUMNS})
+                writer.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root / METADATA_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return root / METADATA_FILE
+
+
+def read_metadata(root: str | Path, check_files: bool = True) -> list[Record]:
+    """Read a dataset dir, with errors that name the file, row and column to fix."""
+    root = Path(root)
+    path = root / METADATA_FILE
+    if not path.is_file():
+        hint = " (an interrupted export? run it again to finish)" if (root / IMAGES_DIR).is_dir() else ""
+        raise DataError(f"{path} not found{hint}; a dataset dir needs images/ and metadata.csv — create one "
+                        "with `fedclip synth --out DIR` or a dataset loader")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the header must start with "
+                            f"filepath,caption (found: {','.join(header) or 'nothing'})")
+        label_cols = [c for c in header if c in LABEL_COLUMNS]
+        records = []
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
+            if not row.get("filepath"):
+                raise DataError(f"{where}: empty filepath; every row needs an image path")
+            labels = checked_labels({c: row.get(c) for c in label_cols}, where)
+            meta = {c: row[c] for c in META_COLUMNS if row.get(c) not in (None, "")}
+            rec = Record(row["filepath"], row.get("caption") or "", labels, meta)
+            if check_files and not rec.path(root).is_file():
+                raise DataError(f"{where}: image {rec.path(root)} does not exist; restore it or remove the row")
+            records.append(rec)
+    if not records:
+        raise DataError(f"{path} lists no images; the dataset is empty — generate or load some data first")
+    return records

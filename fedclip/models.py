@@ -1,0 +1,143 @@
+"""VisionCLIP models: registered open_clip configs, one factory, and checkpoint directories.
+
+Architectures are data (`model_configs/*.json`, registered with open_clip under their file names),
+so `open_clip.create_model("visionclip-tiny")` works once this module is imported. A checkpoint is a
+directory that plain open_clip loads without fedclip (`local-dir:CKPT`):
+
+    CKPT/model.safetensors        weights, open_clip's own key names (never pickle)
+    CKPT/open_clip_config.json    {"model_cfg": ..., "preprocess_cfg": ...}  (open_clip / model-hub layout)
+    CKPT/config.json              fedclip's record: model name, config and provenance
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedclip.errors import ModelError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+MODEL_NAMES: tuple[str, ...] = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+WEIGHTS_FILE = "model.safetensors"
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+FEDCLIP_CONFIG_FILE = "config.json"
+
+# Fundus photographs are not ImageNet photographs, but the mean/std only needs to be consistent between
+# training and inference; we keep open_clip's (OpenAI) values so open_clip's own transforms match ours.
+PREPROCESS_CFG = {
+    "mean": list(open_clip.OPENAI_DATASET_MEAN),
+    "std": list(open_clip.OPENAI_DATASET_STD),
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
+
+open_clip.add_model_config(CONFIG_DIR)
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The open_clip model config registered under `name` (a copy: safe to edit)."""
+    if name not in MODEL_NAMES:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+@dataclass
+class VisionClip:
+    """A model with what it needs to be used: its name, config and tokenizer."""
+
+    name: str
+    model: open_clip.CLIP
+    config: dict[str, Any]
+    tokenizer: Any
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["vision_cfg"]["image_size"])
+
+
+def create(name: str, seed: int | None = 0, device: str | torch.device = "cpu") -> VisionClip:
+    """A freshly initialised model (no weights are downloaded, ever)."""
+    config = model_config(name)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None, device=device, output_dict=True)
+    return VisionClip(name, model, config, open_clip.get_tokenizer(name))
+
+
+def save_checkpoint(vc: VisionClip, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically: a crash leaves the old checkpoint or the new, never half."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in vc.model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "model": vc.name})
+    (tmp / OPEN_CLIP_CONFIG_FILE).write_text(json.dumps(
+        {"model_cfg": vc.config, "preprocess_cfg": PREPROCESS_CFG}, indent=2))
+    (tmp / FEDCLIP_CONFIG_FILE).write_text(json.dumps(
+        {"model": vc.name, "model_cfg": vc.config, "provenance": provenance or {}}, indent=2, default=str))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old")
+        if old.exists():
+            _rmtree(old)
+        directory.rename(old)
+        tmp.rename(directory)
+        _rmtree(old)
+    else:
+        tmp.rename(directory)
+    return directory
+
+
+def _rmtree(path: Path) -> None:
+    for f in path.iterdir():
+        f.unlink()
+    path.rmdir()
+
+
+def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    cfg_path = directory / FEDCLIP_CONFIG_FILE
+    if not directory.is_dir():
+        raise ModelError(f"checkpoint {directory} does not exist; pass a directory written by "
+                         "`fedclip pretrain` (RUN/checkpoints/<tag>)")
+    if not cfg_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise ModelError(f"{directory} is not a fedclip checkpoint: it needs {WEIGHTS_FILE} and "
+                         f"{FEDCLIP_CONFIG_FILE}; was it written by `fedclip pretrain`?")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{cfg_path} is not valid JSON ({e}); the checkpoint is damaged") from None
+
+
+def load_checkpoint(directory: str | Path, expect_model: str | None = None,
+                    device: str | torch.device = "cpu") -> VisionClip:
+    """Load a checkpoint directory; `expect_model` guards against mixing architectures."""
+    directory = Path(directory)
+    cfg = read_checkpoint_config(directory)
+    name = cfg.get("model")
+    if expect_model is not None and name != expect_model:
+        raise ModelError(f"checkpoint {directory} holds a {name!r} model, not {expect_model!r}; "
+                         f"use a {expect_model} checkpoint or pass --model {name}")
+    model_cfg = cfg.get("model_cfg") or model_config(name)
+    model = open_clip.CLIP(**model_cfg, output_dict=True)
+    state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    missing = sorted(set(expected) - set(state))
+    if wrong or missing:
+        raise ModelError(f"checkpoint {directory} does not match the {name!r} architecture "
+                         f"(shape mismatches: {wrong[:3]}, missing: {missing[:3]}); the weights belong to "
+                         "another model config")
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    return VisionClip(name, model, model_cfg, open_clip.get_tokenizer(f"local-dir:{directory}"))

@@ -1,0 +1,264 @@
+"""The healthy-looking eye: fundus background, choroid, macula, optic disc and the vessel tree.
+
+What is drawn here is a patient's identity (vessel tree, disc position and size, pigmentation) plus
+the conditions that change anatomy rather than add lesions (glaucomatous cupping, myopic
+tessellation and peripapillary atrophy, hypertensive arteriolar narrowing and AV nicking). It is
+rendered once per eye and reused for every visit of that eye.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from fedclip.synth.canvas import Branch, EyeLayout
+
+
+@dataclass(frozen=True)
+class EyeAnatomy:
+    """Anatomical parameters of one eye, in normalised units (1 = FOV radius)."""
+
+    right_eye: bool
+    pigmentation: float  # 0 = light (blond) fundus, 1 = heavily pigmented
+    disc_radius: float
+    disc_offset: tuple[float, float]  # jitter of the disc around its standard position
+    cup_to_disc: float
+    cup_elongation: float  # vertical / horizontal cup radius (> 1: rim thinning at the poles)
+    tessellation: float  # 0..1, visible choroidal vessels (myopia)
+    peripapillary_atrophy: float  # 0..1, width of the temporal atrophic crescent
+    artery_scale: float  # < 1: arteriolar narrowing (hypertension)
+    av_nicking: int  # number of arteriovenous crossings with nicking
+    vessel_seed: int
+    texture_index: int
+
+
+# ------------------------------------------------------------------------------------------ vessels
+def grow_vessels(anatomy: EyeAnatomy, size: int) -> EyeLayout:
+    """A branching artery and vein tree leaving the disc; temporal arcades bend around the macula.
+
+    Grown for a right eye (disc on the right of the image) and mirrored for a left eye. All branches
+    of one generation grow at once as arrays (a random walk with drift), which is what keeps a
+    ~100-branch tree cheap enough to render per eye.
+    """
+    rng = np.random.default_rng(anatomy.vessel_seed)
+    disc = np.array([0.36 + anatomy.disc_offset[0], 0.0 + anatomy.disc_offset[1]])
+    macula = np.array([-0.24 + 0.5 * anatomy.disc_offset[0], 0.04 + 0.5 * anatomy.disc_offset[1]])
+    # (initial angle, curvature per step, width scale): superotemporal, inferotemporal, superonasal,
+    # inferonasal; temporal arcades are the widest and curve around the macula.
+    trunks = np.array([(-1.75, -0.045, 1.0), (1.75, 0.045, 1.0), (-0.9, 0.02, 0.75), (0.9, -0.02, 0.75)])
+    vein = np.repeat([False, True], len(trunks))
+    t = np.tile(trunks, (2, 1))
+    theta = t[:, 0] + np.where(vein, 0.12, -0.12) + rng.normal(0, 0.08, len(t))
+    width = t[:, 2] * np.where(vein, 0.028, 0.021 * anatomy.artery_scale)
+    starts = np.tile(disc, (len(t), 1))
+    curvature = t[:, 1]
+    branches: list[tuple[np.ndarray, np.ndarray, bool]] = []
+    for steps, p_branch in ((60, 0.07), (35, 0.045), (20, 0.0)):
+        if len(starts) == 0:
+            break
+        starts, theta, width, curvature, vein = _grow_generation(
+            rng, starts, theta, width, curvature, vein, macula, steps, p_branch, branches)
+    sign = 1.0 if anatomy.right_eye else -1.0
+    half = size / 2.0
+    radius = half * 0.96
+
+    def px(p: np.ndarray) -> np.ndarray:
+        return np.stack([half + sign * p[:, 0] * radius, half + p[:, 1] * radius], axis=1)
+
+    lengths = np.cumsum([len(pts) for pts, _, _ in branches])[:-1]
+    all_px = np.split(px(np.concatenate([pts for pts, _, _ in branches])), lengths)
+    out = [Branch(q, widths * radius, bool(v)) for q, (_, widths, v) in zip(all_px, branches, strict=True)]
+    d = px(disc[None])[0]
+    m = px(macula[None])[0]
+    return EyeLayout(size, (float(d[0]), float(d[1])), anatomy.disc_radius * radius,
+                     (float(m[0]), float(m[1])), out, anatomy.right_eye)
+
+
+def _grow_generation(rng, starts, theta0, width0, curvature, vein, macula, steps, p_branch, out):
+    """Grow every branch of one generation; return the next generation's starting states."""
+    n = len(starts)
+    step = 0.03
+    theta = theta0[:, None] + np.cumsum(curvature[:, None] + rng.normal(0, 0.12, (n, steps)), axis=1)
+    x = starts[:, :1] + np.cumsum(step * np.cos(theta), axis=1)
+    y = starts[:, 1:] + np.cumsum(step * np.sin(theta), axis=1)
+    fork = rng.random((n, steps)) < p_branch
+    fork[:, :3] = False
+    factor = 0.985 * np.where(np.roll(fork, 1, axis=1), 0.88, 1.0)  # a fork thins the parent after it
+    factor[:, 0] = 0.985
+    width = width0[:, None] * np.cumprod(factor, axis=1)
+    stop = (x * x + y * y > 1.0) | ((x - macula[0]) ** 2 + (y - macula[1]) ** 2 < 0.01) | (width < 0.0025)
+    alive = np.cumprod(~stop, axis=1).astype(bool)
+    for i in range(n):
+        k = int(alive[i].sum())
+        if k >= 1:
+            pts = np.concatenate([starts[i:i + 1], np.stack([x[i, :k], y[i, :k]], axis=1)])
+            out.append((pts, np.concatenate([width0[i:i + 1], width[i, :k]]), bool(vein[i])))
+    bi, bj = np.nonzero(fork & alive)
+    m = len(bi)
+    side = np.where(rng.random(m) < 0.5, -1.0, 1.0)
+    return (np.stack([x[bi, bj], y[bi, bj]], axis=1), theta[bi, bj] + side * rng.uniform(0.5, 1.1, m),
+            width[bi, bj] * rng.uniform(0.5, 0.7, m), rng.normal(0, 0.03, m), vein[bi])
+
+
+def _draw_tree(layout: EyeLayout, vein: bool, nick_points: np.ndarray | None = None) -> Image.Image:
+    mask = Image.new("L", (layout.size, layout.size), 0)
+    draw = ImageDraw.Draw(mask)
+    for b in layout.branches:
+        if b.vein != vein:
+            continue
+        # One polyline per run of points sharing a pixel width, so the vessel tapers; sub-pixel widths
+        # fade (lower mask value) instead of thinning.
+        # Sub-pixel vessels are quantised to half-pixel steps of "width" drawn as mask intensity.
+        key = np.maximum(0.5, np.round(2.0 * b.widths) / 2.0)
+        cuts = np.flatnonzero(np.diff(key)) + 1
+        pts = b.points.ravel().tolist()
+        start = 0
+        for end in [*cuts.tolist(), len(b.widths)]:
+            if end > start:
+                w = float(key[start])
+                draw.line(pts[2 * start:2 * end + 2], fill=int(255 * min(1.0, w)), width=max(1, round(w)),
+                          joint="curve")
+            start = end
+    if nick_points is not None:
+        for x, y, r in nick_points:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=0)
+    return mask
+
+
+def _av_crossings(layout: EyeLayout, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `n` places where an artery crosses a vein: (x, y, radius of the nicked vein gap)."""
+    if n <= 0:
+        return np.zeros((0, 3))
+    a = np.concatenate([b.points for b in layout.branches if not b.vein])
+    v = np.concatenate([b.points for b in layout.branches if b.vein])
+    vw = np.concatenate([b.widths for b in layout.branches if b.vein])
+    d = np.hypot(a[:, None, 0] - v[None, :, 0], a[:, None, 1] - v[None, :, 1])
+    ai, vi = np.nonzero(d < np.maximum(1.5, vw[None, :]))
+    if len(ai) == 0:
+        return np.zeros((0, 3))
+    pick = rng.choice(len(ai), size=min(n, len(ai)), replace=False)
+    return np.array([[*a[ai[k]], max(1.5, 1.6 * vw[vi[k]])] for k in pick])
+
+
+# --------------------------------------------------------------------------------------- background
+@lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    c = (size - 1) / 2.0
+    ax = (np.arange(size, dtype=np.float32) - c) / (size / 2.0 * 0.96)
+    xx, yy = np.meshgrid(ax, ax)
+    return xx, yy, xx * xx + yy * yy
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
+    img = Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8))
+    img = img.filter(ImageFilter.GaussianBlur(max(0.6, scale * size)))
+    a = np.asarray(img, dtype=np.float32)
+    return (a - a.mean()) / (a.std() + 1e-6)
+
+
+@lru_cache(maxsize=8)
+def _texture_bank(size: int) -> tuple[np.ndarray, ...]:
+    """Choroidal mottling fields (fixed seed, so every process builds the same bank)."""
+    rng = np.random.default_rng(1234)
+    return tuple(0.6 * _smooth_noise(rng, size, 0.004) + 0.8 * _smooth_noise(rng, size, 0.02)
+                 for _ in range(8))
+
+
+@lru_cache(maxsize=8)
+def _tessellation_bank(size: int) -> tuple[np.ndarray, ...]:
+    """Ridge networks standing for the large choroidal vessels a thin myopic retina lets through."""
+    rng = np.random.default_rng(4321)
+    out = []
+    for _ in range(4):
+        n = _smooth_noise(rng, size, 0.025)
+        out.append(np.exp(-(n / 0.7) ** 2).astype(np.float32))
+    return tuple(out)
+
+
+def _blob(canvas: np.ndarray, cx: float, cy: float, rx: float, ry: float, soft: float) -> tuple:
+    """Soft elliptical alpha over the blob's bounding box only: (slice_y, slice_x, alpha)."""
+    size = canvas.shape[0]
+    x0, x1 = max(0, int(cx - rx - soft - 2)), min(size, int(cx + rx + soft + 3))
+    y0, y1 = max(0, int(cy - ry - soft - 2)), min(size, int(cy + ry + soft + 3))
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    d = np.sqrt(((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2)
+    alpha = np.clip((1.0 - d) * min(rx, ry) / max(soft, 1e-3) + 0.5, 0.0, 1.0)
+    return slice(y0, y1), slice(x0, x1), alpha[..., None]
+
+
+_SHADE_SCALE = 240.0
+
+
+@lru_cache(maxsize=32)
+def _shade(size: int, texture: int) -> Image.Image:
+    """Vignetting x choroidal mottling as an 8-bit map (value / 240 = brightness factor)."""
+    _, _, r2 = _grid(size)
+    shade = (0.70 + 0.30 * np.clip(1.0 - r2, 0.0, 1.0)) * (1.0 + 0.05 * _texture_bank(size)[texture])
+    return Image.fromarray(np.clip(shade * _SHADE_SCALE, 0, 255).astype(np.uint8))
+
+
+def _background(anatomy: EyeAnatomy, size: int, base: np.ndarray) -> np.ndarray:
+    """Fundus colour x shade; per-channel lookup tables instead of float maths over the whole image."""
+    shade = _shade(size, anatomy.texture_index % 8)
+    if anatomy.tessellation > 0.2:  # myopic eyes only: the full-image float path is fine for them
+        ridge = _tessellation_bank(size)[anatomy.texture_index % 4]
+        s = np.asarray(shade, np.float32) * (1.0 - 0.3 * anatomy.tessellation * (1.0 - ridge))
+        shade = Image.fromarray(np.clip(s, 0, 255).astype(np.uint8))
+    ramp = np.arange(256, dtype=np.float32) / _SHADE_SCALE
+    channels = [shade.point(np.clip(ramp * c, 0, 255).astype(np.uint8).tolist()) for c in base]
+    return np.array(Image.merge("RGB", channels), dtype=np.uint8)
+
+
+def _paint(img: np.ndarray, blob: tuple, colour: tuple[float, float, float] | None, strength: float) -> None:
+    """Blend a colour into a blob's bounding box (or darken it when `colour` is None), in place."""
+    ys, xs, a = blob
+    patch = img[ys, xs].astype(np.float32)
+    if colour is None:
+        patch *= 1.0 - strength * a
+    else:
+        patch += (np.asarray(colour, np.float32) - patch) * (a * strength)
+    img[ys, xs] = np.clip(patch, 0, 255).astype(np.uint8)
+
+
+def render_eye(anatomy: EyeAnatomy, size: int) -> tuple[Image.Image, EyeLayout]:
+    """The eye without lesions or camera effects, and its layout for the lesion renderers."""
+    layout = grow_vessels(anatomy, size)
+    light = np.array([214.0, 112.0, 52.0], np.float32)
+    dark = np.array([150.0, 62.0, 28.0], np.float32)
+    base = light + (dark - light) * anatomy.pigmentation
+    img = _background(anatomy, size, base)
+
+    # Macula: a darker zone with a small foveal reflex.
+    mx, my = layout.macula
+    mr = 0.16 * size / 2
+    _paint(img, _blob(img, mx, my, mr * 1.6, mr * 1.6, mr * 1.4), None, 0.32)
+    fr = size * 0.006 + 0.6
+    _paint(img, _blob(img, mx, my, fr, fr, 0.8), (235.0, 170.0, 110.0), 0.4)
+
+    dx, dy = layout.disc
+    dr = layout.disc_radius
+    if anatomy.peripapillary_atrophy > 0:  # temporal crescent: towards the macula
+        side = -1.0 if anatomy.right_eye else 1.0
+        w = dr * (0.35 + 0.6 * anatomy.peripapillary_atrophy)
+        _paint(img, _blob(img, dx + side * w * 0.8, dy, dr + w * 0.6, dr * 1.05, 1.5), (235.0, 200.0, 160.0),
+               0.85)
+    tilt = 0.78 if anatomy.peripapillary_atrophy > 0 else 0.92
+    _paint(img, _blob(img, dx, dy, dr * tilt, dr, max(1.0, dr * 0.25)), (236.0, 160.0, 105.0), 0.9)
+    cr = dr * anatomy.cup_to_disc
+    _paint(img, _blob(img, dx, dy - 0.05 * dr, cr * tilt, cr * anatomy.cup_elongation, max(0.8, cr * 0.3)),
+           (252.0, 230.0, 192.0), 0.9)
+
+    image = Image.fromarray(img)
+    rng = np.random.default_rng(anatomy.vessel_seed + 1)
+    nicks = _av_crossings(layout, anatomy.av_nicking, rng)
+    blur = ImageFilter.BoxBlur(max(0.5, size / 450))
+    veins = _draw_tree(layout, vein=True, nick_points=nicks).filter(blur)
+    arteries = _draw_tree(layout, vein=False).filter(blur)
+    vein_col = tuple(int(c) for c in (base * np.array([0.55, 0.28, 0.40])))
+    art_col = tuple(int(c) for c in (base * np.array([0.85, 0.50, 0.70])))
+    image = Image.composite(Image.new("RGB", image.size, vein_col), image, veins)
+    image = Image.composite(Image.new("RGB", image.size, art_col), image, arteries)
+    return image, layout
