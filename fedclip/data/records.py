@@ -21,7 +21,9 @@ from fedclip.synth.taxonomy import LABEL_COLUMNS, validate_labels
 
 METADATA_FILE = "metadata.csv"
 IMAGES_DIR = "images"
-META_COLUMNS: tuple[str, ...] = ("patient_id", "eye", "visit", "hospital", "camera", "seed", "index", "source")
+META_COLUMNS: tuple[str, ...] = (
+    "patient_id", "eye", "visit", "hospital", "camera", "seed", "index", "source", "split", "other_findings",
+)
 REQUIRED_COLUMNS = ("filepath", "caption")
 
 

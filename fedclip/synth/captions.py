@@ -22,10 +22,10 @@ _MODALITY = ("colour fundus photograph", "fundus photograph", "retinal photograp
              "colour retinal image")
 _NORMAL = ("a normal fundus", "no abnormality", "a healthy retina", "no pathological findings")
 _TEMPLATES = (
-    "{Modality} of the {eye} eye showing {diagnoses}.{findings}{cdr}{quality}",
-    "{Eye} eye, {modality}: {diagnoses}.{findings}{cdr}{quality}",
-    "{Modality} ({eye} eye).{findings} Impression: {diagnoses}.{cdr}{quality}",
-    "{Diagnoses} in the {eye} eye on this {modality}.{findings}{cdr}{quality}",
+    "{Modality} of the {eye} showing {diagnoses}.{findings}{cdr}{quality}",
+    "{Eye}, {modality}: {diagnoses}.{findings}{cdr}{quality}",
+    "{Modality} ({eye}).{findings} Impression: {diagnoses}.{cdr}{quality}",
+    "{Diagnoses} in the {eye} on this {modality}.{findings}{cdr}{quality}",
 )
 
 
@@ -43,11 +43,16 @@ def make_caption(
     labels: Mapping[str, int], meta: Mapping[str, Any], rng: np.random.Generator,
     diabetic: bool = True, cup_to_disc: float | None = None,
 ) -> str:
-    """Describe one image. `diabetic` decides whether a grade-0 eye mentions DR at all."""
+    """Describe one image from the labels it has (unknown labels are simply not mentioned).
+
+    `diabetic` decides whether a grade-0 eye mentions DR at all.
+    """
     grade = int(labels.get("dr_grade", 0))
     diagnoses: list[str] = []
     findings: list[str] = []
-    if grade > 0 or (diabetic and rng.random() < 0.5):
+    if "dr_grade" not in labels and labels.get("dr"):
+        diagnoses.append(_pick(rng, ("diabetic retinopathy", "signs of diabetic retinopathy")))
+    elif grade > 0 or (diabetic and "dr_grade" in labels and rng.random() < 0.5):
         diagnoses.append(_pick(rng, DR_GRADE_PHRASES[grade]))
     if grade > 0:
         pool = list(DR_GRADE_FINDINGS[grade])
@@ -79,7 +84,7 @@ def make_caption(
         cdr = f" Cup-to-disc ratio about {cup_to_disc:.1f}."
 
     modality = _pick(rng, _MODALITY)
-    eye = str(meta.get("eye", "right"))
+    eye = f"{meta['eye']} eye" if meta.get("eye") in ("right", "left") else "retina"
     text = _pick(rng, _TEMPLATES).format(
         modality=modality, Modality=modality.capitalize(), eye=eye, Eye=eye.capitalize(),
         diagnoses=_join(diagnoses), Diagnoses=_join(diagnoses)[:1].upper() + _join(diagnoses)[1:],
