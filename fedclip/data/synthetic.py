@@ -63,6 +63,14 @@ def _write_shard(path: Path, records: list[Record]) -> None:
     os.replace(tmp, path)
 
 
+def _remove_stale_temp_files(images: Path) -> None:
+    """A killed worker can leave one hidden `.NAME.PID.tmp` per process (never a visible image)."""
+    for dirpath, _, files in os.walk(images):
+        for f in files:
+            if f.startswith(".") and f.endswith(".tmp"):
+                (Path(dirpath) / f).unlink(missing_ok=True)
+
+
 def _read_shards(shard_dir: Path) -> list[Record]:
     records = []
     for shard in sorted(shard_dir.glob("*.csv")):
@@ -89,6 +97,7 @@ def export(spec: CohortSpec, out: str | Path, n: int, workers: int = 1, fmt: str
         if previous != json.loads(json.dumps(wanted)):
             raise DataError(f"{out} holds an interrupted export of a different cohort ({previous}); "
                             "resume with the same options or choose a new --out")
+        _remove_stale_temp_files(out / IMAGES_DIR)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(wanted))
 
