@@ -64,6 +64,55 @@ def synth(
         _fail(e)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Datasets on disk: import public sets, inspect dataset dirs.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("import")
+def data_import(
+    name: Annotated[str, typer.Argument(help="synfundus, flair, messidor2, fives, refuge, odir, aptos or idrid.")],
+    root: Annotated[Path, typer.Argument(help="The dataset's folder, as downloaded.")],
+    out: Annotated[Path, typer.Option(help="Dataset dir to write (metadata.csv; images stay where they are).")],
+    original_text: Annotated[bool, typer.Option(help="SynFundus-1M: keep its own captions.")] = False,
+    ignore: Annotated[list[str] | None, typer.Option(help="SynFundus-1M: is_* columns to skip.")] = None,
+) -> None:
+    """Index a public dataset into fedclip's dataset-dir format (labels mapped onto the taxonomy)."""
+    from fedclip.data.public import import_dataset
+
+    kwargs = {"original_text": original_text, "ignore": tuple(ignore or ())} if name == "synfundus" else {}
+    try:
+        path = import_dataset(name, root, out, **kwargs)
+    except FedclipError as e:
+        _fail(e)
+    console.print(f"wrote {path}")
+
+
+@data_app.command("info")
+def data_info(path: Annotated[Path, typer.Argument(help="A dataset dir.")]) -> None:
+    """Count images, patients, hospitals and positives per label in a dataset dir."""
+    from collections import Counter
+
+    from fedclip.data.records import read_metadata
+
+    try:
+        records = read_metadata(path)
+    except FedclipError as e:
+        _fail(e)
+    table = Table(title=f"{path}: {len(records)} images, "
+                        f"{len({r.meta.get('patient_id') for r in records})} patients")
+    table.add_column("label")
+    table.add_column("known")
+    table.add_column("positive / distribution")
+    keys = sorted({k for r in records for k in r.labels})
+    for k in keys:
+        vals = Counter(r.labels[k] for r in records if k in r.labels)
+        shown = " ".join(f"{v}:{c}" for v, c in sorted(vals.items())) if k == "dr_grade" else str(vals.get(1, 0))
+        table.add_row(k, str(sum(vals.values())), shown)
+    hospitals = Counter(r.meta.get("hospital", "-") for r in records)
+    console.print(table)
+    console.print("hospitals: " + ", ".join(f"{h} {c}" for h, c in sorted(hospitals.items())))
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
