@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from fedclip.synth.canvas import Branch, EyeLayout
 
@@ -119,8 +119,9 @@ def _draw_tree(layout: EyeLayout, vein: bool, nick_points: np.ndarray | None = N
         for end in [*cuts.tolist(), len(b.widths)]:
             if end > start:
                 w = float(key[start])
-                draw.line(pts[2 * start:2 * end + 2], fill=int(255 * min(1.0, w)), width=max(1, round(w)),
-                          joint="curve")
+                # No joint="curve": PIL draws those joints in Python, which tripled the tree's cost;
+                # the mask blur below closes the hairline gaps at the joints.
+                draw.line(pts[2 * start:2 * end + 2], fill=int(255 * min(1.0, w)), width=max(1, round(w)))
             start = end
     if nick_points is not None:
         for x, y, r in nick_points:
@@ -194,22 +195,21 @@ _SHADE_SCALE = 240.0
 
 @lru_cache(maxsize=32)
 def _shade(size: int, texture: int) -> Image.Image:
-    """Vignetting x choroidal mottling as an 8-bit map (value / 240 = brightness factor)."""
+    """Vignetting x choroidal mottling as an 8-bit RGB map (value / 240 = brightness factor)."""
     _, _, r2 = _grid(size)
     shade = (0.70 + 0.30 * np.clip(1.0 - r2, 0.0, 1.0)) * (1.0 + 0.05 * _texture_bank(size)[texture])
-    return Image.fromarray(np.clip(shade * _SHADE_SCALE, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(shade * _SHADE_SCALE, 0, 255).astype(np.uint8)).convert("RGB")
 
 
 def _background(anatomy: EyeAnatomy, size: int, base: np.ndarray) -> np.ndarray:
-    """Fundus colour x shade; per-channel lookup tables instead of float maths over the whole image."""
+    """Fundus colour x shade, as one C-level multiply (PIL's multiply computes a * b / 255)."""
     shade = _shade(size, anatomy.texture_index % 8)
     if anatomy.tessellation > 0.2:  # myopic eyes only: the full-image float path is fine for them
         ridge = _tessellation_bank(size)[anatomy.texture_index % 4]
-        s = np.asarray(shade, np.float32) * (1.0 - 0.3 * anatomy.tessellation * (1.0 - ridge))
+        s = np.asarray(shade, np.float32) * (1.0 - 0.3 * anatomy.tessellation * (1.0 - ridge))[..., None]
         shade = Image.fromarray(np.clip(s, 0, 255).astype(np.uint8))
-    ramp = np.arange(256, dtype=np.float32) / _SHADE_SCALE
-    channels = [shade.point(np.clip(ramp * c, 0, 255).astype(np.uint8).tolist()) for c in base]
-    return np.array(Image.merge("RGB", channels), dtype=np.uint8)
+    colour = tuple(int(min(255.0, c * 255.0 / _SHADE_SCALE)) for c in base)
+    return np.array(ImageChops.multiply(shade, Image.new("RGB", shade.size, colour)))
 
 
 def _paint(img: np.ndarray, blob: tuple, colour: tuple[float, float, float] | None, strength: float) -> None:
