@@ -217,7 +217,8 @@ def sample(spec: CohortSpec, index: int) -> Sample:
     image = eye_image.rotate(angle, resample=Image.NEAREST, translate=shift)
     image = quality.degrade(image, issues, rng)
     exposure = quality.exposure_factor(issues) * float(rng.uniform(0.94, 1.06))
-    image = apply_camera(image, prof, exposure)
+    noise_shift = (int(rng.integers(spec.size)), int(rng.integers(spec.size)))
+    image = apply_camera(image, prof, exposure, noise_shift)
 
     labels = empty_labels()
     labels.update(eye_labels)
