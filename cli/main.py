@@ -114,6 +114,43 @@ def data_info(path: Annotated[Path, typer.Argument(help="A dataset dir.")]) -> N
 
 
 @app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option(help="Run directory (config.toml, metrics.jsonl, checkpoints/).")],
+    data: Annotated[Path | None, typer.Option(help="Dataset dir to train on.")] = None,
+    synth: Annotated[str | None, typer.Option(
+        help='Generator stream instead of a dataset dir, e.g. "n=20000 seed=0 size=64 hospital=riverside".')] = None,
+    model: Annotated[str | None, typer.Option(help="visionclip-tiny | visionclip-small | visionclip-base.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size (split across processes).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loader worker processes.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for initialisation, data order, augmentation.")] = None,
+    init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a [pretrain] table.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: pretrain.NAME=VALUE (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Contrastive pretraining (CPU, GPU with AMP, or multi-GPU under torchrun)."""
+    from fedclip import config as cfglib
+    from fedclip.pretrain import PretrainConfig
+    from fedclip.pretrain import pretrain as run_pretrain
+
+    try:
+        file = config if config is not None else (out / "config.toml" if resume else None)
+        cfg = cfglib.load(PretrainConfig, "pretrain", file, set_ or (), data=data, synth=synth, model=model,
+                          steps=steps, batch_size=batch_size, lr=lr, workers=workers, precision=precision,
+                          save_every=save_every, seed=seed, init=init)
+        result = run_pretrain(cfg, out, resume=resume)
+    except FedclipError as e:
+        _fail(e)
+    if result["checkpoint"]:
+        console.print(f"final loss {result['final_loss']:.4f}, {result['samples_per_s']:.1f} samples/s; "
+                      f"checkpoint: {result['checkpoint']}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
     n: Annotated[int, typer.Option(help="Images to generate.")] = 256,

@@ -12,7 +12,9 @@ directory that plain open_clip loads without fedclip (`local-dir:CKPT`):
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +70,11 @@ def create(name: str, seed: int | None = 0, device: str | torch.device = "cpu") 
     config = model_config(name)
     if seed is not None:
         torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None, device=device, output_dict=True)
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: intended here
+    try:
+        model = open_clip.create_model(name, pretrained=None, device=device, output_dict=True)
+    finally:
+        logging.disable(logging.NOTSET)
     return VisionClip(name, model, config, open_clip.get_tokenizer(name))
 
 
@@ -89,19 +95,13 @@ def save_checkpoint(vc: VisionClip, directory: str | Path, provenance: dict[str,
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old")
         if old.exists():
-            _rmtree(old)
+            shutil.rmtree(old)
         directory.rename(old)
         tmp.rename(directory)
-        _rmtree(old)
+        shutil.rmtree(old)
     else:
         tmp.rename(directory)
     return directory
-
-
-def _rmtree(path: Path) -> None:
-    for f in path.iterdir():
-        f.unlink()
-    path.rmdir()
 
 
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
