@@ -150,6 +150,62 @@ def pretrain(
                       f"checkpoint: {result['checkpoint']}")
 
 
+def _result_table(title: str, results: list[dict]) -> Table:
+    table = Table(title=title)
+    for col in ("task", "mode", "n", "balanced acc. [95% CI]", "macro F1", "AUC", "kappa"):
+        table.add_column(col)
+    for r in results:
+        ci = r.get("ci95", {}).get("balanced_accuracy")
+        bacc = f"{r['balanced_accuracy']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        table.add_row(r["task"], r.get("mode", ""), str(r["n"]), bacc, f"{r['macro_f1']:.3f}",
+                      f"{r['auc']:.3f}" if "auc" in r else "-", f"{r['kappa']:.3f}" if "kappa" in r else "-")
+    return table
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint directory.")],
+    data: Annotated[Path, typer.Option(help="Dataset dir to evaluate on.")],
+    task: Annotated[list[str] | None, typer.Option(
+        help="Task(s): referable_dr, dr_grade, dr, a condition, fives, refuge, odir. Repeatable.")] = None,
+    mode: Annotated[str, typer.Option(help="zero-shot | linear-probe.")] = "zero-shot",
+    k_shot: Annotated[int | None, typer.Option(help="Linear probe: k training images per class.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the probe split and the bootstrap.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Zero-shot or linear-probe evaluation with balanced accuracy, F1, AUC, kappa and 95% CIs."""
+    from fedclip import evaluate, models
+
+    try:
+        vc = models.load_checkpoint(checkpoint)
+        results = evaluate.evaluate_dir(vc, data, task or ["referable_dr"], mode=mode, k_shot=k_shot, seed=seed)
+    except FedclipError as e:
+        _fail(e)
+    console.print(_result_table(f"{checkpoint} on {data}", results))
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Fundus photographs (any size, PNG or JPEG).")],
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint directory.")],
+    top: Annotated[int, typer.Option(help="Conditions to show per image.")] = 3,
+) -> None:
+    """Top conditions with probabilities for each image (zero-shot)."""
+    from fedclip import evaluate, models
+
+    try:
+        vc = models.load_checkpoint(checkpoint)
+        results = evaluate.predict(vc, images)
+    except FedclipError as e:
+        _fail(e)
+    for r in results:
+        conds = ", ".join(f"{n} {p:.2f}" for n, p in r["conditions"][:top])
+        grade = max(range(5), key=lambda g: r["dr_grade"][g])
+        console.print(f"{r['image']}: {conds}; DR grade {grade} ({r['dr_grade'][grade]:.2f})")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),

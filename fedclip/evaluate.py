@@ -1,32 +1,39 @@
-"""Zero-shot classification of fundus images with class-prompt ensembles.
+"""Zero-shot and linear-probe evaluation, with metrics and bootstrap confidence intervals.
 
-A task maps an image's labels to a class (or to None: the label is unknown for that image, so the
-image is left out of that task), and gives each class a set of descriptions; prompts are templates x
-descriptions, their text embeddings averaged per class (the CLIP prompt-ensemble recipe), with
-FLAIR-style expert descriptions from the taxonomy.
+A task maps an image's labels to a class (or to None: the label is unknown for that image, or the
+image belongs to no single class, so it is left out of that task) and gives each class a set of
+descriptions. Zero-shot prompts are templates x descriptions, their text embeddings averaged per
+class (the CLIP prompt-ensemble recipe) with FLAIR-style expert knowledge from the taxonomy. The
+linear probe fits scikit-learn's logistic regression on frozen image features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import open_clip
 import torch
 from PIL import Image
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 
+from fedclip.data.images import load_rgb
+from fedclip.data.records import Record, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.models import PREPROCESS_CFG, VisionClip
-from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_DESCRIPTIONS, DR_GRADE_PHRASES
+from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_DESCRIPTIONS, DR_GRADE_PHRASES, condition
 
 TEMPLATES = (
     "a colour fundus photograph showing {}.",
     "fundus photograph of an eye with {}.",
     "retinal image: {}.",
 )
+NORMAL = ("a normal fundus", "no abnormality", "a healthy retina")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class Task:
     classes: tuple[str, ...]
     descriptions: tuple[tuple[str, ...], ...]  # per class
     target: Callable[[Mapping[str, int]], int | None]
+    ordinal: bool = False  # DR grade: report quadratic-weighted kappa
 
 
 def _binary(label: str) -> Callable[[Mapping[str, int]], int | None]:
@@ -44,6 +52,39 @@ def _binary(label: str) -> Callable[[Mapping[str, int]], int | None]:
 def _referable(labels: Mapping[str, int]) -> int | None:
     g = labels.get("dr_grade")
     return None if g is None else int(g >= 2)
+
+
+def _single_label(names: Sequence[str]) -> Callable[[Mapping[str, int]], int | None]:
+    """Class 0 = normal (all named labels 0), class i = only the i-th label positive, else None."""
+    def target(labels: Mapping[str, int]) -> int | None:
+        values = [labels.get(n) for n in names]
+        if any(v is None for v in values):
+            return None
+        positive = [i for i, v in enumerate(values) if v]
+        if not positive:
+            return 0
+        return positive[0] + 1 if len(positive) == 1 else None
+    return target
+
+
+def _any_dr(labels: Mapping[str, int]) -> Mapping[str, int]:
+    out = dict(labels)
+    if "dr" not in out and "dr_grade" in out:
+        out["dr"] = int(out["dr_grade"] > 0)
+    return out
+
+
+def _descriptions(name: str) -> tuple[str, ...]:
+    if name == "dr":
+        return ("diabetic retinopathy", *DR_GRADE_DESCRIPTIONS[2], *DR_GRADE_DESCRIPTIONS[4])
+    c = condition(name)
+    return c.phrases + c.descriptions
+
+
+def _multi(task_name: str, names: Sequence[str]) -> Task:
+    single = _single_label(names)
+    return Task(task_name, ("normal", *names), (NORMAL, *(_descriptions(n) for n in names)),
+                lambda labels: single(_any_dr(labels)))
 
 
 def _tasks() -> dict[str, Task]:
@@ -56,12 +97,19 @@ def _tasks() -> dict[str, Task]:
         "dr_grade": Task(
             "dr_grade", tuple(f"grade {g}" for g in range(5)),
             tuple(DR_GRADE_PHRASES[g] + DR_GRADE_DESCRIPTIONS[g] for g in range(5)),
-            lambda labels: labels.get("dr_grade")),
+            lambda labels: labels.get("dr_grade"), ordinal=True),
+        "dr": Task("dr", ("no DR", "DR"), (NORMAL + DR_GRADE_PHRASES[0], _descriptions("dr")),
+                   lambda labels: _any_dr(labels).get("dr")),
     }
-    normal = ("a normal fundus", "no abnormality", "a healthy retina")
     for c in CONDITIONS:
-        tasks[c.name] = Task(c.name, (f"no {c.name}", c.name), (normal, c.phrases + c.descriptions),
+        tasks[c.name] = Task(c.name, (f"no {c.name}", c.name), (NORMAL, c.phrases + c.descriptions),
                              _binary(c.name))
+    # Class sets of the public benchmarks: FIVES (normal / AMD / DR / glaucoma), REFUGE (glaucoma or
+    # not), and an ODIR-style single-label subset.
+    tasks["fives"] = _multi("fives", ("amd", "dr", "glaucoma"))
+    tasks["refuge"] = Task("refuge", *(tasks["glaucoma"].classes, tasks["glaucoma"].descriptions,
+                                       tasks["glaucoma"].target))
+    tasks["odir"] = _multi("odir", ("dr", "glaucoma", "amd", "hypertensive_retinopathy", "pathological_myopia"))
     return tasks
 
 
@@ -74,6 +122,7 @@ def task(name: str) -> Task:
     return TASKS[name]
 
 
+# ------------------------------------------------------------------------------------ embeddings
 def eval_transform(image_size: int):
     """The inference transform, identical to open_clip's for a checkpoint's preprocess_cfg."""
     return open_clip.image_transform(image_size, is_train=False, mean=PREPROCESS_CFG["mean"],
@@ -81,49 +130,209 @@ def eval_transform(image_size: int):
 
 
 @torch.no_grad()
+def text_embeddings(vc: VisionClip, texts: Sequence[str], device: str = "cpu") -> torch.Tensor:
+    vc.model.eval()
+    return vc.model.encode_text(vc.tokenizer(list(texts)).to(device), normalize=True).float().cpu()
+
+
+@torch.no_grad()
 def class_embeddings(vc: VisionClip, t: Task, device: str = "cpu") -> torch.Tensor:
     """One unit vector per class: the mean of its prompt embeddings (templates x descriptions)."""
-    vc.model.eval()
     rows = []
     for descriptions in t.descriptions:
-        prompts = [tpl.format(d) for d in descriptions for tpl in TEMPLATES]
-        emb = vc.model.encode_text(vc.tokenizer(prompts).to(device), normalize=True)
+        emb = text_embeddings(vc, [tpl.format(d) for d in descriptions for tpl in TEMPLATES], device)
         rows.append(torch.nn.functional.normalize(emb.mean(0), dim=-1))
     return torch.stack(rows)
 
 
 @torch.no_grad()
-def image_embeddings(vc: VisionClip, images: Iterable[Image.Image | np.ndarray], batch_size: int = 128,
-                     device: str = "cpu") -> torch.Tensor:
+def image_embeddings(vc: VisionClip, images: Iterable[Image.Image | np.ndarray | str | Path],
+                     batch_size: int = 128, device: str = "cpu") -> torch.Tensor:
+    """Unit image features; accepts PIL images, arrays or paths (decoded with clear errors)."""
     vc.model.eval()
     tf = eval_transform(vc.image_size)
     out, batch = [], []
+
+    def flush() -> None:
+        out.append(vc.model.encode_image(torch.stack(batch).to(device), normalize=True).float().cpu())
+        batch.clear()
+
     for img in images:
-        batch.append(tf(Image.fromarray(img) if isinstance(img, np.ndarray) else img))
+        if isinstance(img, (str, Path)):
+            img = load_rgb(img)
+        elif isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
+        batch.append(tf(img.convert("RGB")))
         if len(batch) == batch_size:
-            out.append(vc.model.encode_image(torch.stack(batch).to(device), normalize=True).cpu())
-            batch = []
+            flush()
     if batch:
-        out.append(vc.model.encode_image(torch.stack(batch).to(device), normalize=True).cpu())
+        flush()
+    if not out:
+        raise FedclipError("no images to embed")
     return torch.cat(out)
 
 
-def zero_shot(vc: VisionClip, images: Sequence[Image.Image | np.ndarray], labels: Sequence[Mapping[str, int]],
-              task_name: str, device: str = "cpu") -> dict[str, Any]:
-    """Metrics of zero-shot prediction on the images whose label for the task is known."""
-    t = task(task_name)
+# --------------------------------------------------------------------------------------- metrics
+def metrics(y: np.ndarray, scores: np.ndarray, ordinal: bool = False) -> dict[str, float]:
+    """Balanced accuracy (ACA), macro-F1, AUC (one-vs-rest), and quadratic kappa for ordinal tasks."""
+    pred = scores.argmax(1)
+    labels = np.arange(scores.shape[1])
+    out = {"balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+           "macro_f1": float(f1_score(y, pred, average="macro", labels=labels[np.isin(labels, y)],
+                                      zero_division=0))}
+    present = np.unique(y)
+    if len(present) >= 2:
+        if scores.shape[1] == 2:
+            out["auc"] = float(roc_auc_score(y, scores[:, 1] - scores[:, 0]))
+        else:
+            p = np.exp(scores - scores.max(1, keepdims=True))
+            p = p[:, present] / p[:, present].sum(1, keepdims=True)
+            out["auc"] = float(roc_auc_score(y, p, multi_class="ovr", labels=present)) if len(present) > 2 \
+                else float(roc_auc_score(y == present[1], p[:, 1]))
+    if ordinal:
+        out["kappa"] = float(cohen_kappa_score(y, pred, weights="quadratic"))
+    return out
+
+
+def bootstrap_ci(y: np.ndarray, scores: np.ndarray, ordinal: bool = False, n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile 95% intervals of every metric over `n_boot` resamples of the evaluation set."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[idx])) < 2:
+            continue
+        for k, v in metrics(y[idx], scores[idx], ordinal).items():
+            draws.setdefault(k, []).append(v)
+    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in draws.items()}
+
+
+def retrieval_recall(image_feats: torch.Tensor, text_feats: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+                     ) -> dict[str, float]:
+    """Image->text and text->image recall@k for paired features (row i of each is a pair)."""
+    sim = image_feats @ text_feats.T
+    truth = torch.arange(len(sim))
+    out = {}
+    for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
+        ranks = (s > s[truth, truth][:, None]).sum(1)  # how many candidates beat the true pair
+        for k in ks:
+            out[f"{name}_R@{k}"] = float((ranks < k).float().mean())
+    return out
+
+
+# --------------------------------------------------------------------------------------- modes
+def _known(labels: Sequence[Mapping[str, int]], t: Task) -> tuple[list[int], np.ndarray]:
     keep = [i for i, lab in enumerate(labels) if t.target(lab) is not None]
     if not keep:
-        raise FedclipError(f"no image has a known label for task {task_name!r}; pick a task this data labels")
-    y = np.array([t.target(labels[i]) for i in keep])
-    feats = image_embeddings(vc, [images[i] for i in keep], device=device)
-    logits = (feats @ class_embeddings(vc, t, device).cpu().T).numpy()
-    pred = logits.argmax(1)
-    result: dict[str, Any] = {
-        "task": task_name, "n": len(keep), "classes": list(t.classes),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro")),
-    }
-    if len(t.classes) == 2 and len(set(y)) == 2:
-        result["auc"] = float(roc_auc_score(y, logits[:, 1] - logits[:, 0]))
-    return result
+        raise FedclipError(f"no image has a known label for task {t.name!r}; pick a task this data labels")
+    return keep, np.array([t.target(labels[i]) for i in keep])
+
+
+def zero_shot_scores(vc: VisionClip, feats: torch.Tensor, t: Task, device: str = "cpu") -> np.ndarray:
+    scale = float(vc.model.logit_scale.detach().exp())
+    return (scale * feats @ class_embeddings(vc, t, device).T).numpy()
+
+
+def zero_shot(vc: VisionClip, images: Sequence[Any], labels: Sequence[Mapping[str, int]], task_name: str,
+              device: str = "cpu", n_boot: int = 200, feats: torch.Tensor | None = None) -> dict[str, Any]:
+    """Zero-shot metrics (with 95% CIs) on the images whose label for the task is known."""
+    t = task(task_name)
+    keep, y = _known(labels, t)
+    if feats is None:
+        feats = image_embeddings(vc, [images[i] for i in keep], device=device)
+    else:
+        feats = feats[keep]
+    scores = zero_shot_scores(vc, feats, t, device)
+    return {"task": t.name, "mode": "zero-shot", "n": len(keep), "classes": list(t.classes),
+            "class_counts": np.bincount(y, minlength=len(t.classes)).tolist(),
+            **metrics(y, scores, t.ordinal), "ci95": bootstrap_ci(y, scores, t.ordinal, n_boot)}
+
+
+def split_indices(records: Sequence[Record], seed: int = 0, test_size: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test for the probe: the dataset's own split where it has one, else by patient (no leakage)."""
+    splits = [r.meta.get("split") for r in records]
+    if "train" in splits and "test" in splits:
+        return (np.array([i for i, s in enumerate(splits) if s == "train"]),
+                np.array([i for i, s in enumerate(splits) if s == "test"]))
+    groups = [r.meta.get("patient_id", f"image-{i}") for i, r in enumerate(records)]
+    gss = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    train, test = next(gss.split(np.zeros(len(records)), groups=groups))
+    return train, test
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 n_classes: int, ordinal: bool = False, k_shot: int | None = None, seed: int = 0,
+                 n_boot: int = 200) -> dict[str, Any]:
+    """Class-balanced logistic regression on frozen features; C chosen on a validation split."""
+    rng = np.random.default_rng(seed)
+    if k_shot:
+        chosen = [rng.choice(np.flatnonzero(train_y == c), size=min(k_shot, int((train_y == c).sum())),
+                             replace=False) for c in np.unique(train_y)]
+        idx = np.concatenate(chosen)
+        train_x, train_y = train_x[idx], train_y[idx]
+    if len(np.unique(train_y)) < 2:
+        raise FedclipError("the probe's training split has a single class; use more data or another task")
+    best_c, best = 1.0, -1.0
+    counts = np.bincount(train_y)
+    if counts[counts > 0].min() >= 2 and len(train_y) >= 10:
+        sss = StratifiedShuffleSplit(n_splits=1, test_size=0.25, random_state=seed)
+        fit_i, val_i = next(sss.split(train_x, train_y))
+        for c in (0.01, 0.1, 1.0, 10.0, 100.0):
+            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+            clf.fit(train_x[fit_i], train_y[fit_i])
+            score = balanced_accuracy_score(train_y[val_i], clf.predict(train_x[val_i]))
+            if score > best:
+                best_c, best = c, score
+    clf = LogisticRegression(C=best_c, class_weight="balanced", max_iter=2000).fit(train_x, train_y)
+    scores = np.full((len(test_x), n_classes), -1e9)
+    scores[:, clf.classes_] = clf.decision_function(test_x).reshape(len(test_x), -1) if len(clf.classes_) > 2 \
+        else np.stack([-clf.decision_function(test_x), clf.decision_function(test_x)], 1) / 2
+    return {"mode": "linear-probe", "C": best_c, "n_train": int(len(train_y)), "n": int(len(test_y)),
+            "k_shot": k_shot, **metrics(test_y, scores, ordinal), "ci95": bootstrap_ci(test_y, scores, ordinal, n_boot)}
+
+
+def evaluate_dir(vc: VisionClip, data: str | Path, task_names: Sequence[str], mode: str = "zero-shot",
+                 k_shot: int | None = None, seed: int = 0, device: str = "cpu", n_boot: int = 200) -> list[dict]:
+    """Evaluate a model on a dataset dir; image features are computed once for all tasks."""
+    if mode not in ("zero-shot", "linear-probe"):
+        raise FedclipError(f"unknown mode {mode!r}; use zero-shot or linear-probe")
+    records = read_metadata(data)
+    labels = [r.labels for r in records]
+    tasks = [task(n) for n in task_names]
+    feats = image_embeddings(vc, [r.path(data) for r in records], device=device)
+    results = []
+    if mode == "zero-shot":
+        for t in tasks:
+            results.append(zero_shot(vc, [], labels, t.name, device, n_boot, feats=feats))
+        return results
+    train, test = split_indices(records, seed)
+    x = feats.numpy()
+    for t in tasks:
+        tr = [i for i in train if t.target(labels[i]) is not None]
+        te = [i for i in test if t.target(labels[i]) is not None]
+        if not tr or not te:
+            raise FedclipError(f"task {t.name!r}: no labelled images in the probe's train or test split")
+        ytr = np.array([t.target(labels[i]) for i in tr])
+        yte = np.array([t.target(labels[i]) for i in te])
+        res = linear_probe(x[tr], ytr, x[te], yte, len(t.classes), t.ordinal, k_shot, seed, n_boot)
+        results.append({"task": t.name, "classes": list(t.classes), **res})
+    return results
+
+
+def predict(vc: VisionClip, images: Sequence[str | Path], device: str = "cpu") -> list[dict[str, Any]]:
+    """Per image: probability of each condition (binary zero-shot softmax) and the DR-grade distribution."""
+    feats = image_embeddings(vc, images, device=device)
+    out = []
+    per_task = {}
+    for name in ("dr", *(c.name for c in CONDITIONS)):
+        s = zero_shot_scores(vc, feats, task(name), device)
+        e = np.exp(s - s.max(1, keepdims=True))
+        per_task[name] = (e / e.sum(1, keepdims=True))[:, 1]
+    g = zero_shot_scores(vc, feats, task("dr_grade"), device)
+    g = np.exp(g - g.max(1, keepdims=True))
+    g = g / g.sum(1, keepdims=True)
+    for i, img in enumerate(images):
+        conditions = sorted(((n, float(p[i])) for n, p in per_task.items()), key=lambda kv: -kv[1])
+        out.append({"image": str(img), "conditions": conditions, "dr_grade": g[i].tolist()})
+    return out

@@ -27,6 +27,9 @@ from fedclip.synth.lesions import draw_dr
 from fedclip.synth.profiles import PROFILES, apply_camera, apply_optics, profile
 from fedclip.synth.taxonomy import CONDITION_NAMES, CONDITIONS, empty_labels, icdr_grade
 
+ANATOMY_FIELDS = {"pigmentation": (0.0, 1.0), "disc_radius": (0.08, 0.16), "cup_to_disc": (0.1, 0.6)}
+"""Anatomy a cohort spec can give a distribution for, with the range values are clipped to."""
+
 DR_GRADE_DISTRIBUTION = (0.45, 0.22, 0.18, 0.08, 0.07)
 """Grade of a diabetic patient's worse eye; the other eye is within one grade of it."""
 
@@ -38,9 +41,13 @@ _PATIENT, _EYE, _LESIONS, _VISIT, _CAPTION = 1, 2, 3, 4, 5
 class CohortSpec:
     """Everything that determines a generated cohort; hashable, so it can key caches.
 
-    `hospital=None` spreads patients over every profile. `prevalence` overrides a condition's
-    base prevalence (before the hospital's multiplier), `diabetic_rate` and `dr_grades` override
-    the hospital's diabetes statistics: together they are what a cohort's statistics estimate.
+    `hospital` is one profile name, several separated by commas (patients spread evenly over them),
+    or None for every profile. `prevalence` overrides a condition's base prevalence (before the
+    hospital's multiplier); for the conditions that follow from DR (DME, laser scars) it is the
+    probability given a DR grade that allows them. `diabetic_rate` and `dr_grades` override the
+    hospital's diabetes statistics, and `anatomy` the distribution of (name, mean, std) for
+    `pigmentation`, `disc_radius` and `cup_to_disc`: together they are what `synth.estimate` learns
+    from a cohort.
     """
 
     seed: int = 0
@@ -51,14 +58,18 @@ class CohortSpec:
     prevalence: tuple[tuple[str, float], ...] = ()
     diabetic_rate: float | None = None
     dr_grades: tuple[float, ...] | None = None
+    anatomy: tuple[tuple[str, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.size < 32:
             raise FedclipError(f"image size {self.size} is too small; use --size 32 or more (64 for CPU runs)")
         if self.eyes not in (1, 2) or self.visits < 1:
             raise FedclipError("a cohort needs eyes in {1, 2} and at least one visit per eye")
-        if self.hospital is not None:
-            profile(self.hospital)
+        for name in self.hospitals:
+            profile(name)
+        for name, _, std in self.anatomy:
+            if name not in ANATOMY_FIELDS or std < 0:
+                raise FedclipError(f"anatomy entry {name!r} must be one of {ANATOMY_FIELDS} with std >= 0")
         for name, p in self.prevalence:
             if name not in CONDITION_NAMES:
                 raise FedclipError(f"prevalence given for unknown condition {name!r}; known: {CONDITION_NAMES}")
@@ -66,6 +77,12 @@ class CohortSpec:
                 raise FedclipError(f"prevalence of {name} must be within [0, 1], got {p}")
         if self.dr_grades is not None and (len(self.dr_grades) != 5 or abs(sum(self.dr_grades) - 1) > 1e-6):
             raise FedclipError("dr_grades must be 5 probabilities (grades 0..4) that sum to 1")
+
+    @property
+    def hospitals(self) -> tuple[str, ...]:
+        if self.hospital is None:
+            return ()
+        return tuple(h.strip() for h in self.hospital.split(",") if h.strip())
 
     @property
     def images_per_patient(self) -> int:
@@ -101,8 +118,8 @@ def _rng(*entropy: int) -> np.random.Generator:
 def patient(spec: CohortSpec, index: int) -> Patient:
     """The `index`-th patient of a cohort."""
     rng = _rng(spec.seed, _PATIENT, index)
-    names = sorted(PROFILES)
-    hospital = spec.hospital or names[int(rng.integers(len(names)))]
+    names = spec.hospitals or tuple(sorted(PROFILES))
+    hospital = names[int(rng.integers(len(names)))] if len(names) > 1 else names[0]
     prof = profile(hospital)
     overrides = dict(spec.prevalence)
 
@@ -129,9 +146,11 @@ def patient(spec: CohortSpec, index: int) -> Patient:
         if grades[e] >= 3 and rng.random() < overrides.get("laser_scars", 0.4):
             eye_conditions[e].add("laser_scars")
 
-    pigmentation = float(rng.beta(2.0, 2.5))
-    disc_radius = float(rng.uniform(0.105, 0.135))
-    cdr = float(rng.uniform(0.2, 0.45))
+    traits = {"pigmentation": float(rng.beta(2.0, 2.5)), "disc_radius": float(rng.uniform(0.105, 0.135)),
+              "cup_to_disc": float(rng.uniform(0.2, 0.45))}
+    for name, mean, std in spec.anatomy:  # learned statistics replace the built-in priors
+        traits[name] = float(np.clip(rng.normal(mean, std), *ANATOMY_FIELDS[name]))
+    pigmentation, disc_radius, cdr = traits["pigmentation"], traits["disc_radius"], traits["cup_to_disc"]
     anatomy = []
     for e in (0, 1):
         conds = eye_conditions[e]

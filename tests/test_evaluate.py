@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from fedclip import evaluate
+from fedclip.errors import FedclipError
+
+
+def test_metrics_against_hand_computed_values():
+    y = np.array([0, 0, 1, 1])
+    scores = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [0.0, 2.0]])  # predicts 0, 1, 1, 1
+    m = evaluate.metrics(y, scores)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    # margins s1 - s0: -2, 1 (neg) vs 3, 2 (pos): every positive outranks every negative
+    assert m["auc"] == pytest.approx(1.0)
+    grade = np.arange(5)
+    perfect = np.eye(5)
+    assert evaluate.metrics(grade, perfect, ordinal=True)["kappa"] == pytest.approx(1.0)
+    off_by_one = np.eye(5)[[1, 2, 3, 4, 4]]
+    k = evaluate.metrics(grade, off_by_one, ordinal=True)["kappa"]
+    assert 0.5 < k < 1.0  # near misses cost little under quadratic weights
+    assert evaluate.metrics(grade, np.eye(5)[[4, 3, 2, 1, 0]], ordinal=True)["kappa"] == pytest.approx(-1.0)
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    scores = np.stack([np.zeros(300), (y - 0.5) + rng.normal(0, 0.6, 300)], 1)
+    m = evaluate.metrics(y, scores)
+    ci = evaluate.bootstrap_ci(y, scores, n_boot=300)
+    lo, hi = ci["balanced_accuracy"]
+    assert lo < m["balanced_accuracy"] < hi and hi - lo < 0.2
+
+
+def test_retrieval_recall():
+    feats = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
+    r = evaluate.retrieval_recall(feats, feats, ks=(1, 5))
+    assert r["image_to_text_R@1"] == 1.0 and r["text_to_image_R@5"] == 1.0
+    shuffled = feats[torch.roll(torch.arange(20), 1)]
+    assert evaluate.retrieval_recall(feats, shuffled, ks=(1,))["image_to_text_R@1"] < 0.2
+
+
+def test_linear_probe_separates_separable_features_and_supports_k_shot():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, (60, 4)), rng.normal(3, 1, (60, 4))])
+    y = np.repeat([0, 1], 60)
+    order = rng.permutation(120)
+    x, y = x[order], y[order]
+    r = evaluate.linear_probe(x[:80], y[:80], x[80:], y[80:], 2)
+    assert r["balanced_accuracy"] > 0.9 and r["auc"] > 0.95
+    few = evaluate.linear_probe(x[:80], y[:80], x[80:], y[80:], 2, k_shot=4)
+    assert few["n_train"] == 8 and few["balanced_accuracy"] > 0.8
+
+
+def test_task_targets_and_errors():
+    fives = evaluate.task("fives")
+    assert fives.classes == ("normal", "amd", "dr", "glaucoma")
+    assert fives.target({"amd": 0, "dr": 0, "glaucoma": 0}) == 0
+    assert fives.target({"amd": 0, "dr_grade": 2, "glaucoma": 0}) == 2
+    assert fives.target({"amd": 1, "dr": 1, "glaucoma": 0}) is None  # two diseases: not a single class
+    assert fives.target({"glaucoma": 1}) is None  # unknown labels are never guessed
+    assert evaluate.task("referable_dr").target({"dr_grade": 1}) == 0
+    with pytest.raises(FedclipError, match="unknown task"):
+        evaluate.task("cataract")
+    with pytest.raises(FedclipError, match="no image has a known label"):
+        evaluate.zero_shot(None, [], [{"amd": 1}], "dr_grade")
