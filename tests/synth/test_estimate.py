@@ -21,7 +21,8 @@ def test_estimate_then_sample_matches_statistics_with_new_individuals():
         assert abs(m - m2) < 0.1 * abs(m) + 0.01 and abs(s - s2) < 0.5 * s + 0.01, name
     # nobody is copied: no identity, vessel tree or anatomy of a cohort patient reappears
     assert not {p.patient_id for p in cohort} & {p.patient_id for p in synthetic}
-    assert not {a.vessel_seed for p in cohort for a in p.anatomy} & {a.vessel_seed for p in synthetic for a in p.anatomy}
+    seeds = [{a.vessel_seed for p in group for a in p.anatomy} for group in (cohort, synthetic)]
+    assert not seeds[0] & seeds[1]
 
 
 def test_estimate_needs_patients():
