@@ -1,0 +1,66 @@
+"""`fedclip federate`: the federation on Flower's simulation engine, embedded in this process.
+
+Inputs are checked here, before Ray starts, so a wrong path fails in a second with a clear message
+instead of inside a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fedclip import models
+from fedclip.data.records import read_metadata
+from fedclip.errors import FedclipError
+from fedclip.federated import strategies
+from fedclip.federated.client_app import make_client_app
+from fedclip.federated.server_app import make_server_app
+from fedclip.federated.task import FederateConfig
+
+
+def _absolute(cfg: FederateConfig) -> FederateConfig:
+    """Ray workers may not share our working directory: make every path absolute."""
+    return replace(cfg, **{k: Path(v).resolve() for k in ("checkpoint", "data", "eval_data", "out")
+                           if (v := getattr(cfg, k)) is not None})
+
+
+def preflight(cfg: FederateConfig) -> None:
+    if cfg.checkpoint is None:
+        raise FedclipError("pass --checkpoint: federated fine-tuning starts from a pretrained checkpoint")
+    models.read_checkpoint_config(cfg.checkpoint)
+    if cfg.data is None:
+        raise FedclipError("pass --data: the dataset dir the simulated hospitals are drawn from")
+    read_metadata(cfg.data)
+    if cfg.eval_data is not None:
+        read_metadata(cfg.eval_data)
+    if cfg.clients < 1 or cfg.rounds < 1:
+        raise FedclipError("need at least 1 client and 1 round")
+    strategies.build(cfg)
+
+
+def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = None) -> dict[str, Any]:
+    from flwr.simulation import run_simulation
+
+    cfg = _absolute(cfg)
+    preflight(cfg)
+    cpus = num_cpus or os.cpu_count() or 1
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    run_simulation(
+        server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg),
+        num_supernodes=cfg.clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"num_cpus": cpus, "include_dashboard": False}},
+    )
+    return summary(cfg.out)
+
+
+def summary(out: str | Path) -> dict[str, Any]:
+    out = Path(out)
+    if not (out / "state.json").exists():
+        raise FedclipError(f"the federation in {out} completed no round; see the log above for the cause")
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    return {"state": json.loads((out / "state.json").read_text()), "rounds": rounds,
+            "ledger": json.loads((out / "ledger.json").read_text()) if (out / "ledger.json").exists() else []}

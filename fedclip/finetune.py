@@ -1,0 +1,322 @@
+"""Supervised fine-tuning of the vision tower against class-prompt text embeddings, with or without DP.
+
+One function (`finetune`) serves federated clients and the audits' reference models. The model is
+split in two:
+
+* a frozen prefix (patch embedding + the first blocks), run once under `no_grad`; its outputs are
+  cached, which costs no privacy (the weights are public) and makes DP training cheap;
+* a trained head: the last `train_blocks` transformer blocks, `ln_post` and the projection, scored
+  against the zero-shot class embeddings (the zero-shot head is the initialisation).
+
+For Opacus the head is rebuilt from modules it has per-sample rules for, *without changing what the
+model computes*: attention becomes plain `nn.Linear` layers around `scaled_dot_product_attention`
+(Opacus's own `DPMultiheadAttention` differs from `batch_first=True` attention: see
+shared/notes/opacus-1.6-open-clip.md), open_clip's LayerNorm subclass becomes `nn.LayerNorm`, the
+bare `proj` parameter becomes an `nn.Linear`. Trained weights go back into open_clip's own layout.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedclip import evaluate
+from fedclip.errors import FedclipError, ModelError
+from fedclip.models import VisionClip
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    task: str = "referable_dr"
+    train_blocks: int = 1  # last k vision blocks (+ ln_post + projection) are trained
+    lora_rank: int = 0  # > 0: low-rank adapters on the trained blocks instead of their full weights
+    epochs: int = 1  # local epochs (per federated round)
+    batch_size: int = 32  # expected batch size; with DP, Poisson sampling at rate batch_size / n
+    lr: float = 1e-3
+    dp: bool = True
+    epsilon: float = 8.0  # target (epsilon, delta) over `rounds` rounds, used to calibrate the noise
+    delta: float = 1e-5
+    rounds: int = 1
+    max_grad_norm: float = 1.0
+    noise_multiplier: float | None = None  # set it to skip calibration
+    accountant: str = "rdp"  # rdp | prv
+    grad_sample_mode: str = "hooks"  # hooks | functorch | ew | ghost
+    proximal_mu: float = 0.0  # FedProx: pull towards the weights the round started from
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------- DP-ready head
+class LinearAttention(nn.Module):
+    """Self-attention as qkv / out `nn.Linear` + SDPA: equal to `nn.MultiheadAttention(batch_first=True)`."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not mha.batch_first or mha.in_proj_weight is None:
+            raise ModelError("only batch-first attention with a packed in-projection can be converted")
+        d = mha.embed_dim
+        self.heads = mha.num_heads
+        self.qkv = nn.Linear(d, 3 * d, bias=mha.in_proj_bias is not None)
+        self.out = nn.Linear(d, d, bias=mha.out_proj.bias is not None)
+        with torch.no_grad():
+            self.qkv.weight.copy_(mha.in_proj_weight)
+            if mha.in_proj_bias is not None:
+                self.qkv.bias.copy_(mha.in_proj_bias)
+            self.out.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                self.out.bias.copy_(mha.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.out(o.transpose(1, 2).reshape(b, n, d))
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trained low-rank update (B @ A starts at zero)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+        self.scale = (alpha or rank) / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * self.up(self.down(x))
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.base.weight + self.scale * self.up.weight @ self.down.weight
+
+
+def _plain_layernorm(ln: nn.LayerNorm) -> nn.LayerNorm:
+    out = nn.LayerNorm(ln.normalized_shape, eps=ln.eps, elementwise_affine=ln.elementwise_affine)
+    out.load_state_dict(ln.state_dict())
+    return out
+
+
+class Block(nn.Module):
+    """open_clip's ResidualAttentionBlock (pre-norm, no layer scale) from Opacus-supported modules."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(block.ls_1, nn.Identity) or hasattr(block, "ln_1_kv"):
+            raise ModelError("blocks with layer scale or cross-attention are not supported for fine-tuning")
+        self.ln_1 = _plain_layernorm(block.ln_1)
+        self.attn = LinearAttention(block.attn)
+        self.ln_2 = _plain_layernorm(block.ln_2)
+        self.fc = copy.deepcopy(block.mlp.c_fc)
+        self.act = copy.deepcopy(block.mlp.gelu)
+        self.proj = copy.deepcopy(block.mlp.c_proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.proj(self.act(self.fc(self.ln_2(x))))
+
+
+class Head(nn.Module):
+    """Trained suffix: blocks -> class token -> ln_post -> projection -> scaled cosine to class embeddings."""
+
+    def __init__(self, vc: VisionClip, train_blocks: int, class_embeddings: torch.Tensor, lora_rank: int = 0) -> None:
+        super().__init__()
+        visual = vc.model.visual
+        blocks = visual.transformer.resblocks
+        if not 1 <= train_blocks <= len(blocks):
+            raise FedclipError(f"train_blocks must be within 1..{len(blocks)} for {vc.name}, got {train_blocks}")
+        if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok":
+            raise ModelError("fine-tuning supports class-token pooling only")
+        self.first = len(blocks) - train_blocks
+        self.blocks = nn.ModuleList(Block(b) for b in blocks[self.first:])
+        self.ln_post = _plain_layernorm(visual.ln_post)
+        self.proj = nn.Linear(visual.proj.shape[0], visual.proj.shape[1], bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(visual.proj.T)
+        self.register_buffer("classes", class_embeddings.detach().clone())
+        self.register_buffer("scale", vc.model.logit_scale.detach().exp().clone())
+        self.lora_rank = lora_rank
+        if lora_rank:
+            for p in self.parameters():
+                p.requires_grad_(False)
+            for b in self.blocks:
+                b.attn.qkv = LoRALinear(b.attn.qkv, lora_rank)
+                b.attn.out = LoRALinear(b.attn.out, lora_rank)
+                b.fc = LoRALinear(b.fc, lora_rank)
+                b.proj = LoRALinear(b.proj, lora_rank)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            tokens = b(tokens)
+        return F.normalize(self.proj(self.ln_post(tokens[:, 0])), dim=-1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.features(tokens) @ self.classes.T
+
+    def open_clip_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights under open_clip's key names (the layout that is sent and saved)."""
+        def weight(layer: nn.Module) -> torch.Tensor:
+            return layer.merged_weight() if isinstance(layer, LoRALinear) else layer.weight
+
+        def bias(layer: nn.Module) -> torch.Tensor | None:
+            return (layer.base if isinstance(layer, LoRALinear) else layer).bias
+
+        out: dict[str, torch.Tensor] = {}
+        for i, b in enumerate(self.blocks):
+            pre = f"visual.transformer.resblocks.{self.first + i}."
+            out[pre + "ln_1.weight"], out[pre + "ln_1.bias"] = b.ln_1.weight, b.ln_1.bias
+            out[pre + "attn.in_proj_weight"], out[pre + "attn.in_proj_bias"] = weight(b.attn.qkv), bias(b.attn.qkv)
+            out[pre + "attn.out_proj.weight"], out[pre + "attn.out_proj.bias"] = weight(b.attn.out), bias(b.attn.out)
+            out[pre + "ln_2.weight"], out[pre + "ln_2.bias"] = b.ln_2.weight, b.ln_2.bias
+            out[pre + "mlp.c_fc.weight"], out[pre + "mlp.c_fc.bias"] = weight(b.fc), bias(b.fc)
+            out[pre + "mlp.c_proj.weight"], out[pre + "mlp.c_proj.bias"] = weight(b.proj), bias(b.proj)
+        out["visual.ln_post.weight"], out["visual.ln_post.bias"] = self.ln_post.weight, self.ln_post.bias
+        out["visual.proj"] = self.proj.weight.T
+        return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def trained_keys(vc: VisionClip, train_blocks: int) -> list[str]:
+    """open_clip state-dict keys that fine-tuning changes (what a federated client sends)."""
+    n = len(vc.model.visual.transformer.resblocks)
+    prefixes = [f"visual.transformer.resblocks.{i}." for i in range(n - train_blocks, n)]
+    return sorted(k for k in vc.model.state_dict() if any(k.startswith(p) for p in prefixes)
+                  or k in ("visual.ln_post.weight", "visual.ln_post.bias", "visual.proj"))
+
+
+@torch.no_grad()
+def prefix_tokens(vc: VisionClip, pixels: torch.Tensor, train_blocks: int, batch_size: int = 256) -> torch.Tensor:
+    """Outputs of the frozen prefix (embedding + the blocks before the trained ones)."""
+    visual = vc.model.visual
+    visual.eval()
+    first = len(visual.transformer.resblocks) - train_blocks
+    out = []
+    for chunk in pixels.split(batch_size):
+        x = visual._embeds(chunk)
+        for blk in visual.transformer.resblocks[:first]:
+            x = blk(x)
+        out.append(x)
+    return torch.cat(out)
+
+
+def load_pixels(vc: VisionClip, images: Sequence[Any]) -> torch.Tensor:
+    tf = evaluate.eval_transform(vc.image_size)
+    from PIL import Image
+
+    from fedclip.data.images import load_rgb
+
+    def to_pil(img: Any) -> Image.Image:
+        if isinstance(img, np.ndarray):
+            return Image.fromarray(img)
+        return img if isinstance(img, Image.Image) else load_rgb(img)
+
+    return torch.stack([tf(to_pil(i).convert("RGB")) for i in images])
+
+
+# --------------------------------------------------------------------------------------- training
+@dataclass
+class FinetuneResult:
+    state: dict[str, torch.Tensor]  # trained weights, open_clip layout
+    n_samples: int
+    steps: int
+    sample_rate: float
+    noise_multiplier: float | None
+    loss: float
+    accuracy: float
+
+
+def noise_for_budget(cfg: FinetuneConfig, n: int, steps_per_round: int) -> float:
+    """Noise multiplier that spends exactly the (epsilon, delta) budget over all planned rounds."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if cfg.noise_multiplier is not None:
+        return cfg.noise_multiplier
+    return float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta,
+                                      sample_rate=min(1.0, cfg.batch_size / n),
+                                      steps=cfg.rounds * steps_per_round, accountant=cfg.accountant))
+
+
+def steps_per_round(cfg: FinetuneConfig, n: int) -> int:
+    return max(1, cfg.epochs * math.ceil(n / cfg.batch_size))
+
+
+def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: FinetuneConfig,
+             noise_multiplier: float | None = None, generator_seed: int | None = None) -> FinetuneResult:
+    """Train the head on cached prefix tokens; DP-SGD with Poisson sampling when `cfg.dp`.
+
+    The model `vc` is updated in place with the trained weights (open_clip layout) and they are
+    returned. `noise_multiplier` overrides calibration (federated clients pass the one their ledger
+    planned with).
+    """
+    n = len(tokens)
+    if n == 0:
+        raise FedclipError("no training images: this client's partition is empty")
+    torch.manual_seed(cfg.seed if generator_seed is None else generator_seed)
+    t = evaluate.task(cfg.task)
+    head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9) if cfg.dp else torch.optim.AdamW(params, lr=cfg.lr)
+    loader = DataLoader(TensorDataset(tokens, targets), batch_size=cfg.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(cfg.seed if generator_seed is None else generator_seed))
+    steps = steps_per_round(cfg, n)
+    sigma = None
+    criterion = nn.CrossEntropyLoss()
+    model: nn.Module = head
+    if cfg.dp:
+        from opacus import PrivacyEngine
+
+        sigma = noise_multiplier if noise_multiplier is not None else noise_for_budget(cfg, n, steps)
+        engine = PrivacyEngine(accountant=cfg.accountant)
+        wrapped = engine.make_private(module=head, optimizer=opt, data_loader=loader, criterion=criterion,
+                                      noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
+                                      poisson_sampling=True, grad_sample_mode=cfg.grad_sample_mode)
+        if cfg.grad_sample_mode == "ghost":
+            model, opt, criterion, loader = wrapped
+        else:
+            model, opt, loader = wrapped
+    head.train()
+    # FedProx's proximal term, applied as a step towards the round's starting weights after each
+    # optimizer step: it depends on no data, so it is post-processing and costs no privacy.
+    anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
+    losses, correct, seen, done = [], 0, 0, 0
+    while done < steps:
+        for x, y in loader:
+            if done >= steps:
+                break
+            done += 1
+            # Poisson sampling can draw an empty batch: it still takes a (noise-only) step, as the
+            # privacy analysis assumes; skipping it would reveal that the batch was empty.
+            opt.zero_grad()  # before the forward pass: expanded weights accumulate during it
+            logits = model(x)
+            loss = criterion(logits, y) if len(y) else logits.sum() * 0.0
+            loss.backward()
+            opt.step()
+            if anchor is not None:
+                with torch.no_grad():
+                    for p, a in zip(params, anchor, strict=True):
+                        p.sub_(cfg.lr * cfg.proximal_mu * (p - a))
+            if len(y):
+                losses.append(float(loss.detach()))
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+    state = head.open_clip_state()
+    vc.model.load_state_dict(state, strict=False)
+    return FinetuneResult(state, n, steps, min(1.0, cfg.batch_size / n) if cfg.dp else 1.0, sigma,
+                          float(np.mean(losses)) if losses else float("nan"), correct / max(1, seen))
+
+
+def targets_for(labels: Sequence[Mapping[str, int]], task_name: str) -> tuple[list[int], torch.Tensor]:
+    """Indices of the images labelled for the task, and their class indices."""
+    t = evaluate.task(task_name)
+    keep = [i for i, lab in enumerate(labels) if t.target(lab) is not None]
+    return keep, torch.tensor([t.target(labels[i]) for i in keep], dtype=torch.long)
