@@ -117,7 +117,8 @@ def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[st
 _TOKEN_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _tokens(vc: models.VisionClip, records: list[Record], root: Path, cfg: FederateConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _tokens(vc: models.VisionClip, records: list[Record], root: Path,
+            cfg: FederateConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-prefix outputs of this client's labelled images; cached, since the prefix never trains."""
     keep, targets = targets_for([r.labels for r in records], cfg.task)
     key = hashlib.sha256(f"{cfg.checkpoint}|{cfg.train_blocks}|{cfg.task}|{root}|"
@@ -158,7 +159,8 @@ def client_train(cfg: FederateConfig, node_config: dict[str, Any], arrays: dict[
     ft = replace(cfg.finetune_config(), proximal_mu=proximal_mu)
     n = len(tokens)
     steps = steps_per_round(ft, n)
-    metrics: dict[str, float] = {"num-examples": float(n), "round": float(round_)}
+    metrics: dict[str, float] = {"num-examples": float(n), "round": float(round_),
+                                 "partition": float(node_config.get("partition-id", 0))}
     if cfg.dp:
         sigma = noise_for_budget(ft, n, steps)
         q = min(1.0, cfg.batch_size / n)
@@ -177,7 +179,8 @@ def client_train(cfg: FederateConfig, node_config: dict[str, Any], arrays: dict[
     return ClientRound(result.state, metrics)
 
 
-def client_evaluate(cfg: FederateConfig, node_config: dict[str, Any], arrays: dict[str, torch.Tensor]) -> dict[str, float]:
+def client_evaluate(cfg: FederateConfig, node_config: dict[str, Any],
+                    arrays: dict[str, torch.Tensor]) -> dict[str, float]:
     _, records, root = client_records(cfg, node_config)
     vc = load_global(cfg, arrays)
     keep, _ = targets_for([r.labels for r in records], cfg.task)
