@@ -207,6 +207,34 @@ def predict(
 
 
 @app.command()
+def study(
+    out: Annotated[Path, typer.Option(help="Study dir (data, both runs, results.json).")] = Path("runs/visionclip"),
+    config: Annotated[Path | None, typer.Option(help="TOML file with a [study] table.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: study.NAME=VALUE (repeatable).")] = None,
+) -> None:
+    """VisionCLIP comparison: synthetic-data vs private-cohort pretraining, zero-shot on an external hospital."""
+    from fedclip import config as cfglib
+    from fedclip.experiments.visionclip import StudyConfig, run
+
+    try:
+        cfg = cfglib.load(StudyConfig, "study", config, set_ or ())
+        cfglib.write(out / "config.toml", {"study": cfg})
+        results = run(cfg, out)
+    except FedclipError as e:
+        _fail(e)
+    table = Table(title=f"zero-shot balanced accuracy on {cfg.external_hospital} (external)")
+    for col in ("task", "synthetic", "private", "ratio", "untrained"):
+        table.add_column(col)
+    by = {name: {r["task"]: r for r in rs} for name, rs in results["models"].items()}
+    for t in cfg.tasks:
+        ratio = results["ratio_synthetic_over_private"][t]
+        table.add_row(t, *(f"{by[m][t]['balanced_accuracy']:.3f}" for m in ("synthetic", "private")),
+                      f"{ratio:.2f}", f"{by['untrained'][t]['balanced_accuracy']:.3f}")
+    console.print(table)
+    console.print(f"results: {out / 'results.json'}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
     n: Annotated[int, typer.Option(help="Images to generate.")] = 256,

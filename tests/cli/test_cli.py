@@ -1,5 +1,6 @@
-from fedclip.cli.main import app
 from typer.testing import CliRunner
+
+from fedclip.cli.main import app
 
 runner = CliRunner()
 
