@@ -26,7 +26,9 @@ from fedclip.federated.task import FederateConfig, from_run_config, load_global,
 from fedclip.finetune import trained_keys
 
 STRATEGY_FIELDS = ("strategy", "proximal_mu", "server_lr", "trim_beta", "num_malicious", "server_dp",
-                   "server_dp_noise", "server_dp_clip", "train_blocks", "task", "clients", "rounds")
+                   "server_dp_noise", "server_dp_clip", "train_blocks", "task", "clients")
+"""What a resumed run must share with the run it continues. `rounds` may grow: extending a federation
+is allowed, and each client's ledger then decides whether its budget allows more rounds."""
 
 
 def _write_json(path: Path, obj: Any) -> None:

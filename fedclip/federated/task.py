@@ -162,9 +162,12 @@ def client_train(cfg: FederateConfig, node_config: dict[str, Any], arrays: dict[
     metrics: dict[str, float] = {"num-examples": float(n), "round": float(round_),
                                  "partition": float(node_config.get("partition-id", 0))}
     if cfg.dp:
-        sigma = noise_for_budget(ft, n, steps)
-        q = min(1.0, cfg.batch_size / n)
         ledger = PrivacyLedger(ledger_dir / f"{name}.jsonl", name, cfg.epsilon, cfg.delta, cfg.accountant)
+        planned = ledger.entries()
+        # The noise is planned once, for the budget over the rounds planned at the start; a federation
+        # extended later keeps it, and the ledger refuses the rounds the budget cannot pay for.
+        sigma = planned[0].noise_multiplier if planned else noise_for_budget(ft, n, steps)
+        q = min(1.0, cfg.batch_size / n)
         try:
             ledger.check(sigma, q, steps)
         except BudgetExhausted as e:

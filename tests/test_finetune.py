@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from fedclip import evaluate, models
+from fedclip.errors import FedclipError
+from fedclip.finetune import (
+    FinetuneConfig,
+    Head,
+    finetune,
+    load_pixels,
+    noise_for_budget,
+    prefix_tokens,
+    targets_for,
+    trained_keys,
+)
+from fedclip.synth import CohortSpec, sample
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    vc = models.create("visionclip-tiny", seed=3)
+    samples = [sample(CohortSpec(seed=2, size=64, diabetic_rate=0.6), i) for i in range(48)]
+    return vc, samples
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_converted_head_computes_what_open_clip_computes(tiny, blocks):
+    vc, samples = tiny
+    pixels = load_pixels(vc, [s.image for s in samples[:8]])
+    classes = evaluate.class_embeddings(vc, evaluate.task("referable_dr"))
+    head = Head(vc, blocks, classes)
+    with torch.no_grad():
+        reference = vc.model.logit_scale.exp() * vc.model.encode_image(pixels, normalize=True) @ classes.T
+        converted = head(prefix_tokens(vc, pixels, blocks))
+    assert torch.allclose(reference, converted, atol=1e-5)
+    state = head.open_clip_state()
+    full = vc.model.state_dict()
+    assert sorted(state) == trained_keys(vc, blocks)
+    assert all(torch.equal(state[k], full[k]) for k in state)  # same weights, open_clip's own names
+
+
+def test_lora_starts_as_the_base_model(tiny):
+    vc, _ = tiny
+    head = Head(vc, 1, torch.nn.functional.normalize(torch.randn(2, 128), dim=-1), lora_rank=4)
+    trainable = [n for n, p in head.named_parameters() if p.requires_grad]
+    assert trainable and all(".down." in n or ".up." in n for n in trainable)
+    full = vc.model.state_dict()
+    assert all(torch.allclose(v, full[k]) for k, v in head.open_clip_state().items())
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+def test_dp_finetune_trains_only_the_head_in_every_grad_sample_mode(tiny, mode):
+    vc0, samples = tiny
+    vc = models.create("visionclip-tiny", seed=3)
+    keep, y = targets_for([s.labels for s in samples], "referable_dr")
+    tokens = prefix_tokens(vc, load_pixels(vc, [samples[i].image for i in keep]), 1)
+    before = {k: v.clone() for k, v in vc.model.state_dict().items()}
+    cfg = FinetuneConfig(batch_size=8, epochs=1, grad_sample_mode=mode, noise_multiplier=1.0)
+    result = finetune(vc, tokens, y, cfg)
+    after = vc.model.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert changed and changed <= set(trained_keys(vc, 1))
+    assert result.sample_rate == pytest.approx(8 / len(tokens)) and result.noise_multiplier == 1.0
+    assert result.steps == -(-len(tokens) // 8)
+
+
+def test_non_dp_finetune_learns_and_noise_is_calibrated(tiny):
+    vc, samples = tiny
+    keep, y = targets_for([s.labels for s in samples], "dr")
+    tokens = prefix_tokens(vc, load_pixels(vc, [samples[i].image for i in keep]), 2)
+    cfg = FinetuneConfig(task="dr", train_blocks=2, batch_size=16, epochs=30, dp=False, lr=3e-3)
+    model = models.create("visionclip-tiny", seed=3)
+    classes = evaluate.class_embeddings(model, evaluate.task("dr"))
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(Head(model, 2, classes)(tokens), y))
+
+    start = loss()
+    finetune(model, tokens, y, cfg)
+    assert loss() < 0.8 * start  # the model it leaves behind fits its data better
+    sigma = noise_for_budget(FinetuneConfig(epsilon=8.0, rounds=5, batch_size=16), len(tokens), 3)
+    looser = noise_for_budget(FinetuneConfig(epsilon=16.0, rounds=5, batch_size=16), len(tokens), 3)
+    assert sigma > looser > 0
+
+
+def test_errors(tiny):
+    vc, _ = tiny
+    with pytest.raises(FedclipError, match="train_blocks must be within"):
+        Head(vc, 9, torch.zeros(2, 128))
+    with pytest.raises(FedclipError, match="partition is empty"):
+        finetune(vc, torch.zeros(0, 65, 128), torch.zeros(0, dtype=torch.long), FinetuneConfig())
