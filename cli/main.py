@@ -207,6 +207,51 @@ def predict(
 
 
 @app.command()
+def federate(
+    checkpoint: Annotated[Path | None, typer.Option(help="Pretrained checkpoint to start from.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset dir split into the hospitals (simulation).")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Held-out dataset dir for server-side evaluation.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run dir (metrics.jsonl, ledger.json, checkpoints/).")] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of hospitals (SuperNodes).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Per-client privacy budget over all rounds.")] = None,
+    delta: Annotated[float | None, typer.Option(help="Per-client delta.")] = None,
+    strategy: Annotated[str | None, typer.Option(
+        help="fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum.")] = None,
+    partitioning: Annotated[str | None, typer.Option(help="hospital | iid | dirichlet.")] = None,
+    task: Annotated[str | None, typer.Option(help="Fine-tuning task (see `fedclip eval --help`).")] = None,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP-SGD (baseline only).")] = False,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a [federate] table.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: federate.NAME=VALUE (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the federation in --out after its last round.")] = False,
+) -> None:
+    """Federated DP fine-tuning on Flower's simulation engine (one process per hospital)."""
+    from fedclip import config as cfglib
+    from fedclip.federated.simulation import simulate
+    from fedclip.federated.task import FederateConfig
+
+    try:
+        cfg = cfglib.load(FederateConfig, "federate", config, set_ or (), checkpoint=checkpoint, data=data,
+                          eval_data=eval_data, out=out, clients=clients, rounds=rounds, epsilon=epsilon,
+                          delta=delta, strategy=strategy, partitioning=partitioning, task=task,
+                          dp=False if no_dp else None)
+        cfglib.write(Path(cfg.out) / "config.toml", {"federate": cfg})
+        summary = simulate(cfg, resume=resume)
+    except FedclipError as e:
+        _fail(e)
+    table = Table(title=f"{cfg.strategy}, {cfg.clients} hospitals, task {cfg.task}")
+    for col in ("round", "server balanced acc.", "clients (status: epsilon)"):
+        table.add_column(col)
+    for r in summary["rounds"]:
+        clients_text = ", ".join(f"{int(c.get('partition', -1))}:{c['status']}"
+                                 + (f" ε={c['epsilon']:.2f}" if "epsilon" in c else "") for c in r.get("clients", []))
+        bacc = r["server"].get("balanced-accuracy")
+        table.add_row(str(r["round"]), f"{bacc:.3f}" if bacc is not None else "-", clients_text or "(start)")
+    console.print(table)
+    console.print(f"ledger: {Path(cfg.out) / 'ledger.json'}; checkpoints: {Path(cfg.out) / 'checkpoints'}")
+
+
+@app.command()
 def study(
     out: Annotated[Path, typer.Option(help="Study dir (data, both runs, results.json).")] = Path("runs/visionclip"),
     config: Annotated[Path | None, typer.Option(help="TOML file with a [study] table.")] = None,

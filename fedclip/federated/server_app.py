@@ -39,6 +39,13 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _trim_metrics(path: Path, last_round: int) -> None:
+    """Drop lines of a round that was logged but not completed before a crash (it is redone)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["round"] <= last_round]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
 def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +58,7 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
             raise FedclipError(f"cannot resume {out}: it ran with {state['settings']}, now {settings}; "
                                "resume with the same strategy settings")
         start = int(state["round"])
+        _trim_metrics(out / "metrics.jsonl", start)
         arrays = {k: v for k, v in models.load_checkpoint(out / "checkpoints" / "last").model.state_dict().items()}
     elif state_path.exists():
         raise FedclipError(f"{out} already holds a federation; pass --resume to continue it or choose a new --out")
