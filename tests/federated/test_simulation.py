@@ -22,7 +22,8 @@ from fedclip.federated.simulation import _absolute, simulate, summary
 from fedclip.federated.task import FederateConfig, client_train
 from fedclip.synth import CohortSpec
 
-BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2, "include_dashboard": False}}
+BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+           "init_args": {"num_cpus": 2, "include_dashboard": False}}
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,8 @@ def test_a_killed_server_resumes_after_its_last_completed_round(setup, tmp_path)
     # every client's ledger covers each round it trained, once (a round killed mid-way may add one extra
     # entry: over-counting is allowed, under-counting never)
     for i in range(3):
-        trained = [json.loads(line)["round"] for line in (out / "ledgers" / f"client-{i}.jsonl").read_text().splitlines()]
+        lines = (out / "ledgers" / f"client-{i}.jsonl").read_text().splitlines()
+        trained = [json.loads(line)["round"] for line in lines]
         assert set(range(1, 4)) <= set(trained)
     wrong = subprocess.run(cmd[:-2] + ["--set", "federate.batch_size=16", "--strategy", "fedmedian", "--resume"],
                            capture_output=True, text=True, timeout=120)
