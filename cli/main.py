@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedclip import progress
@@ -21,7 +22,7 @@ console = Console()
 
 
 def _fail(err: FedclipError) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {err}")
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
     raise typer.Exit(2)
 
 

@@ -39,3 +39,34 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "referable_dr" in res.output
     assert (tmp_path / "run" / "checkpoints" / "init" / "model.safetensors").is_file()
     assert (tmp_path / "r.json").is_file()
+
+
+def test_eval_and_predict_errors_are_clear(tmp_path, small_dataset):
+    from fedclip import models
+
+    res = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "none"), "--data", str(small_dataset)])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    ckpt = models.save_checkpoint(models.create("visionclip-tiny"), tmp_path / "ckpt")
+    res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(small_dataset), "--task", "nope"])
+    assert res.exit_code == 2 and "unknown task" in res.output
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    res = runner.invoke(app, ["predict", str(bad), "--checkpoint", str(ckpt)])
+    assert res.exit_code == 2 and "broken.jpg cannot be decoded" in res.output
+
+
+def test_eval_and_predict_on_real_files(tmp_path, small_dataset):
+    import json
+
+    from fedclip import models
+    from fedclip.data.records import read_metadata
+
+    ckpt = models.save_checkpoint(models.create("visionclip-tiny"), tmp_path / "ckpt")
+    res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(small_dataset), "--task", "referable_dr",
+                              "--task", "dr_grade", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert [r["task"] for r in results] == ["referable_dr", "dr_grade"] and "kappa" in results[1]
+    image = read_metadata(small_dataset)[0].path(small_dataset)
+    res = runner.invoke(app, ["predict", str(image), "--checkpoint", str(ckpt), "--top", "2"])
+    assert res.exit_code == 0 and "DR grade" in res.output and res.output.count(",") >= 1
