@@ -4,9 +4,10 @@
 
 Both train the same open_clip config (visionclip-tiny, from one fedclip checkpoint loaded by
 open_clip_train as `local-dir:`) on the same exported CSV dataset, same batch size, workers and
-precision (fp32). Throughput is the mean over steps after the first 5 of batch size / step time
-(data waits included), read from each trainer's own per-step log. Peak memory is each trainer's
-main-process maximum RSS.
+precision (fp32), gradient clipping at 1.0 (each keeps its own augmentation: ours adds rotation and
+colour jitter). Throughput is the mean over steps after the first 5 of batch size / step time (data
+waits included), read from each trainer's own per-step log. Peak memory is each trainer's main-process
+maximum RSS.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> None:
             "--train-data", str(data / "metadata.csv"), "--dataset-type", "csv", "--csv-img-key", "filepath",
             "--csv-caption-key", "caption", "--csv-separator", ",", "--model", f"local-dir:{ckpt}",
             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--precision", "fp32",
-            "--epochs", str(epochs), "--lr", "5e-4", "--warmup", "5", "--log-every-n-steps", "1",
+            "--epochs", str(epochs), "--lr", "5e-4", "--warmup", "5", "--grad-clip-norm", "1.0", "--log-every-n-steps", "1",
             "--save-frequency", "0", "--logs", str(tmp / "theirs"), "--name", "bench", "--device", "cpu"], data)
         times = [float(t) for t in re.findall(r"Batch \(t\): ([\d.]+)", theirs_out)]
         times = times[args.skip:args.steps] or times
