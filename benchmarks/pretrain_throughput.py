@@ -69,7 +69,8 @@ def main() -> None:
             "--train-data", str(data / "metadata.csv"), "--dataset-type", "csv", "--csv-img-key", "filepath",
             "--csv-caption-key", "caption", "--csv-separator", ",", "--model", f"local-dir:{ckpt}",
             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--precision", "fp32",
-            "--epochs", str(epochs), "--lr", "5e-4", "--warmup", "5", "--grad-clip-norm", "1.0", "--log-every-n-steps", "1",
+            "--epochs", str(epochs), "--lr", "5e-4", "--warmup", "5", "--grad-clip-norm", "1.0",
+            "--log-every-n-steps", "1",
             "--save-frequency", "0", "--logs", str(tmp / "theirs"), "--name", "bench", "--device", "cpu"], data)
         times = [float(t) for t in re.findall(r"Batch \(t\): ([\d.]+)", theirs_out)]
         times = times[args.skip:args.steps] or times
