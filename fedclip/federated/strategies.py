@@ -86,7 +86,8 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
 
 def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strategy:
     """The configured strategy, guarded, optionally inside Flower's server-side DP clipping."""
-    common = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": cfg.clients,
+    common = {"fraction_train": 1.0, "fraction_evaluate": 1.0 if cfg.client_eval else 0.0,
+              "min_train_nodes": cfg.clients,
               "min_evaluate_nodes": cfg.clients, "min_available_nodes": cfg.clients}
     base: dict[str, tuple[type[Strategy], dict[str, Any]]] = {
         "fedavg": (FedAvg, {}),

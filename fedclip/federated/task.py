@@ -63,6 +63,7 @@ class FederateConfig:
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     grad_sample_mode: str = "hooks"
+    client_eval: bool = True  # also evaluate the global model on each hospital's data every round
     seed: int = 0
 
     def finetune_config(self) -> FinetuneConfig:
@@ -84,8 +85,12 @@ def to_run_config(cfg: FederateConfig) -> dict[str, Any]:
 
 
 def from_run_config(run_config: dict[str, Any]) -> FederateConfig:
-    """The inverse of `to_run_config`: `flwr run . -c "rounds=3"` and TOML use the same names."""
-    return cfglib.build(FederateConfig, {k.replace("-", "_"): v for k, v in run_config.items()}, "federate")
+    """The inverse of `to_run_config`: `flwr run . -c "rounds=3"` and TOML use the same names.
+
+    An empty string stands for "not set" (Flower's run config, like TOML, has no null).
+    """
+    values = {k.replace("-", "_"): v for k, v in run_config.items() if v != ""}
+    return cfglib.build(FederateConfig, values, "federate")
 
 
 # ------------------------------------------------------------------------------------------ client

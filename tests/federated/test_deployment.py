@@ -1,0 +1,153 @@
+"""A real deployment on localhost: SuperLink with TLS and SuperNode authentication, three SuperNodes
+each serving its own hospital's data through --node-config, and a SuperNode whose key was never
+registered, which must be turned away. Follows the commands documented in README.md."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fedclip import models
+from fedclip.data.synthetic import export
+from fedclip.synth import CohortSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None or shutil.which("openssl") is None,
+                                reason="needs openssl and ssh-keygen")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _healthy(port: int, ca: Path) -> bool:
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/health", context=ctx, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", str(ROOT / "scripts" / "make_certs.sh"), str(certs)], check=True, capture_output=True)
+    hospitals = ["riverside", "northgate", "summit"]
+    for i, h in enumerate(hospitals):
+        export(CohortSpec(seed=20 + i, size=64, hospital=h, diabetic_rate=0.7), tmp_path / f"data-{h}", 40)
+    export(CohortSpec(seed=30, size=64, hospital="lakeshore"), tmp_path / "eval", 24)
+    ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp_path / "ckpt")
+
+    port = _port()
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-cli"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    (tmp_path / "flwr-cli").mkdir()
+    (tmp_path / "flwr-cli" / "config.toml").write_text(
+        f'[superlink.deploy]\naddress = "127.0.0.1:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd, log, extra_env=None):
+        fh = open(tmp_path / log, "w")
+        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, **(extra_env or {})},
+                             cwd=tmp_path, start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        start(["flower-superlink", "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
+               str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth",
+               "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port),
+               "--database", str(tmp_path / "state.db")], "superlink.log")
+        _wait(lambda: _healthy(port, certs / "ca.crt"), 60, "the SuperLink")
+
+        for name in ("node0", "node1", "node2", "rogue"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(tmp_path / name)],
+                           check=True)
+        for i in range(3):  # the consortium registers its hospitals' keys; the rogue key never is
+            subprocess.run(["flwr", "supernode", "register", str(tmp_path / f"node{i}.pub"), "deploy"], env=env,
+                           check=True, capture_output=True, cwd=tmp_path)
+        for i, h in enumerate(hospitals):
+            node_config = (f'partition-id={i} num-partitions=3 data-dir="{tmp_path / f"data-{h}"}" '
+                           f'state-dir="{tmp_path / f"state-{h}"}"')
+            start(["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates",
+                   str(certs / "ca.crt"), "--auth-supernode-private-key", str(tmp_path / f"node{i}"),
+                   "--port", str(_port()), "--node-config", node_config], f"node{i}.log",
+                  {"FLWR_HOME": str(tmp_path / f"home{i}")})
+
+        # An unregistered key is turned away (exit code 305). The node's helper process may linger, so
+        # the test reads the log rather than waiting for every process of the node to end.
+        rogue = start(["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates",
+                       str(certs / "ca.crt"), "--auth-supernode-private-key", str(tmp_path / "rogue"),
+                       "--port", str(_port()), "--node-config", "partition-id=9 num-partitions=3"], "rogue.log",
+                      {"FLWR_HOME": str(tmp_path / "home-rogue")})
+        _wait(lambda: "Failed to activate SuperNode" in (tmp_path / "rogue.log").read_text(), 120,
+              "the unregistered SuperNode to be rejected")
+        assert "Exit Code: 305" in (tmp_path / "rogue.log").read_text()
+        os.killpg(rogue.pid, signal.SIGTERM)
+
+        def online() -> int:
+            res = subprocess.run(["flwr", "supernode", "ls", "deploy", "--format", "json"], env=env,
+                                 capture_output=True, text=True, cwd=tmp_path)
+            try:
+                nodes = json.loads(res.stdout).get("nodes", [])
+            except json.JSONDecodeError:
+                return 0
+            return sum(1 for n in nodes if str(n.get("status", "")).lower() == "online")
+        _wait(lambda: online() >= 3, 120, "three online SuperNodes")
+        assert online() == 3  # the rogue never joined
+
+        out = tmp_path / "run"
+        overrides = (f'checkpoint="{ckpt}" eval-data="{tmp_path / "eval"}" out="{out}" rounds=1 clients=3 '
+                     f'batch-size=16 client-eval=false')
+        submitted = subprocess.run(["flwr", "run", str(ROOT), "deploy", "--format", "json", "-c", overrides],
+                                   env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        run_id = str(json.loads(submitted.stdout)["run-id"])
+
+        def status() -> str:
+            res = subprocess.run(["flwr", "ls", "deploy", "--run-id", run_id, "--format", "json"], env=env,
+                                 capture_output=True, text=True, cwd=tmp_path)
+            try:
+                return str(json.loads(res.stdout)["runs"][0]["status"])
+            except (json.JSONDecodeError, KeyError, IndexError):
+                return ""
+        _wait(lambda: status().startswith("finished"), 420, "the run to finish")
+        assert status() == "finished:completed", status()
+
+        summary = json.loads((out / "state.json").read_text())
+        assert summary["round"] == 1
+        rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [c["status"] for c in rounds[-1]["clients"]] == ["aggregated"] * 3
+        for i, h in enumerate(hospitals):  # each hospital's ledger lives on its own disk
+            entry = json.loads((tmp_path / f"state-{h}" / f"node-{i}.jsonl").read_text().splitlines()[-1])
+            assert entry["round"] == 1 and 0 < entry["epsilon"] <= 8.0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
