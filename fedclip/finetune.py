@@ -37,11 +37,13 @@ from fedclip.models import VisionClip
 @dataclass(frozen=True)
 class FinetuneConfig:
     task: str = "referable_dr"
-    train_blocks: int = 1  # last k vision blocks (+ ln_post + projection) are trained
+    train_blocks: int = 1  # last k vision blocks (+ ln_post + projection) are trained; 0: projection only
     lora_rank: int = 0  # > 0: low-rank adapters on the trained blocks instead of their full weights
     epochs: int = 1  # local epochs (per federated round)
     batch_size: int = 32  # expected batch size; with DP, Poisson sampling at rate batch_size / n
     lr: float = 1e-3
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
     dp: bool = True
     epsilon: float = 8.0  # target (epsilon, delta) over `rounds` rounds, used to calibrate the noise
     delta: float = 1e-5
@@ -51,6 +53,11 @@ class FinetuneConfig:
     accountant: str = "rdp"  # rdp | prv
     grad_sample_mode: str = "hooks"  # hooks | functorch | ew | ghost
     proximal_mu: float = 0.0  # FedProx: pull towards the weights the round started from
+    # Class prior for a logit-adjusted loss (Menon et al. 2021), so that rare classes are not traded away
+    # for accuracy on the common one. Set it from public knowledge (published screening prevalence), not
+    # from the client's own label counts: those are private and DP-SGD's accounting does not cover them.
+    # (Loss weights would not do: per-sample clipping cancels them.)
+    class_prior: tuple[float, ...] | None = None
     seed: int = 0
 
 
@@ -134,8 +141,8 @@ class Head(nn.Module):
         super().__init__()
         visual = vc.model.visual
         blocks = visual.transformer.resblocks
-        if not 1 <= train_blocks <= len(blocks):
-            raise FedclipError(f"train_blocks must be within 1..{len(blocks)} for {vc.name}, got {train_blocks}")
+        if not 0 <= train_blocks <= len(blocks):
+            raise FedclipError(f"train_blocks must be within 0..{len(blocks)} for {vc.name}, got {train_blocks}")
         if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok":
             raise ModelError("fine-tuning supports class-token pooling only")
         self.first = len(blocks) - train_blocks
@@ -162,7 +169,9 @@ class Head(nn.Module):
         return F.normalize(self.proj(self.ln_post(tokens[:, 0])), dim=-1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.features(tokens) @ self.classes.T
+        logits = self.scale * self.features(tokens) @ self.classes.T
+        # logit adjustment (training only): see FinetuneConfig.class_prior
+        return logits + self.adjust if self.training and hasattr(self, "adjust") else logits
 
     def open_clip_state(self) -> dict[str, torch.Tensor]:
         """The trained weights under open_clip's key names (the layout that is sent and saved)."""
@@ -265,11 +274,21 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     t = evaluate.task(cfg.task)
     head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
     params = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9) if cfg.dp else torch.optim.AdamW(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    elif cfg.optimizer == "adamw":  # on privatized gradients Adam is post-processing, but it amplifies noise
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    else:
+        raise FedclipError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
     loader = DataLoader(TensorDataset(tokens, targets), batch_size=cfg.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed if generator_seed is None else generator_seed))
     steps = steps_per_round(cfg, n)
     sigma = None
+    if cfg.class_prior is not None:
+        if len(cfg.class_prior) != len(t.classes) or min(cfg.class_prior) <= 0:
+            raise FedclipError(f"class_prior needs {len(t.classes)} positive values for task {t.name} "
+                               f"({', '.join(t.classes)}), got {cfg.class_prior}")
+        head.register_buffer("adjust", torch.log(torch.tensor(cfg.class_prior, dtype=torch.float32)))
     criterion = nn.CrossEntropyLoss()
     model: nn.Module = head
     if cfg.dp:
