@@ -68,7 +68,7 @@ def test_non_dp_finetune_learns_and_noise_is_calibrated(tiny):
     vc, samples = tiny
     keep, y = targets_for([s.labels for s in samples], "dr")
     tokens = prefix_tokens(vc, load_pixels(vc, [samples[i].image for i in keep]), 2)
-    cfg = FinetuneConfig(task="dr", train_blocks=2, batch_size=16, epochs=30, dp=False, lr=3e-3)
+    cfg = FinetuneConfig(task="dr", train_blocks=2, batch_size=16, epochs=30, dp=False, lr=3e-3, optimizer="adamw")
     model = models.create("visionclip-tiny", seed=3)
     classes = evaluate.class_embeddings(model, evaluate.task("dr"))
 
@@ -90,3 +90,20 @@ def test_errors(tiny):
         Head(vc, 9, torch.zeros(2, 128))
     with pytest.raises(FedclipError, match="partition is empty"):
         finetune(vc, torch.zeros(0, 65, 128), torch.zeros(0, dtype=torch.long), FinetuneConfig())
+
+
+def test_logit_adjustment_is_training_only_and_validated(tiny):
+    vc, samples = tiny
+    keep, y = targets_for([s.labels for s in samples], "referable_dr")
+    tokens = prefix_tokens(vc, load_pixels(vc, [samples[i].image for i in keep]), 0)
+    with pytest.raises(FedclipError, match="class_prior needs 2 positive values"):
+        finetune(models.create("visionclip-tiny", seed=3), tokens, y,
+                 FinetuneConfig(train_blocks=0, class_prior=(1.0,), noise_multiplier=1.0))
+    head = Head(vc, 0, evaluate.class_embeddings(vc, evaluate.task("referable_dr")))
+    head.register_buffer("adjust", torch.log(torch.tensor([0.9, 0.1])))
+    head.eval()
+    with torch.no_grad():
+        plain = head(tokens)
+        head.train()
+        adjusted = head(tokens)
+    assert torch.allclose(adjusted - plain, torch.log(torch.tensor([0.9, 0.1])).expand_as(plain), atol=1e-5)
