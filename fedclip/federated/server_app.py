@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
         if server_round == 0:
             if start == 0:
                 with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps({"round": 0, "server": metrics}) + "\n")
+                    fh.write(json.dumps({"round": 0, "time": time.time(), "server": metrics}) + "\n")
             return MetricRecord(metrics) if metrics else None
         replies = pending.pop(round_, [])
         for r in replies:
@@ -103,7 +104,8 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
         shutil.rmtree(out / "checkpoints" / "last", ignore_errors=True)
         tmp.rename(out / "checkpoints" / "last")
         with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"round": round_, "server": metrics, "clients": replies}, default=str) + "\n")
+            fh.write(json.dumps({"round": round_, "time": time.time(), "server": metrics, "clients": replies},
+                                default=str) + "\n")
         _write_json(ledger_path, ledger)
         _write_json(state_path, {"round": round_, "settings": settings})  # last: the round is complete
         return MetricRecord(metrics) if metrics else None
