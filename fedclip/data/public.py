@@ -84,6 +84,12 @@ def _one_csv(root: Path, pattern: str, must_have: str) -> Path:
     raise DataError(f"no {pattern} with a {must_have!r} column under {root}; point at the dataset's root folder")
 
 
+def _sheet(root: Path, must_have: str, required: list[str]) -> tuple[Path, list[dict[str, str]], dict[str, Path]]:
+    """The dataset's label sheet (found by a column it must have), its rows, and its images by name."""
+    path = _one_csv(root, "*.csv", must_have)
+    return path, _read_csv(path, required), _index_images(root)
+
+
 def _record(path: Path, labels: dict[str, Any], where: str, source: str, meta: dict[str, Any] | None = None,
             caption: str | None = None) -> Record:
     labels = checked_labels(labels, where)
@@ -222,9 +228,7 @@ def load_flair_csv(root: str | Path, csv_path: str | Path | None = None) -> list
 def load_messidor2(root: str | Path) -> list[Record]:
     """MESSIDOR-2 with the adjudicated grades (Krause et al.): blank grade = ungradable."""
     root = Path(root)
-    path = _one_csv(root, "*.csv", "adjudicated_dr_grade")
-    rows = _read_csv(path, ["image_id", "adjudicated_dr_grade"])
-    index = _index_images(root)
+    path, rows, index = _sheet(root, "adjudicated_dr_grade", ["image_id", "adjudicated_dr_grade"])
     records = []
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
@@ -282,10 +286,8 @@ ODIR_QUALITY = {"low image quality": "blur", "lens dust": "artefact", "image off
 def load_odir(root: str | Path) -> list[Record]:
     """ODIR-5K: one row per patient, keywords per eye; one record per eye."""
     root = Path(root)
-    path = _one_csv(root, "*.csv", "Left-Diagnostic Keywords")
-    rows = _read_csv(path, ["ID", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords",
-                            "Right-Diagnostic Keywords"])
-    index = _index_images(root)
+    columns = ["ID", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords"]
+    path, rows, index = _sheet(root, "Left-Diagnostic Keywords", columns)
     records = []
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
@@ -306,9 +308,7 @@ def load_odir(root: str | Path) -> list[Record]:
 def load_aptos(root: str | Path) -> list[Record]:
     """APTOS 2019: train.csv (id_code, diagnosis 0-4) + train_images/{id_code}.png."""
     root = Path(root)
-    path = _one_csv(root, "*.csv", "diagnosis")
-    rows = _read_csv(path, ["id_code", "diagnosis"])
-    index = _index_images(root)
+    path, rows, index = _sheet(root, "diagnosis", ["id_code", "diagnosis"])
     return [_record(_find(index, row["id_code"], f"{path}:{line}"),
                     {"dr_grade": _int(row["diagnosis"], f"{path}:{line}", "diagnosis")}, f"{path}:{line}", "aptos")
             for line, row in enumerate(rows, start=2)]
