@@ -285,9 +285,11 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
             if score > best:
                 best_c, best = c, score
     clf = LogisticRegression(C=best_c, class_weight="balanced", max_iter=2000).fit(train_x, train_y)
-    scores = np.full((len(test_x), n_classes), -1e9)
-    scores[:, clf.classes_] = clf.decision_function(test_x).reshape(len(test_x), -1) if len(clf.classes_) > 2 \
-        else np.stack([-clf.decision_function(test_x), clf.decision_function(test_x)], 1) / 2
+    margins = clf.decision_function(test_x)
+    if margins.ndim == 1:  # binary: one margin for the second class
+        margins = np.stack([-margins, margins], 1) / 2
+    scores = np.full((len(test_x), n_classes), -1e9)  # classes absent from training are never predicted
+    scores[:, clf.classes_] = margins
     return {"mode": "linear-probe", "C": best_c, "n_train": int(len(train_y)), "n": int(len(test_y)),
             "k_shot": k_shot, **metrics(test_y, scores, ordinal), "ci95": bootstrap_ci(test_y, scores, ordinal, n_boot)}
 

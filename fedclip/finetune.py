@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedclip import evaluate
+from fedclip.data.images import load_rgb
 from fedclip.errors import FedclipError, ModelError
 from fedclip.models import VisionClip
 
@@ -222,10 +224,8 @@ def prefix_tokens(vc: VisionClip, pixels: torch.Tensor, train_blocks: int, batch
 
 
 def load_pixels(vc: VisionClip, images: Sequence[Any]) -> torch.Tensor:
+    """Inference-preprocessed pixels of arrays, PIL images or paths (fine-tuning does not augment)."""
     tf = evaluate.eval_transform(vc.image_size)
-    from PIL import Image
-
-    from fedclip.data.images import load_rgb
 
     def to_pil(img: Any) -> Image.Image:
         if isinstance(img, np.ndarray):
