@@ -225,6 +225,7 @@ def federate(
     config: Annotated[Path | None, typer.Option(help="TOML file with a [federate] table.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: federate.NAME=VALUE (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the federation in --out after its last round.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own per-message log.")] = False,
 ) -> None:
     """Federated DP fine-tuning on Flower's simulation engine (one process per hospital)."""
     from fedclip import config as cfglib
@@ -237,7 +238,7 @@ def federate(
                           delta=delta, strategy=strategy, partitioning=partitioning, task=task,
                           dp=False if no_dp else None)
         cfglib.write(Path(cfg.out) / "config.toml", {"federate": cfg})
-        summary = simulate(cfg, resume=resume)
+        summary = simulate(cfg, resume=resume, verbose=verbose)
     except FedclipError as e:
         _fail(e)
     table = Table(title=f"{cfg.strategy}, {cfg.clients} hospitals, task {cfg.task}")

@@ -7,12 +7,19 @@ message starts a fresh process.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedclip.federated.task import FederateConfig, client_evaluate, client_train, from_run_config
+
+# Known and harmless here, printed by every client every round otherwise: Opacus's reminder that its
+# secure RNG is off (fedclip's threat model is membership inference, not RNG state recovery) and
+# PyTorch's note that a frozen prefix means no input requires grad.
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 def _config(context: Context, fallback: FederateConfig | None) -> FederateConfig:

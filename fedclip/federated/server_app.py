@@ -25,6 +25,7 @@ from fedclip.errors import FedclipError
 from fedclip.federated import strategies
 from fedclip.federated.task import FederateConfig, from_run_config, load_global, server_evaluate
 from fedclip.finetune import trained_keys
+from fedclip.progress import progress_bar
 
 STRATEGY_FIELDS = ("strategy", "proximal_mu", "server_lr", "trim_beta", "num_malicious", "server_dp",
                    "server_dp_noise", "server_dp_clip", "train_blocks", "task", "clients")
@@ -110,10 +111,24 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
         _write_json(state_path, {"round": round_, "settings": settings})  # last: the round is complete
         return MetricRecord(metrics) if metrics else None
 
+    def evaluate_and_report(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        result = evaluate_fn(server_round, arrays)
+        if server_round > 0:
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]["clients"]
+            spent = [r["epsilon"] for r in rows if "epsilon" in r]
+            fields: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in rows)}
+            if spent:
+                fields["max ε"] = round(max(spent), 3)
+            if result is not None and "balanced-accuracy" in result:
+                fields["balanced acc"] = round(float(result["balanced-accuracy"]), 3)
+            advance(1, **fields)
+        return result
+
     strategy = strategies.build(cfg, on_replies)
-    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - start,
-                   train_config=ConfigRecord({"round-offset": start}),
-                   evaluate_config=ConfigRecord({"round-offset": start}), evaluate_fn=evaluate_fn)
+    with progress_bar(f"federate {cfg.strategy}", cfg.rounds - start) as advance:
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - start,
+                       train_config=ConfigRecord({"round-offset": start}),
+                       evaluate_config=ConfigRecord({"round-offset": start}), evaluate_fn=evaluate_and_report)
     return {"rounds": cfg.rounds, "resumed_from": start}
 
 

@@ -7,6 +7,7 @@ instead of inside a worker.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -41,13 +42,16 @@ def preflight(cfg: FederateConfig) -> None:
     strategies.build(cfg)
 
 
-def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = None) -> dict[str, Any]:
+def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = None,
+             verbose: bool = False) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     cfg = _absolute(cfg)
     preflight(cfg)
     cpus = num_cpus or os.cpu_count() or 1
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not verbose:  # Flower logs every message at INFO; the progress bar and the summary say what matters
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences Ray's GPU-env FutureWarning
     run_simulation(
         server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg),
         num_supernodes=cfg.clients,
