@@ -167,6 +167,8 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
 
     start = 0
     last = run / "checkpoints" / LAST
+    if not resume and (run / "checkpoints").exists() and any((run / "checkpoints").iterdir()):
+        raise FedclipError(f"{run} already has checkpoints; pass --resume to continue, or a new --out")
     if resume:
         if not (last / "train_state").is_dir():
             raise FedclipError(f"nothing to resume in {run}: no checkpoints/{LAST}; start it without --resume")
@@ -174,8 +176,6 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     elif cfg.init is not None:
         vc = models.load_checkpoint(cfg.init, expect_model=cfg.model)
     else:
-        if (run / "checkpoints").exists() and rank == 0 and any((run / "checkpoints").iterdir()):
-            raise FedclipError(f"{run} already has checkpoints; pass --resume to continue, or a new --out")
         vc = models.create(cfg.model, seed=cfg.seed)
     vc.model.to(device)
     dataset, source = _dataset(cfg, vc)
