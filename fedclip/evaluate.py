@@ -26,6 +26,7 @@ from fedclip.data.images import load_rgb
 from fedclip.data.records import Record, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.models import PREPROCESS_CFG, VisionClip
+from fedclip.progress import progress_bar
 from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_DESCRIPTIONS, DR_GRADE_PHRASES, condition
 
 TEMPLATES = (
@@ -157,16 +158,20 @@ def image_embeddings(vc: VisionClip, images: Iterable[Image.Image | np.ndarray |
         out.append(vc.model.encode_image(torch.stack(batch).to(device), normalize=True).float().cpu())
         batch.clear()
 
-    for img in images:
-        if isinstance(img, (str, Path)):
-            img = load_rgb(img)
-        elif isinstance(img, np.ndarray):
-            img = Image.fromarray(img)
-        batch.append(tf(img.convert("RGB")))
-        if len(batch) == batch_size:
+    total = len(images) if isinstance(images, Sequence) else None
+    with progress_bar("embed images", total) as advance:
+        for img in images:
+            if isinstance(img, (str, Path)):
+                img = load_rgb(img)
+            elif isinstance(img, np.ndarray):
+                img = Image.fromarray(img)
+            batch.append(tf(img.convert("RGB")))
+            if len(batch) == batch_size:
+                flush()
+                advance(batch_size)
+        if batch:
+            advance(len(batch))
             flush()
-    if batch:
-        flush()
     if not out:
         raise FedclipError("no images to embed")
     return torch.cat(out)
