@@ -156,6 +156,8 @@ def _result_table(title: str, results: list[dict]) -> Table:
     for col in ("task", "mode", "n", "balanced acc. [95% CI]", "macro F1", "AUC", "kappa"):
         table.add_column(col)
     for r in results:
+        if r["task"] == "retrieval":
+            continue
         ci = r.get("ci95", {}).get("balanced_accuracy")
         bacc = f"{r['balanced_accuracy']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
         table.add_row(r["task"], r.get("mode", ""), str(r["n"]), bacc, f"{r['macro_f1']:.3f}",
@@ -168,7 +170,7 @@ def eval_(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint directory.")],
     data: Annotated[Path, typer.Option(help="Dataset dir to evaluate on.")],
     task: Annotated[list[str] | None, typer.Option(
-        help="Task(s): referable_dr, dr_grade, dr, a condition, fives, refuge, odir. Repeatable.")] = None,
+        help="Task(s): referable_dr, dr_grade, dr, a condition, fives, refuge, odir, retrieval. Repeatable.")] = None,
     mode: Annotated[str, typer.Option(help="zero-shot | linear-probe.")] = "zero-shot",
     k_shot: Annotated[int | None, typer.Option(help="Linear probe: k training images per class.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the probe split and the bootstrap.")] = 0,
@@ -183,6 +185,10 @@ def eval_(
     except FedclipError as e:
         _fail(e)
     console.print(_result_table(f"{checkpoint} on {data}", results))
+    for r in results:
+        if r["task"] == "retrieval":
+            console.print("retrieval recall@k (image->text, text->image): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in r.items() if "_R@" in k))
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
 

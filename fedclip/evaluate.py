@@ -119,7 +119,7 @@ TASKS: dict[str, Task] = _tasks()
 
 def task(name: str) -> Task:
     if name not in TASKS:
-        raise FedclipError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+        raise FedclipError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)} (or retrieval)")
     return TASKS[name]
 
 
@@ -306,9 +306,14 @@ def evaluate_dir(vc: VisionClip, data: str | Path, task_names: Sequence[str], mo
         raise FedclipError(f"unknown mode {mode!r}; use zero-shot or linear-probe")
     records = read_metadata(data)
     labels = [r.labels for r in records]
-    tasks = [task(n) for n in task_names]
+    tasks = [task(n) for n in task_names if n != "retrieval"]
     feats = image_embeddings(vc, [r.path(data) for r in records], device=device)
     results = []
+    if "retrieval" in task_names:  # image <-> caption recall@k over the whole set
+        texts = torch.cat([text_embeddings(vc, [r.caption for r in records[i:i + 256]], device)
+                           for i in range(0, len(records), 256)])
+        results.append({"task": "retrieval", "mode": "retrieval", "n": len(records),
+                        **retrieval_recall(feats, texts)})
     if mode == "zero-shot":
         for t in tasks:
             results.append(zero_shot(vc, [], labels, t.name, device, n_boot, feats=feats))

@@ -64,10 +64,12 @@ def test_eval_and_predict_on_real_files(tmp_path, small_dataset):
 
     ckpt = models.save_checkpoint(models.create("visionclip-tiny"), tmp_path / "ckpt")
     res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(small_dataset), "--task", "referable_dr",
-                              "--task", "dr_grade", "--json", str(tmp_path / "r.json")])
+                              "--task", "dr_grade", "--task", "retrieval", "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "r.json").read_text())
-    assert [r["task"] for r in results] == ["referable_dr", "dr_grade"] and "kappa" in results[1]
+    assert [r["task"] for r in results] == ["retrieval", "referable_dr", "dr_grade"] and "kappa" in results[2]
+    assert 0.0 <= results[0]["image_to_text_R@1"] <= results[0]["image_to_text_R@10"] <= 1.0
+    assert "retrieval recall@k" in res.output
     image = read_metadata(small_dataset)[0].path(small_dataset)
     res = runner.invoke(app, ["predict", str(image), "--checkpoint", str(ckpt), "--top", "2"])
     assert res.exit_code == 0 and "DR grade" in res.output and res.output.count(",") >= 1
