@@ -107,9 +107,12 @@ def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strat
             cls(**common, **extra), noise_multiplier=cfg.server_dp_noise, clipping_norm=cfg.server_dp_clip,
             num_sampled_clients=cfg.clients)
     elif cfg.server_dp == "adaptive":
+        # The clipped-count noise must leave room for the requested update noise (Flower checks it);
+        # its default (clients / 20) does not for a handful of hospitals.
         strategy = guarded(DifferentialPrivacyServerSideAdaptiveClipping)(
             cls(**common, **extra), noise_multiplier=cfg.server_dp_noise, num_sampled_clients=cfg.clients,
-            initial_clipping_norm=cfg.server_dp_clip)
+            initial_clipping_norm=cfg.server_dp_clip,
+            clipped_count_stddev=max(cfg.clients / 20, 4.0 * cfg.server_dp_noise))
     else:
         raise FedclipError(f"unknown server_dp {cfg.server_dp!r}; use none, fixed or adaptive")
     strategy.on_replies = on_replies

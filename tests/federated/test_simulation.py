@@ -144,3 +144,33 @@ def test_a_killed_server_resumes_after_its_last_completed_round(setup, tmp_path)
     wrong = subprocess.run(cmd[:-2] + ["--set", "federate.batch_size=16", "--strategy", "fedmedian", "--resume"],
                            capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "same strategy settings" in wrong.stdout + wrong.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    {"strategy": "fedprox", "proximal_mu": 0.5},
+    {"strategy": "krum"},
+    {"strategy": "fedavg", "server_dp": "fixed"},
+    {"strategy": "fedmedian", "server_dp": "adaptive"},
+])
+def test_other_strategies_and_server_side_dp_run_a_round(setup, tmp_path, overrides):
+    base, cfg, _ = setup
+    run = FederateConfig(**{**cfg.__dict__, "out": tmp_path / "run", "rounds": 1, "client_eval": False, **overrides})
+    result = simulate(run)
+    clients = result["rounds"][1]["clients"]
+    assert [c["status"] for c in clients] == ["aggregated"] * 3
+    start = models.load_checkpoint(cfg.checkpoint).model.state_dict()
+    after = models.load_checkpoint(run.out / "checkpoints" / "last").model.state_dict()
+    assert any(not torch.equal(start[k], after[k]) for k in start)
+    assert all(torch.isfinite(v).all() for v in after.values())
+
+
+def test_every_strategy_builds_and_unknown_names_are_refused():
+    from fedclip.errors import FedclipError
+    from fedclip.federated import strategies
+
+    for name in strategies.STRATEGIES:
+        assert type(strategies.build(FederateConfig(strategy=name))).__name__.startswith("Guarded")
+    with pytest.raises(FedclipError, match="unknown strategy"):
+        strategies.build(FederateConfig(strategy="fedsgd"))
+    with pytest.raises(FedclipError, match="unknown server_dp"):
+        strategies.build(FederateConfig(server_dp="local"))
