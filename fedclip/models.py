@@ -104,6 +104,17 @@ def save_checkpoint(vc: VisionClip, directory: str | Path, provenance: dict[str,
     return directory
 
 
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Replace checkpoint `dst` by a copy of `src` (e.g. `last` <- `round-005`); readers see one or the other."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     cfg_path = directory / FEDCLIP_CONFIG_FILE

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fedclip import config as cfglib
-from fedclip import models, train_state
+from fedclip import models, runlog, train_state
 from fedclip.data.records import read_metadata
 from fedclip.data.torchdata import RecordDataset, StepBatchSampler, SynthDataset, train_transform
 from fedclip.errors import FedclipError
@@ -141,21 +140,8 @@ def save(run: Path, tag: str, vc: models.VisionClip, opt, sched, scaler, step: i
              "scaler": scaler.state_dict() if scaler else None, "rng": train_state.rng_state()}
     train_state.save(ckpt / "train_state", state)
     if tag != LAST:
-        last = run / "checkpoints" / LAST
-        tmp = last.with_name(f".{LAST}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(ckpt, tmp)
-        shutil.rmtree(last, ignore_errors=True)
-        tmp.rename(last)
+        models.copy_checkpoint(ckpt, run / "checkpoints" / LAST)
     return ckpt
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines of steps the resumed run will redo."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -195,7 +181,7 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         cfglib.write(run / "config.toml", {"pretrain": cfg})
-        _trim_metrics(run / "metrics.jsonl", start)
+        runlog.trim(run / "metrics.jsonl", "step", start)
 
     model: torch.nn.Module = vc.model
     if cfg.compile:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedclip import models
+from fedclip import models, runlog
 from fedclip.data.records import read_metadata
 from fedclip.errors import FedclipError
 from fedclip.federated import strategies
@@ -41,13 +40,6 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _trim_metrics(path: Path, last_round: int) -> None:
-    """Drop lines of a round that was logged but not completed before a crash (it is redone)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["round"] <= last_round]
-        path.write_text("".join(line + "\n" for line in lines))
-
-
 def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +52,7 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
             raise FedclipError(f"cannot resume {out}: it ran with {state['settings']}, now {settings}; "
                                "resume with the same strategy settings")
         start = int(state["round"])
-        _trim_metrics(out / "metrics.jsonl", start)
+        runlog.trim(out / "metrics.jsonl", "round", start)
         arrays = {k: v for k, v in models.load_checkpoint(out / "checkpoints" / "last").model.state_dict().items()}
     elif state_path.exists():
         raise FedclipError(f"{out} already holds a federation; pass --resume to continue it or choose a new --out")
@@ -99,36 +91,26 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
                                       provenance={"stage": "federate", "round": round_, "settings": settings,
                                                   "epsilon_per_client": {str(r["node"]): r.get("epsilon")
                                                                          for r in replies}})
-        tmp = out / "checkpoints" / ".last.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(ckpt, tmp)
-        shutil.rmtree(out / "checkpoints" / "last", ignore_errors=True)
-        tmp.rename(out / "checkpoints" / "last")
+        models.copy_checkpoint(ckpt, out / "checkpoints" / "last")
         with open(out / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps({"round": round_, "time": time.time(), "server": metrics, "clients": replies},
                                 default=str) + "\n")
         _write_json(ledger_path, ledger)
         _write_json(state_path, {"round": round_, "settings": settings})  # last: the round is complete
+        spent = [r["epsilon"] for r in replies if "epsilon" in r]
+        shown: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in replies)}
+        if spent:
+            shown["max ε"] = round(max(spent), 3)
+        if "balanced-accuracy" in metrics:
+            shown["balanced acc"] = round(float(metrics["balanced-accuracy"]), 3)
+        advance(1, **shown)  # bound below, before the strategy calls this
         return MetricRecord(metrics) if metrics else None
-
-    def evaluate_and_report(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        result = evaluate_fn(server_round, arrays)
-        if server_round > 0:
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]["clients"]
-            spent = [r["epsilon"] for r in rows if "epsilon" in r]
-            fields: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in rows)}
-            if spent:
-                fields["max ε"] = round(max(spent), 3)
-            if result is not None and "balanced-accuracy" in result:
-                fields["balanced acc"] = round(float(result["balanced-accuracy"]), 3)
-            advance(1, **fields)
-        return result
 
     strategy = strategies.build(cfg, on_replies)
     with progress_bar(f"federate {cfg.strategy}", cfg.rounds - start) as advance:
         strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - start,
                        train_config=ConfigRecord({"round-offset": start}),
-                       evaluate_config=ConfigRecord({"round-offset": start}), evaluate_fn=evaluate_and_report)
+                       evaluate_config=ConfigRecord({"round-offset": start}), evaluate_fn=evaluate_fn)
     return {"rounds": cfg.rounds, "resumed_from": start}
 
 

@@ -1,0 +1,18 @@
+"""`metrics.jsonl`: one JSON object per line, appended as a run goes.
+
+A resumed run redoes the steps / rounds after its last checkpoint, so the lines logged for them
+before the crash are dropped first; the log then never holds a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def trim(path: Path, key: str, last: int) -> None:
+    """Keep only the lines whose `key` is at most `last` (lines without it are kept)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get(key, 0) <= last]
+    path.write_text("".join(line + "\n" for line in keep))
