@@ -231,10 +231,16 @@ def federate(
     config: Annotated[Path | None, typer.Option(help="TOML file with a [federate] table.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: federate.NAME=VALUE (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the federation in --out after its last round.")] = False,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="Where the simulated hospitals keep their lifetime ledgers (default $FEDCLIP_HOME/nodes, "
+             "~/.fedclip/nodes); outlives --out.")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        help="TOML with the hospitals' own privacy policies: [policy] for all, [policy.client-N] for one.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own per-message log.")] = False,
 ) -> None:
     """Federated DP fine-tuning on Flower's simulation engine (one process per hospital)."""
     from fedclip import config as cfglib
+    from fedclip.federated import policy as policylib
     from fedclip.federated.simulation import simulate
     from fedclip.federated.task import FederateConfig
 
@@ -243,8 +249,9 @@ def federate(
                           eval_data=eval_data, out=out, clients=clients, rounds=rounds, epsilon=epsilon,
                           delta=delta, strategy=strategy, partitioning=partitioning, task=task,
                           dp=False if no_dp else None)
+        policies = policylib.load_simulated(policy, cfg.clients)
+        summary = simulate(cfg, resume=resume, verbose=verbose, state_root=state_dir, policies=policies)
         cfglib.write(Path(cfg.out) / "config.toml", {"federate": cfg})
-        summary = simulate(cfg, resume=resume, verbose=verbose)
     except FedclipError as e:
         _fail(e)
     table = Table(title=f"{cfg.strategy}, {cfg.clients} hospitals, task {cfg.task}")
@@ -256,7 +263,21 @@ def federate(
         bacc = r["server"].get("balanced-accuracy")
         table.add_row(str(r["round"]), f"{bacc:.3f}" if bacc is not None else "-", clients_text or "(start)")
     console.print(table)
+    for name, entries in summary["nodes"].items():
+        if entries:
+            console.print(_ledger_line(name, entries[-1]))
     console.print(f"ledger: {Path(cfg.out) / 'ledger.json'}; checkpoints: {Path(cfg.out) / 'checkpoints'}")
+
+
+def _ledger_line(name: str, e: dict) -> str:
+    """A node's lifetime spend with its unit and relation, and what it means per patient."""
+    line = (f"{name}: ε = {e['epsilon']:.3f} at δ = {e['delta']:g} per {e['unit']} ({e['neighbouring']}, "
+            f"{e['accountant']}, lifetime on dataset {e['dataset'][:12]}, noise from {e['noise_source']})")
+    if e.get("patient_epsilon") is not None:
+        k = e["group_size"]
+        line += (f"; per patient (up to {k} images each, group privacy kε, k·e^((k-1)ε)·δ): "
+                 f"ε = {e['patient_epsilon']:.2f}, δ = {e['patient_delta']:.2g}")
+    return line
 
 
 @app.command()

@@ -59,6 +59,6 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                          rounds=cfg.rounds, partitioning="iid", client_eval=False, class_prior=(0.85, 0.15),
                          seed=cfg.seed)
     resume = (fed.out / "state.json").exists()
-    federated = simulate(fed, resume=resume)
+    federated = simulate(fed, resume=resume, state_root=cfg.out / "nodes")  # the demo's own fictional hospitals
     return {"data": str(data), "external": str(external), "checkpoint": str(ckpt),
             "zero_shot": {"untrained": untrained, "pretrained": trained}, "federated": federated}

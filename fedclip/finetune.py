@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -263,20 +264,63 @@ def steps_per_round(cfg: FinetuneConfig, n: int) -> int:
     return max(1, cfg.epochs * math.ceil(n / cfg.batch_size))
 
 
-def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: FinetuneConfig,
-             noise_multiplier: float | None = None, generator_seed: int | None = None) -> FinetuneResult:
+def secure_seed() -> int:
+    """A fresh 63-bit seed from the operating system's CSPRNG, for one training's noise or sampling."""
+    return secrets.randbits(63)
+
+
+def _private(head: nn.Module, opt: torch.optim.Optimizer, dataset: TensorDataset, criterion: nn.Module,
+             cfg: FinetuneConfig, *, sigma: float, sample_rate: float, expected_batch_size: float,
+             noise_seed: int | None) -> tuple[nn.Module, Any, nn.Module, DataLoader]:
+    """Opacus around the head, with the randomness and the normalisation fedclip controls.
+
+    Randomness: Opacus' own secure mode needs torchcsprng, which does not build for torch 2.14. Instead
+    the Poisson sampler and the noise each get a generator seeded afresh from the OS CSPRNG (never
+    from a config seed), and the optimizer draws noise the way Opacus' secure mode does (the sum of
+    four Gaussians, which defeats the floating-point attack on a single `torch.normal`). A seed is
+    passed only by tests (`noise_seed`), which the ledger then records.
+
+    Sampling and normalisation: Poisson sampling at exactly `sample_rate` (Opacus would use
+    1 / len(loader), which rounds), and the noisy sum divided by `expected_batch_size`, which the
+    caller derives from public numbers (Opacus would use the real dataset size).
+    """
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+
+    sampling = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed)
+    noise = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed + 1)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
+    engine = PrivacyEngine(accountant=cfg.accountant)  # its accountant is unused: the ledger accounts
+    wrapped = engine.make_private(module=head, optimizer=opt, data_loader=loader, criterion=criterion,
+                                  noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
+                                  poisson_sampling=False, grad_sample_mode=cfg.grad_sample_mode,
+                                  noise_generator=noise)
+    model, dp_opt = wrapped[0], wrapped[1]
+    criterion = wrapped[2] if cfg.grad_sample_mode == "ghost" else criterion
+    dp_opt.secure_mode = True
+    dp_opt.expected_batch_size = expected_batch_size
+    return model, dp_opt, criterion, wrapped[-1]
+
+
+def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: FinetuneConfig, *,
+             noise_multiplier: float | None = None, sample_rate: float | None = None, steps: int | None = None,
+             public_size: int | None = None, noise_seed: int | None = None) -> FinetuneResult:
     """Train the head on cached prefix tokens; DP-SGD with Poisson sampling when `cfg.dp`.
 
     The model `vc` is updated in place with the trained weights (open_clip layout) and they are
-    returned. `noise_multiplier` overrides calibration (federated clients pass the one their ledger
-    planned with).
+    returned. Federated clients pass what their ledger planned: `noise_multiplier`, `sample_rate` and
+    `steps` derived from `public_size` (a dataset size that may be released), so that nothing about
+    the real size shapes the update. Without them, the real size is used (a local, unreleased model).
+    `noise_seed` is for tests only: DP randomness otherwise comes from the OS CSPRNG.
     """
     n = len(tokens)
     if n == 0:
         raise FedclipError("no training images: this client's partition is empty")
-    torch.manual_seed(cfg.seed if generator_seed is None else generator_seed)
+    size = public_size or n
     t = evaluate.task(cfg.task)
-    head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
+    with torch.random.fork_rng():  # initialisation of LoRA adapters without touching the global RNG
+        torch.manual_seed(cfg.seed)
+        head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
     params = [p for p in head.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
@@ -284,29 +328,24 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     else:
         raise FedclipError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
-    loader = DataLoader(TensorDataset(tokens, targets), batch_size=cfg.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(cfg.seed if generator_seed is None else generator_seed))
-    steps = steps_per_round(cfg, n)
+    steps = steps or steps_per_round(cfg, size)
+    q = sample_rate if sample_rate is not None else min(1.0, cfg.batch_size / size)
     sigma = None
     if cfg.class_prior is not None:
         if len(cfg.class_prior) != len(t.classes) or min(cfg.class_prior) <= 0:
             raise FedclipError(f"class_prior needs {len(t.classes)} positive values for task {t.name} "
                                f"({', '.join(t.classes)}), got {cfg.class_prior}")
         head.register_buffer("adjust", torch.log(torch.tensor(cfg.class_prior, dtype=torch.float32)))
-    criterion = nn.CrossEntropyLoss()
+    criterion: nn.Module = nn.CrossEntropyLoss()
     model: nn.Module = head
+    dataset = TensorDataset(tokens, targets)
     if cfg.dp:
-        from opacus import PrivacyEngine
-
-        sigma = noise_multiplier if noise_multiplier is not None else noise_for_budget(cfg, n, steps)
-        engine = PrivacyEngine(accountant=cfg.accountant)
-        wrapped = engine.make_private(module=head, optimizer=opt, data_loader=loader, criterion=criterion,
-                                      noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
-                                      poisson_sampling=True, grad_sample_mode=cfg.grad_sample_mode)
-        if cfg.grad_sample_mode == "ghost":
-            model, opt, criterion, loader = wrapped
-        else:
-            model, opt, loader = wrapped
+        sigma = noise_multiplier if noise_multiplier is not None else noise_for_budget(cfg, size, steps)
+        model, opt, criterion, loader = _private(head, opt, dataset, criterion, cfg, sigma=sigma, sample_rate=q,
+                                                 expected_batch_size=q * size, noise_seed=noise_seed)
+    else:  # no privacy promised: data order from the config seed
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(cfg.seed))
     head.train()
     # FedProx's proximal term, applied as a step towards the round's starting weights after each
     # optimizer step: it depends on no data, so it is post-processing and costs no privacy.
@@ -321,10 +360,16 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
             # Poisson sampling can draw an empty batch: it still takes a (noise-only) step, as the
             # privacy analysis assumes; skipping it would reveal that the batch was empty.
             opt.zero_grad()  # before the forward pass: expanded weights accumulate during it
-            logits = model(x)
-            loss = criterion(logits, y) if len(y) else logits.sum() * 0.0
-            loss.backward()
-            opt.step()
+            if len(y) == 0 and cfg.dp and cfg.grad_sample_mode == "ew":
+                # expanded weights cannot run a batch of 0; an empty per-sample gradient is the same step
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                opt.step()
+            else:
+                logits = model(x)
+                loss = criterion(logits, y) if len(y) else logits.sum() * 0.0
+                loss.backward()
+                opt.step()
             if anchor is not None:
                 with torch.no_grad():
                     for p, a in zip(params, anchor, strict=True):
@@ -336,7 +381,7 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     per_step = (time.perf_counter() - t_loop) / max(1, done)
     state = head.open_clip_state()
     vc.model.load_state_dict(state, strict=False)
-    return FinetuneResult(state, n, steps, min(1.0, cfg.batch_size / n) if cfg.dp else 1.0, sigma,
+    return FinetuneResult(state, n, steps, q if cfg.dp else 1.0, sigma,
                           float(np.mean(losses)) if losses else float("nan"), correct / max(1, seen), per_step)
 
 

@@ -9,6 +9,8 @@ rarely carry every label), which is why `Record.labels` holds only the known one
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -107,3 +109,12 @@ def read_metadata(root: str | Path, check_files: bool = True) -> list[Record]:
     if not records:
         raise DataError(f"{path} lists no images; the dataset is empty — generate or load some data first")
     return records
+
+
+def fingerprint(records: Iterable[Record]) -> str:
+    """SHA-256 of the rows (path, caption, labels, meta) in order: which data a model or ledger is about."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.filepath, r.caption, r.labels, r.meta], sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()

@@ -1,30 +1,51 @@
-"""A client's privacy ledger: append-only JSON lines, fsync'd before the update leaves the node.
+"""A node's lifetime privacy ledger: append-only, hash-chained, locked, fsync'd before anything leaves.
 
-Each entry holds everything needed to recompute epsilon independently (noise multiplier, sampling
-rate, steps, delta, accountant) next to the epsilon fedclip computed. The order of operations is
-what makes it honest: train -> append + fsync the entry -> reply. A crash between the entry and the
-reply over-counts (spend recorded, update never sent); no crash can under-count. A torn last line can
-only come from a crash *during* the append, before any reply, so it is ignored.
+One ledger per node and dataset (the fingerprint of the rows it trains on), in the node's own state
+dir, so every run on the same data spends from the same budget. Each entry holds what an independent
+accountant needs (noise multiplier, sampling rate as used, steps, delta, neighbouring relation, unit,
+accountant) next to the epsilon fedclip computed, and the hash of the entry before it.
+
+The order of operations is what makes it honest: lock -> check budget -> train -> append + fsync ->
+reply. A crash between the entry and the reply over-counts (spend recorded, update never sent); no
+crash can under-count. A crash *during* the append leaves a torn last line (no newline): readers
+ignore it and the next writer truncates it before appending. A deleted, edited or reordered entry
+breaks the chain and is an error naming the line.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedclip import io
 from fedclip.errors import FedclipError
+from fedclip.federated.policy import NEIGHBOURING
+
+GENESIS = "0" * 64
+KINDS = ("train", "evaluate", "dataset-size", "no-dp")
 
 
 class BudgetExhausted(FedclipError):
-    """The next round would take a client past its (epsilon, delta) budget."""
+    """The next release would take a node past its (epsilon, delta) budget."""
+
+
+class LedgerCorrupt(FedclipError):
+    """The ledger's hash chain is broken: an entry was deleted, edited or reordered."""
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    kind: str  # train | evaluate | dataset-size | no-dp
     client: str
+    dataset: str  # fingerprint of the rows this node releases information about
     round: int
     noise_multiplier: float
     sample_rate: float
@@ -32,51 +53,113 @@ class LedgerEntry:
     cumulative_steps: int
     delta: float
     accountant: str
-    epsilon_round: float  # this round alone
-    epsilon: float  # cumulative, over every entry so far
+    neighbouring: str
+    unit: str
+    noise_source: str  # os-csprng | insecure-test-seed
+    epsilon_round: float  # this release alone
+    epsilon: float  # cumulative over the node's lifetime on this dataset
+    group_size: int | None  # image unit: most images one patient has here (stays on the node)
+    patient_epsilon: float | None  # group privacy: k * epsilon
+    patient_delta: float | None  # group privacy: k * exp((k - 1) * epsilon) * delta
+    public_size: int | None  # dataset-size entries: the released (noised) size
     time: float
+    prev: str  # hash of the previous entry (GENESIS for the first)
+    hash: str  # sha256 of this entry without this field
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def epsilon_for(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
-    """Cumulative epsilon of a sequence of (noise multiplier, sampling rate, steps) with Opacus."""
+    """Cumulative epsilon of (noise multiplier, sampling rate, steps) releases, by Opacus' accountants.
+
+    A Gaussian release of a sensitivity-1 statistic with noise std s is (s, 1.0, 1) here.
+    """
     if not history:
         return 0.0
+    if any(math.isinf(s) or s <= 0 for s, _, _ in history):
+        return math.inf
     from opacus.accountants import PRVAccountant, RDPAccountant
 
-    if accountant == "rdp":
-        acc = RDPAccountant()
-        acc.history = list(history)
-        return float(acc.get_epsilon(delta))
-    if accountant == "prv":
-        acc = PRVAccountant()
-        acc.history = list(history)
-        return float(acc.get_epsilon(delta))
-    raise FedclipError(f"unknown accountant {accountant!r}; use rdp or prv")
+    if accountant not in ("rdp", "prv"):
+        raise FedclipError(f"unknown accountant {accountant!r}; use rdp or prv")
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = list(history)
+    return float(acc.get_epsilon(delta))
+
+
+def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """(epsilon, delta)-DP per image implies (k eps, k e^{(k-1) eps} delta)-DP for k images of one patient."""
+    if math.isinf(epsilon):
+        return math.inf, 1.0
+    return k * epsilon, min(1.0, k * math.exp((k - 1) * epsilon) * delta)
+
+
+def plan_noise(history: list[tuple[float, float, int]], *, target: float, delta: float, accountant: str,
+               sample_rate: float, steps: int) -> float | None:
+    """The smallest noise multiplier with which `steps` more steps keep the total at most `target`.
+
+    None when the budget cannot pay for them at any useful noise (multiplier above 100). The choice
+    depends only on public values (earlier multipliers, rates, steps), so recalibrating every round is
+    valid adaptive composition.
+    """
+    def total(sigma: float) -> float:
+        return epsilon_for([*history, (sigma, sample_rate, steps)], delta, accountant)
+
+    lo, hi = 0.1, 100.0
+    if total(hi) > target:
+        return None
+    if total(lo) <= target:
+        return lo
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if total(mid) <= target else (mid, hi)
+        if hi / lo < 1.001:
+            break
+    return hi
 
 
 class PrivacyLedger:
-    def __init__(self, path: str | Path, client: str, budget: float, delta: float, accountant: str = "rdp") -> None:
+    def __init__(self, path: str | Path, *, client: str, dataset: str, budget: float, delta: float,
+                 accountant: str = "rdp", unit: str = "image") -> None:
         self.path = Path(path)
         self.client = client
+        self.dataset = dataset
         self.budget = budget
         self.delta = delta
         self.accountant = accountant
+        self.unit = unit
+
+    # ----------------------------------------------------------------------------------- reading
+    def _lines(self) -> tuple[list[str], bool]:
+        """Complete lines, and whether a torn (newline-less) tail follows them."""
+        if not self.path.exists():
+            return [], False
+        text = self.path.read_text(encoding="utf-8")
+        torn = bool(text) and not text.endswith("\n")
+        lines = text.split("\n")
+        return (lines[:-1], torn)
 
     def entries(self) -> list[LedgerEntry]:
-        if not self.path.exists():
-            return []
-        out = []
-        lines = self.path.read_text().split("\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
+        """Every complete entry, the hash chain verified (a torn last line is ignored: never replied)."""
+        out: list[LedgerEntry] = []
+        prev = GENESIS
+        lines, _ = self._lines()
+        for i, line in enumerate(lines, start=1):
+            where = f"{self.path}:{i}"
             try:
-                out.append(LedgerEntry(**json.loads(line)))
+                raw = json.loads(line)
+                entry = LedgerEntry(**raw)
             except (json.JSONDecodeError, TypeError):
-                if i == len(lines) - 1:  # torn final append: that update was never sent
-                    continue
-                raise FedclipError(f"{self.path}:{i + 1} is corrupt; the ledger cannot be trusted — restore it "
-                                   "from a backup before this client trains again") from None
+                raise LedgerCorrupt(f"{where} is not a ledger entry; the ledger cannot be trusted — restore it "
+                                    "from a backup before this node releases anything again") from None
+            body = {k: v for k, v in raw.items() if k != "hash"}
+            if entry.prev != prev or _digest(body) != entry.hash:
+                raise LedgerCorrupt(f"{where}: the hash chain is broken (an entry was deleted, edited or reordered); "
+                                    "restore the ledger from a backup before this node releases anything again")
+            prev = entry.hash
+            out.append(entry)
         return out
 
     def history(self) -> list[tuple[float, float, int]]:
@@ -85,37 +168,63 @@ class PrivacyLedger:
     def spent(self) -> float:
         return epsilon_for(self.history(), self.delta, self.accountant)
 
-    def check(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
-        """Epsilon after a planned round; raises `BudgetExhausted` if it would exceed the budget."""
-        after = epsilon_for([*self.history(), (noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
+    def public_size(self) -> int | None:
+        """The dataset size this node released (noised) earlier, reused for its lifetime."""
+        sizes = [e.public_size for e in self.entries() if e.kind == "dataset-size"]
+        return sizes[0] if sizes else None
+
+    # ----------------------------------------------------------------------------------- writing
+    @contextmanager
+    def locked(self) -> Iterator[PrivacyLedger]:
+        """Exclusive use of the ledger from budget check to durable entry (no two runs overspend).
+
+        A torn tail from an earlier crash is cut off here, before anything is appended after it.
+        POSIX `flock`: released by the kernel if the process dies, so a killed run never wedges it.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                lines, torn = self._lines()
+                if torn:
+                    with open(self.path, "r+b") as fh:
+                        fh.truncate(sum(len(line.encode("utf-8")) + 1 for line in lines))
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                yield self
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def check(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+        """Epsilon after a planned release; raises `BudgetExhausted` if it would exceed the budget."""
+        history = self.history()
+        after = epsilon_for([*history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         if after > self.budget * (1 + 1e-6):
+            before = epsilon_for(history, self.delta, self.accountant)
             raise BudgetExhausted(
-                f"client {self.client}: the next round would raise epsilon from {self.spent():.3f} to {after:.3f}, "
-                f"past its budget of {self.budget:g} (delta={self.delta:g}); it refuses to train. Raise the budget "
-                "only with your privacy officer's approval, or stop the federation for this client.")
+                f"node {self.client}: the next release would raise epsilon from {before:.3f} to {after:.3f}, past "
+                f"its lifetime budget of {self.budget:g} (delta={self.delta:g}) on dataset {self.dataset[:12]}")
         return after
 
-    def record(self, round_: int, noise_multiplier: float, sample_rate: float, steps: int) -> LedgerEntry:
-        """Append this round's spend and make it durable (file and directory fsync'd)."""
-        history = self.history()
-        entry = LedgerEntry(
-            client=self.client, round=round_, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-            steps=steps, cumulative_steps=sum(h[2] for h in history) + steps, delta=self.delta,
-            accountant=self.accountant,
-            epsilon_round=epsilon_for([(noise_multiplier, sample_rate, steps)], self.delta, self.accountant),
-            epsilon=epsilon_for([*history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant),
-            time=time.time(),
+    def record(self, *, kind: str, round_: int, noise_multiplier: float, sample_rate: float, steps: int,
+               noise_source: str, group_size: int | None = None, public_size: int | None = None) -> LedgerEntry:
+        """Append a release and make it durable; call inside `locked()` after `check`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown ledger entry kind {kind!r}")
+        old = self.entries()
+        history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in old]
+        release = (noise_multiplier, sample_rate, steps)
+        eps = epsilon_for([*history, release], self.delta, self.accountant)
+        patient = group_privacy(eps, self.delta, group_size) if group_size and self.unit == "image" else None
+        body = dict(
+            kind=kind, client=self.client, dataset=self.dataset, round=round_, noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate, steps=steps, cumulative_steps=sum(e.steps for e in old) + steps,
+            delta=self.delta, accountant=self.accountant, neighbouring=NEIGHBOURING, unit=self.unit,
+            noise_source=noise_source, epsilon_round=epsilon_for([release], self.delta, self.accountant),
+            epsilon=eps, group_size=group_size if patient else None,
+            patient_epsilon=patient[0] if patient else None, patient_delta=patient[1] if patient else None,
+            public_size=public_size, time=time.time(), prev=old[-1].hash if old else GENESIS,
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(asdict(entry)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if new:
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        entry = LedgerEntry(**body, hash=_digest(body))
+        io.append_line(self.path, json.dumps(asdict(entry), allow_nan=True))
         return entry

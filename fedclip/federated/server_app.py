@@ -1,15 +1,14 @@
 """Flower ServerApp: the federation loop, with per-round evaluation, checkpoints and resume.
 
 Each completed round leaves `checkpoints/round-NNN/` (and `checkpoints/last/`), a line in
-`metrics.jsonl` (server-side metrics, every client's reply status and epsilon) and an updated
-`ledger.json`; `state.json` names the last completed round and the strategy settings, so a killed
-server resumes at the next round with the same strategy.
+`metrics.jsonl` (server-side metrics, every node's public reply), and an updated `ledger.json` (the
+server's summary of what nodes reported: status, epsilon, effective budget, unit; central epsilon with
+server-side DP). `state.json` names the last completed round and the settings a resume must share.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,100 +17,119 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedclip import models, runlog
+from fedclip import io, models, runlog
 from fedclip.data.records import read_metadata
 from fedclip.errors import FedclipError
-from fedclip.federated import strategies
+from fedclip.federated import keys, strategies
 from fedclip.federated.task import FederateConfig, from_run_config, load_global, server_evaluate
 from fedclip.finetune import trained_keys
 from fedclip.progress import progress_bar
 
 STRATEGY_FIELDS = ("strategy", "proximal_mu", "server_lr", "trim_beta", "num_malicious", "server_dp",
-                   "server_dp_noise", "server_dp_clip", "train_blocks", "task", "clients")
+                   "server_dp_noise", "server_dp_clip", "server_dp_delta", "train_blocks", "task", "clients")
+PRIVACY_FIELDS = ("dp", "epsilon", "delta", "unit", "partitioning", "alpha", "seed", "data", "batch_size",
+                  "local_epochs", "max_grad_norm", "lora_rank")
 """What a resumed run must share with the run it continues. `rounds` may grow: extending a federation
-is allowed, and each client's ledger then decides whether its budget allows more rounds."""
+is allowed, and each node's ledger then decides whether its budget allows more rounds."""
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _settings(cfg: FederateConfig) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in STRATEGY_FIELDS + PRIVACY_FIELDS},
+                                 default=str))
 
 
-def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.json"
-    settings = {k: v for k, v in asdict(cfg).items() if k in STRATEGY_FIELDS}
-    start, arrays = 0, None
-    if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
-        if state["settings"] != json.loads(json.dumps(settings, default=str)):
-            raise FedclipError(f"cannot resume {out}: it ran with {state['settings']}, now {settings}; "
-                               "resume with the same strategy settings")
-        start = int(state["round"])
-        runlog.trim(out / "metrics.jsonl", "round", start)
-        arrays = {k: v for k, v in models.load_checkpoint(out / "checkpoints" / "last").model.state_dict().items()}
-    elif state_path.exists():
-        raise FedclipError(f"{out} already holds a federation; pass --resume to continue it or choose a new --out")
-    vc = load_global(cfg, None)
-    keys = trained_keys(vc, cfg.train_blocks)
-    if arrays is not None:
-        vc.model.load_state_dict({k: arrays[k] for k in keys}, strict=False)
-    initial = ArrayRecord.from_torch_state_dict({k: vc.model.state_dict()[k] for k in keys})
-    if start >= cfg.rounds:
-        return {"rounds": start, "resumed": True}
+def resume_point(cfg: FederateConfig, resume: bool) -> int:
+    """The last completed round to continue from (0: a new run); refuses a changed run or a silent overwrite."""
+    state_path = Path(cfg.out) / "state.json"
+    if not state_path.exists():
+        return 0
+    if not resume:
+        raise FedclipError(f"{cfg.out} already holds a federation; pass --resume to continue it or choose a new --out")
+    state = json.loads(state_path.read_text())
+    before, now = state["settings"], _settings(cfg)
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        what = ", ".join(f"{k} ({before.get(k)} -> {now.get(k)})" for k in changed)
+        raise FedclipError(f"cannot resume {cfg.out}: changed {what}; resume with the same strategy and privacy "
+                           "settings, or start a new --out")
+    return int(state["round"])
 
-    eval_records = read_metadata(cfg.eval_data) if cfg.eval_data else []
-    ledger_path = out / "ledger.json"
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else []
-    pending: dict[int, list[dict[str, Any]]] = {}
 
-    def on_replies(server_round: int, report: list[dict[str, Any]]) -> None:
-        pending[start + server_round] = report
+class Recorder:
+    """The server's per-round bookkeeping: checkpoint, metrics line, ledger summary, state — in that order."""
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        round_ = start + server_round
-        vc.model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-        metrics = server_evaluate(cfg, vc, eval_records, cfg.eval_data) if eval_records else {}
+    def __init__(self, cfg: FederateConfig, vc: models.VisionClip, start: int) -> None:
+        self.cfg, self.vc, self.start = cfg, vc, start
+        self.out = Path(cfg.out)
+        self.eval_records = read_metadata(cfg.eval_data) if cfg.eval_data else []
+        self.ledger_path = self.out / "ledger.json"
+        self.ledger: list[dict[str, Any]] = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() \
+            else []
+        self.pending: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
+        self.advance = None
+
+    def on_replies(self, server_round: int, report: list[dict[str, Any]], central: dict[str, Any] | None) -> None:
+        self.pending[self.start + server_round] = (report, central)
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        round_ = self.start + server_round
+        self.vc.model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+        metrics = server_evaluate(self.cfg, self.vc, self.eval_records, self.cfg.eval_data) \
+            if self.eval_records else {}
         if server_round == 0:
-            if start == 0:
-                with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps({"round": 0, "time": time.time(), "server": metrics}) + "\n")
+            if self.start == 0:
+                runlog.append(self.out / "metrics.jsonl", {"round": 0, "time": time.time(), "server": metrics})
             return MetricRecord(metrics) if metrics else None
-        replies = pending.pop(round_, [])
+        replies, central = self.pending.pop(round_, ([], None))
         for r in replies:
-            if "epsilon" in r:
-                ledger.append({"round": round_, "node": r["node"], "status": r["status"], "epsilon": r["epsilon"],
-                               "epsilon_round": r.get("epsilon-round"), "noise_multiplier": r.get("noise-multiplier"),
-                               "sample_rate": r.get("sample-rate"), "steps": r.get("steps")})
-        ckpt = models.save_checkpoint(vc, out / "checkpoints" / f"round-{round_:03d}",
-                                      provenance={"stage": "federate", "round": round_, "settings": settings,
-                                                  "epsilon_per_client": {str(r["node"]): r.get("epsilon")
-                                                                         for r in replies}})
-        models.copy_checkpoint(ckpt, out / "checkpoints" / "last")
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"round": round_, "time": time.time(), "server": metrics, "clients": replies},
-                                default=str) + "\n")
-        _write_json(ledger_path, ledger)
-        _write_json(state_path, {"round": round_, "settings": settings})  # last: the round is complete
-        spent = [r["epsilon"] for r in replies if "epsilon" in r]
+            self.ledger.append({"round": round_, "node": r["node"], "status": r["status"],
+                                **{k.replace("-", "_"): r[k] for k in (keys.EPSILON, keys.EPSILON_ROUND,
+                                   keys.EPSILON_BUDGET, keys.DELTA, keys.NOISE_MULTIPLIER, keys.SAMPLE_RATE,
+                                   keys.STEPS, keys.UNIT, keys.NEIGHBOURING, keys.ACCOUNTANT) if k in r}})
+        if central is not None:
+            self.ledger.append({"round": round_, "node": "server", "status": "central-dp", **central})
+        ckpt = models.save_checkpoint(self.vc, self.out / "checkpoints" / f"round-{round_:03d}", provenance={
+            "stage": "federate", "round": round_, "settings": _settings(self.cfg),
+            "epsilon_per_node": {str(r["node"]): r.get(keys.EPSILON) for r in replies},
+            **({"central_epsilon": central["epsilon"]} if central else {})})
+        models.copy_checkpoint(ckpt, self.out / "checkpoints" / "last")
+        runlog.append(self.out / "metrics.jsonl", {"round": round_, "time": time.time(), "server": metrics,
+                                                   "clients": replies, **({"central": central} if central else {})})
+        io.write_json(self.ledger_path, self.ledger)
+        io.write_json(self.out / "state.json", {"round": round_, "settings": _settings(self.cfg)})  # last: done
+        spent = [r[keys.EPSILON] for r in replies if keys.EPSILON in r]
         shown: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in replies)}
         if spent:
             shown["max ε"] = round(max(spent), 3)
         if "balanced-accuracy" in metrics:
             shown["balanced acc"] = round(float(metrics["balanced-accuracy"]), 3)
-        advance(1, **shown)  # bound below, before the strategy calls this
+        if self.advance is not None:
+            self.advance(1, **shown)
         return MetricRecord(metrics) if metrics else None
 
-    strategy = strategies.build(cfg, on_replies)
+
+def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = resume_point(cfg, resume)
+    vc = load_global(cfg, None)
+    keys_ = trained_keys(vc, cfg.train_blocks)
+    if start:
+        runlog.trim(out / "metrics.jsonl", "round", start)
+        last = models.load_checkpoint(out / "checkpoints" / "last").model.state_dict()
+        vc.model.load_state_dict({k: last[k] for k in keys_}, strict=False)
+    if start >= cfg.rounds:
+        return {"rounds": start, "resumed_from": start}
+    initial = ArrayRecord.from_torch_state_dict({k: vc.model.state_dict()[k] for k in keys_})
+    recorder = Recorder(cfg, vc, start)
+    strategy = strategies.build(cfg, recorder.on_replies)
     with progress_bar(f"federate {cfg.strategy}", cfg.rounds - start) as advance:
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - start,
-                       train_config=ConfigRecord({"round-offset": start}),
-                       evaluate_config=ConfigRecord({"round-offset": start}), evaluate_fn=evaluate_fn)
-    return {"rounds": cfg.rounds, "resumed_from": start}
+        recorder.advance = advance
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - start,
+                                train_config=ConfigRecord({keys.ROUND_OFFSET: start}),
+                                evaluate_config=ConfigRecord({keys.ROUND_OFFSET: start}),
+                                evaluate_fn=recorder.evaluate)
+    return {"rounds": cfg.rounds, "resumed_from": start, "result": result}
 
 
 def make_server_app(fallback: FederateConfig | None = None, resume: bool = False) -> ServerApp:
@@ -122,7 +140,7 @@ def make_server_app(fallback: FederateConfig | None = None, resume: bool = False
         cfg = from_run_config(dict(context.run_config)) if context.run_config else fallback
         if cfg is None:
             raise RuntimeError("no run config: start through `fedclip federate` or `flwr run .`")
-        run_server(grid, cfg, resume=resume or bool(context.run_config.get("resume", False)))
+        run_server(grid, cfg, resume=resume)
 
     return app
 

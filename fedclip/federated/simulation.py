@@ -16,10 +16,16 @@ from typing import Any
 from fedclip import models
 from fedclip.data.records import read_metadata
 from fedclip.errors import FedclipError
+from fedclip.federated import policy as policylib
 from fedclip.federated import strategies
-from fedclip.federated.client_app import make_client_app
-from fedclip.federated.server_app import make_server_app
+from fedclip.federated.client_app import SimulatedNodes, make_client_app
+from fedclip.federated.server_app import make_server_app, resume_point
 from fedclip.federated.task import FederateConfig
+
+
+def default_state_root() -> Path:
+    """Where simulated hospitals keep their lifetime ledgers: `$FEDCLIP_HOME/nodes` (default ~/.fedclip)."""
+    return Path(os.environ.get("FEDCLIP_HOME", Path.home() / ".fedclip")) / "nodes"
 
 
 def _absolute(cfg: FederateConfig) -> FederateConfig:
@@ -28,7 +34,7 @@ def _absolute(cfg: FederateConfig) -> FederateConfig:
                            if (v := getattr(cfg, k)) is not None})
 
 
-def preflight(cfg: FederateConfig) -> None:
+def preflight(cfg: FederateConfig, resume: bool = False) -> None:
     if cfg.checkpoint is None:
         raise FedclipError("pass --checkpoint: federated fine-tuning starts from a pretrained checkpoint")
     models.read_checkpoint_config(cfg.checkpoint)
@@ -40,25 +46,34 @@ def preflight(cfg: FederateConfig) -> None:
     if cfg.clients < 1 or cfg.rounds < 1:
         raise FedclipError("need at least 1 client and 1 round")
     strategies.build(cfg)
+    resume_point(cfg, resume)
 
 
-def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = None,
-             verbose: bool = False) -> dict[str, Any]:
+def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = None, verbose: bool = False,
+             state_root: Path | None = None, policies: list[policylib.NodePolicy] | None = None) -> dict[str, Any]:
+    """Run (or resume) a simulated federation; each hospital keeps its state in `state_root/client-N`.
+
+    `state_root` outlives the run: a new `--out` on the same data spends from the same ledgers.
+    """
     from flwr.simulation import run_simulation
 
     cfg = _absolute(cfg)
-    preflight(cfg)
+    preflight(cfg, resume)
+    nodes = SimulatedNodes(Path(state_root or default_state_root()).resolve(),
+                           policies or [policylib.NodePolicy()] * cfg.clients)
+    if len(nodes.policies) != cfg.clients:
+        raise FedclipError(f"{len(nodes.policies)} node policies for {cfg.clients} clients")
     cpus = num_cpus or os.cpu_count() or 1
     if not verbose:  # Flower logs every message at INFO; the progress bar and the summary say what matters
         logging.getLogger("flwr").setLevel(logging.WARNING)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences Ray's GPU-env FutureWarning
     run_simulation(
-        server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg),
+        server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg, nodes),
         num_supernodes=cfg.clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                         "init_args": {"num_cpus": cpus, "include_dashboard": False}},
     )
-    return summary(cfg.out)
+    return {**summary(cfg.out), "nodes": node_ledgers(nodes.state_root, cfg.clients)}
 
 
 def summary(out: str | Path) -> dict[str, Any]:
@@ -68,3 +83,14 @@ def summary(out: str | Path) -> dict[str, Any]:
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     return {"state": json.loads((out / "state.json").read_text()), "rounds": rounds,
             "ledger": json.loads((out / "ledger.json").read_text()) if (out / "ledger.json").exists() else []}
+
+
+def node_ledgers(state_root: Path, clients: int) -> dict[str, list[dict[str, Any]]]:
+    """Every simulated hospital's own ledger entries (local: this process *is* every hospital)."""
+    out = {}
+    for i in range(clients):
+        entries = []
+        for path in sorted((Path(state_root) / f"client-{i}").glob("ledger-*.jsonl")):
+            entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[f"client-{i}"] = entries
+    return out

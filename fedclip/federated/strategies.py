@@ -2,8 +2,15 @@
 
 Flower's strategies aggregate whatever arrives; one NaN from one hospital would poison the global
 model. `guarded(cls)` subclasses any Flower strategy (or DP wrapper) so that a reply is dropped,
-with a logged reason, when it carries no update (a client that refused for budget), NaN/Inf, or
-arrays whose keys or shapes differ from the global model's. The rest of the round proceeds.
+with a logged reason, when it carries no update (a node that refused or failed), NaN/Inf, or arrays
+whose keys or shapes differ from the global model's. The rest of the round proceeds. Only the public
+keys of a reply (`keys.PUBLIC_METRICS`, `keys.PUBLIC_STRINGS`) reach the server's files.
+
+Server-side DP (`server_dp = "fixed"`) is Flower's fixed-clipping wrapper with Flower's own RDP
+accountant (hospital-level, add/remove-one hospital, no sampling amplification), uniform weights and
+FedAvg aggregation, the noise sized for the hospitals actually aggregated in each round. Robust rules
+(median, trimmed mean, Krum) and FedAdam change the sensitivity the noise assumes and are refused with
+it; adaptive clipping is refused because Flower 1.42 has no accountant for its clipped-count release.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
@@ -27,45 +33,60 @@ from flwr.serverapp.strategy import (
 )
 
 from fedclip.errors import FedclipError
+from fedclip.federated import keys
 from fedclip.federated.task import FederateConfig, check_update
 
 log = logging.getLogger("fedclip.federated")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+SERVER_DP_STRATEGIES = ("fedavg", "fedprox")  # FedProx aggregates exactly as FedAvg does
 
-ReplyCallback = Callable[[int, list[dict[str, Any]]], None]
+ReplyCallback = Callable[[int, list[dict[str, Any]], dict[str, Any] | None], None]
+"""(server round, one row per reply, the round's central-DP figures or None)."""
+
+
+def public_row(msg: Message) -> dict[str, Any]:
+    """The reply's public numbers and strings; anything else a node sent is dropped here."""
+    metrics = dict(msg.content[keys.METRICS]) if keys.METRICS in msg.content else {}
+    strings = dict(msg.content[keys.CONFIG]) if keys.CONFIG in msg.content else {}
+    dropped = sorted((set(metrics) - keys.PUBLIC_METRICS) | (set(strings) - keys.PUBLIC_STRINGS))
+    if dropped:
+        log.warning("node %s sent keys outside the public set, not recorded: %s", msg.metadata.src_node_id, dropped)
+    return {"node": msg.metadata.src_node_id,
+            **{k: v for k, v in metrics.items() if k in keys.PUBLIC_METRICS},
+            **{k: v for k, v in strings.items() if k in keys.PUBLIC_STRINGS}}
 
 
 def guarded(cls: type[Strategy]) -> type[Strategy]:
     class Guarded(cls):  # type: ignore[misc, valid-type]
         """`cls` that rejects unusable updates (see module docstring)."""
 
-        on_replies: ReplyCallback | None = None
-        _expected: dict[str, tuple[int, ...]] = {}
+        def __init__(self, *args: Any, on_replies: ReplyCallback | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.on_replies = on_replies
+            self._expected: dict[str, tuple[int, ...]] = {}
 
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                             grid: Grid) -> Iterable[Message]:
             self._expected = {k: tuple(v.shape) for k, v in arrays.items()}
             return super().configure_train(server_round, arrays, config, grid)
 
-        def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        def _screen(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Message], list[dict]]:
             kept, report = [], []
             for msg in replies:
                 if msg.has_error():
                     report.append({"node": msg.metadata.src_node_id, "status": "error",
-                                   "reason": str(msg.error.reason)})
-                    kept.append(msg)  # the base strategy counts and logs failures itself
+                                   "reason": str(msg.error.reason)[:200]})
                     continue
-                metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
-                row = {"node": msg.metadata.src_node_id, **metrics}
-                if metrics.get("refused"):
-                    reason = msg.content["config"]["reason"] if "config" in msg.content else "refused"
-                    report.append({**row, "status": "refused", "reason": reason})
-                    log.warning("round %s: node %s refused to train: %s", server_round, row["node"], reason)
+                row = public_row(msg)
+                if row.get(keys.REFUSED) or row.get(keys.FAILED):
+                    status = "refused" if row.get(keys.REFUSED) else "failed"
+                    report.append({**row, "status": status, "reason": row.get(keys.REASON, status)})
+                    log.warning("round %s: node %s %s: %s", server_round, row["node"], status, row.get(keys.REASON))
                     continue
-                if "arrays" not in msg.content:
+                if keys.ARRAYS not in msg.content:
                     report.append({**row, "status": "rejected", "reason": "no arrays in the reply"})
                     continue
-                update = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+                update = {k: v.numpy() for k, v in msg.content[keys.ARRAYS].items()}
                 problem = check_update(update, self._expected)
                 if problem:
                     report.append({**row, "status": "rejected", "reason": problem})
@@ -73,19 +94,45 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
                     continue
                 report.append({**row, "status": "aggregated"})
                 kept.append(msg)
-            if self.on_replies is not None:
-                self.on_replies(server_round, report)
-            if not any(not m.has_error() for m in kept):
+            return kept, report
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+            kept, report = self._screen(server_round, replies)
+            central = None
+            if not kept:
                 log.warning("round %s: no usable update; the global model stays as it was", server_round)
-                return None, None
-            return super().aggregate_train(server_round, kept)
+                if isinstance(self, DifferentialPrivacyServerSideFixedClipping):
+                    self._pop_pending_event(server_round)  # nothing released, nothing composed
+                result: tuple = (None, None)
+            elif isinstance(self, DifferentialPrivacyServerSideFixedClipping):
+                # noise std = z * C / k for the k updates actually averaged (sensitivity C / k)
+                configured, self.num_sampled_clients = self.num_sampled_clients, len(kept)
+                try:
+                    result = super().aggregate_train(server_round, kept)
+                finally:
+                    self.num_sampled_clients = configured
+                spent = self.privacy_spent()
+                central = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
+                           "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
+                           "aggregated": len(kept), "unit": "hospital", "neighbouring": "add/remove-one hospital",
+                           "accountant": "flwr RdpAccountant (dp-accounting RDP), no sampling amplification"}
+            else:
+                result = super().aggregate_train(server_round, kept)
+            if self.on_replies is not None:
+                self.on_replies(server_round, report, central)
+            return result
+
+        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+            answered = [m for m in replies if not m.has_error() and keys.METRICS in m.content
+                        and keys.ACCURACY in m.content[keys.METRICS]]
+            return super().aggregate_evaluate(server_round, answered) if answered else None
 
     Guarded.__name__ = f"Guarded{cls.__name__}"
     return Guarded
 
 
 def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strategy:
-    """The configured strategy, guarded, optionally inside Flower's server-side DP clipping."""
+    """The configured strategy, guarded, optionally inside Flower's accounted server-side DP clipping."""
     common = {"fraction_train": 1.0, "fraction_evaluate": 1.0 if cfg.client_eval else 0.0,
               "min_train_nodes": cfg.clients,
               "min_evaluate_nodes": cfg.clients, "min_available_nodes": cfg.clients}
@@ -101,19 +148,26 @@ def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strat
         raise FedclipError(f"unknown strategy {cfg.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     cls, extra = base[cfg.strategy]
     if cfg.server_dp == "none":
-        strategy = guarded(cls)(**common, **extra)
-    elif cfg.server_dp == "fixed":
-        strategy = guarded(DifferentialPrivacyServerSideFixedClipping)(
-            cls(**common, **extra), noise_multiplier=cfg.server_dp_noise, clipping_norm=cfg.server_dp_clip,
-            num_sampled_clients=cfg.clients)
-    elif cfg.server_dp == "adaptive":
-        # The clipped-count noise must leave room for the requested update noise (Flower checks it);
-        # its default (clients / 20) does not for a handful of hospitals.
-        strategy = guarded(DifferentialPrivacyServerSideAdaptiveClipping)(
-            cls(**common, **extra), noise_multiplier=cfg.server_dp_noise, num_sampled_clients=cfg.clients,
-            initial_clipping_norm=cfg.server_dp_clip,
-            clipped_count_stddev=max(cfg.clients / 20, 4.0 * cfg.server_dp_noise))
-    else:
-        raise FedclipError(f"unknown server_dp {cfg.server_dp!r}; use none, fixed or adaptive")
-    strategy.on_replies = on_replies
-    return strategy
+        return guarded(cls)(**common, **extra, on_replies=on_replies)
+    if cfg.server_dp == "adaptive":
+        raise FedclipError("server_dp=adaptive is not accounted: Flower 1.42 has no accountant for adaptive "
+                           "clipping's noisy clipped-count release, so no central epsilon could be stated; "
+                           "use server_dp=fixed")
+    if cfg.server_dp != "fixed":
+        raise FedclipError(f"unknown server_dp {cfg.server_dp!r}; use none or fixed")
+    if cfg.strategy not in SERVER_DP_STRATEGIES:
+        raise FedclipError(f"server_dp=fixed cannot be combined with strategy {cfg.strategy}: the noise is sized "
+                           "for a uniform average of clipped updates (sensitivity C / k), which median, trimmed "
+                           "mean, Krum and FedAdam's server optimizer do not compute; use fedavg or fedprox")
+    if cfg.server_dp_noise <= 0:
+        raise FedclipError("server_dp_noise must be positive for accounted server-side DP")
+    from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    accountant = RdpAccountant(PrivacyConfig(
+        target_delta=cfg.server_dp_delta, population_size=cfg.clients,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE, sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    inner = cls(**common, **extra, weighted_by_key=keys.UNIT_WEIGHT)  # uniform weights, as accounting requires
+    return guarded(DifferentialPrivacyServerSideFixedClipping)(
+        inner, noise_multiplier=cfg.server_dp_noise, clipping_norm=cfg.server_dp_clip,
+        num_sampled_clients=cfg.clients, accountant=accountant, on_replies=on_replies)

@@ -8,6 +8,10 @@ the global model, evaluate it, checkpoint it. `client_app.py` / `server_app.py` 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import time
+from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,17 +20,19 @@ import numpy as np
 import torch
 
 from fedclip import config as cfglib
-from fedclip import evaluate, models
+from fedclip import evaluate, io, models
 from fedclip.data import partition as partitioning
-from fedclip.data.records import Record, read_metadata
+from fedclip.data.records import Record, fingerprint, read_metadata
 from fedclip.errors import FedclipError
-from fedclip.federated.ledger import BudgetExhausted, PrivacyLedger
+from fedclip.federated import keys
+from fedclip.federated.ledger import BudgetExhausted, PrivacyLedger, plan_noise
+from fedclip.federated.policy import NEIGHBOURING, Grant, NodePolicy, Refusal, negotiate
 from fedclip.finetune import (
     FinetuneConfig,
     finetune,
     load_pixels,
-    noise_for_budget,
     prefix_tokens,
+    secure_seed,
     steps_per_round,
     targets_for,
     trained_keys,
@@ -46,9 +52,10 @@ class FederateConfig:
     server_lr: float = 0.01  # FedAdam
     trim_beta: float = 0.2  # FedTrimmedAvg
     num_malicious: int = 0  # Krum
-    server_dp: str = "none"  # none | fixed | adaptive (Flower's server-side clipping wrappers)
+    server_dp: str = "none"  # none | fixed (Flower's server-side clipping, accounted per hospital)
     server_dp_noise: float = 0.5
     server_dp_clip: float = 1.0
+    server_dp_delta: float = 1e-3  # hospital-level delta of the central epsilon (a handful of hospitals)
     partitioning: str = "hospital"  # hospital | iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration
     task: str = "referable_dr"
@@ -59,21 +66,22 @@ class FederateConfig:
     local_epochs: int = 3
     batch_size: int = 256
     lr: float = 1.0
+    # What the run *asks* of each hospital; each node grants it only within its own policy.
     dp: bool = True
-    epsilon: float = 8.0
+    epsilon: float = 8.0  # lifetime budget on the node's dataset (every run on it spends from it)
     delta: float = 1e-5
+    unit: str = "image"  # the unit of privacy: image (patient-level DP-SGD is not built yet)
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"
     grad_sample_mode: str = "hooks"
-    client_eval: bool = True  # also evaluate the global model on each hospital's data every round
+    client_eval: bool = False  # ask nodes to evaluate the global model (only policies that allow it answer)
     class_prior: tuple[float, ...] | None = None  # public class prevalence for a logit-adjusted loss
-    seed: int = 0
+    seed: int = 0  # simulation's iid/dirichlet partitioning only; never DP noise or sampling
 
-    def finetune_config(self) -> FinetuneConfig:
+    def finetune_config(self, grant: Grant) -> FinetuneConfig:
         return FinetuneConfig(task=self.task, train_blocks=self.train_blocks, lora_rank=self.lora_rank,
-                              epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, dp=self.dp,
-                              epsilon=self.epsilon, delta=self.delta, rounds=self.rounds,
-                              max_grad_norm=self.max_grad_norm, accountant=self.accountant,
+                              epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, dp=grant.dp,
+                              epsilon=grant.epsilon, delta=grant.delta, rounds=self.rounds,
+                              max_grad_norm=self.max_grad_norm, accountant=grant.accountant,
                               grad_sample_mode=self.grad_sample_mode, class_prior=self.class_prior, seed=self.seed)
 
 
@@ -153,53 +161,162 @@ def load_global(cfg: FederateConfig, arrays: dict[str, torch.Tensor] | None) -> 
     return vc
 
 
+@dataclass(frozen=True)
+class Node:
+    """What a hospital's node knows and the server does not: its policy and its own state dir."""
+
+    name: str
+    policy: NodePolicy
+    state_dir: Path
+    deployed: bool  # a real SuperNode (test-only settings are refused there)
+
+    def ledger(self, dataset: str, grant: Grant) -> PrivacyLedger:
+        return PrivacyLedger(self.state_dir / f"ledger-{dataset[:16]}.jsonl", client=self.name, dataset=dataset,
+                             budget=grant.epsilon, delta=grant.delta, accountant=grant.accountant, unit=grant.unit)
+
+    def log(self, **fields: Any) -> None:
+        """The node's local log: what must never leave it (training loss, errors with file names)."""
+        io.append_line(self.state_dir / "node.log", json.dumps({"time": time.time(), "node": self.name, **fields},
+                                                               default=str))
+
+    def noise_seed(self, round_: int, salt: int) -> int | None:
+        if self.policy.insecure_test_seed is None:
+            return None
+        if self.deployed:
+            raise Refusal("refused: the node's policy sets insecure_test_seed, which is for tests only")
+        return self.policy.insecure_test_seed * 1_000_003 + round_ * 101 + salt
+
+    @property
+    def noise_source(self) -> str:
+        return "os-csprng" if self.policy.insecure_test_seed is None else "insecure-test-seed"
+
+
 @dataclass
 class ClientRound:
     update: dict[str, torch.Tensor] | None  # None: the client refused to train
     metrics: dict[str, float]
-    refusal: str | None = None
+    strings: dict[str, str]
 
 
-def client_train(cfg: FederateConfig, node_config: dict[str, Any], arrays: dict[str, torch.Tensor], round_: int,
-                 ledger_dir: Path, proximal_mu: float = 0.0) -> ClientRound:
-    """One local round: budget check, DP fine-tuning, durable ledger entry, then the update."""
-    name, records, root = client_records(cfg, node_config)
+def _gaussian(std: float, seed: int | None) -> float:
+    gen = torch.Generator().manual_seed(secure_seed() if seed is None else seed)
+    return float(torch.normal(0.0, std, (1,), generator=gen))
+
+
+def _public_size(node: Node, ledger: PrivacyLedger, n: int, round_: int) -> int:
+    """The dataset size this node may release: declared in its policy, or released once with noise.
+
+    q, steps and the aggregation weight derive from it, so the real size never shapes what leaves.
+    """
+    if node.policy.dataset_size is not None:
+        return node.policy.dataset_size
+    released = ledger.public_size()
+    if released is not None:
+        return released
+    sigma = node.policy.size_noise  # a count: sensitivity 1 under add/remove-one
+    ledger.check(noise_multiplier=sigma, sample_rate=1.0, steps=1)
+    size = max(1, round(n + _gaussian(sigma, node.noise_seed(round_, 1))))
+    ledger.record(kind="dataset-size", round_=round_, noise_multiplier=sigma, sample_rate=1.0, steps=1,
+                  noise_source=node.noise_source, public_size=size)
+    return size
+
+
+def _most_images_per_patient(records: list[Record]) -> int | None:
+    ids = [r.meta.get("patient_id") for r in records]
+    if not ids or any(i in (None, "") for i in ids):
+        return None
+    return max(Counter(ids).values())
+
+
+def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], arrays: dict[str, torch.Tensor],
+                 round_: int, proximal_mu: float = 0.0) -> ClientRound:
+    """One local round: policy, lock, budget, DP fine-tuning, durable ledger entry, then the update."""
+    base = {keys.ROUND: float(round_), keys.PARTITION: float(node_config.get("partition-id", 0))}
+    _, records, root = client_records(cfg, node_config)
+    dataset = fingerprint(records)
+    try:
+        grant = negotiate(node.policy, dp=cfg.dp, epsilon=cfg.epsilon, delta=cfg.delta, unit=cfg.unit)
+    except Refusal as e:
+        return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
+    ledger = node.ledger(dataset, grant)
+    strings = {keys.UNIT: grant.unit, keys.NEIGHBOURING: NEIGHBOURING, keys.ACCOUNTANT: grant.accountant}
     vc = load_global(cfg, arrays)
     tokens, targets = _tokens(vc, records, root, cfg)
-    ft = replace(cfg.finetune_config(), proximal_mu=proximal_mu)
-    n = len(tokens)
-    steps = steps_per_round(ft, n)
-    metrics: dict[str, float] = {"num-examples": float(n), "round": float(round_),
-                                 "partition": float(node_config.get("partition-id", 0))}
-    if cfg.dp:
-        ledger = PrivacyLedger(ledger_dir / f"{name}.jsonl", name, cfg.epsilon, cfg.delta, cfg.accountant)
-        planned = ledger.entries()
-        # The noise is planned once, for the budget over the rounds planned at the start; a federation
-        # extended later keeps it, and the ledger refuses the rounds the budget cannot pay for.
-        sigma = planned[0].noise_multiplier if planned else noise_for_budget(ft, n, steps)
-        q = min(1.0, cfg.batch_size / n)
+    ft = replace(cfg.finetune_config(grant), proximal_mu=proximal_mu)
+    with ledger.locked():
+        if not grant.dp:  # the policy allows it; the lifetime ledger still says that this data went out raw
+            entry = ledger.record(kind="no-dp", round_=round_, noise_multiplier=math.inf, sample_rate=1.0, steps=1,
+                                  noise_source="none")
+            result = finetune(vc, tokens, targets, ft)
+            node.log(round=round_, dataset=dataset, train_loss=result.loss, train_accuracy=result.accuracy, dp=False)
+            return ClientRound(result.state, {**base, keys.NUM_EXAMPLES: float(len(records)),
+                                              keys.UNIT_WEIGHT: 1.0, keys.EPSILON: entry.epsilon}, strings)
         try:
-            ledger.check(sigma, q, steps)
+            size = _public_size(node, ledger, len(records), round_)
+            q = min(1.0, cfg.batch_size / size)
+            steps = steps_per_round(ft, size)
+            rounds_left = max(1, cfg.rounds - round_ + 1)
+            sigma = plan_noise(ledger.history(), target=grant.epsilon, delta=grant.delta,
+                               accountant=grant.accountant, sample_rate=q, steps=steps * rounds_left)
+            if sigma is None:
+                raise BudgetExhausted(f"refused: node {node.name} has spent {ledger.spent():.3f} of its lifetime "
+                                      f"epsilon {grant.epsilon:g} on this dataset; it is past its budget")
+            ledger.check(noise_multiplier=sigma, sample_rate=q, steps=steps)
         except BudgetExhausted as e:
-            return ClientRound(None, {**metrics, "refused": 1.0, "epsilon": ledger.spent()}, str(e))
-    result = finetune(vc, tokens, targets, ft, noise_multiplier=sigma if cfg.dp else None,
-                      generator_seed=cfg.seed * 1000 + round_ * 10 + int(node_config.get("partition-id", 0)))
-    metrics.update({"train-loss": result.loss, "train-accuracy": result.accuracy})
-    if cfg.dp:
-        entry = ledger.record(round_, sigma, q, steps)  # durable BEFORE the update leaves this node
-        metrics.update({"epsilon": entry.epsilon, "epsilon-round": entry.epsilon_round,
-                        "noise-multiplier": sigma, "sample-rate": q, "steps": float(steps)})
-    return ClientRound(result.state, metrics)
+            return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent(),
+                                      keys.EPSILON_BUDGET: grant.epsilon}, {**strings, keys.REASON: str(e)})
+        result = finetune(vc, tokens, targets, ft, noise_multiplier=sigma, sample_rate=q, steps=steps,
+                          public_size=size, noise_seed=node.noise_seed(round_, 2))
+        entry = ledger.record(kind="train", round_=round_, noise_multiplier=sigma, sample_rate=q, steps=steps,
+                              noise_source=node.noise_source, group_size=_most_images_per_patient(records))
+    # durable BEFORE the update leaves this node; loss and accuracy on private batches stay here
+    node.log(round=round_, dataset=dataset, train_loss=result.loss, train_accuracy=result.accuracy,
+             epsilon=entry.epsilon)
+    return ClientRound(result.state, {
+        **base, keys.NUM_EXAMPLES: float(size), keys.UNIT_WEIGHT: 1.0, keys.EPSILON: entry.epsilon,
+        keys.EPSILON_ROUND: entry.epsilon_round, keys.EPSILON_BUDGET: grant.epsilon, keys.DELTA: grant.delta,
+        keys.NOISE_MULTIPLIER: sigma, keys.SAMPLE_RATE: q, keys.STEPS: float(steps)}, strings)
 
 
-def client_evaluate(cfg: FederateConfig, node_config: dict[str, Any],
-                    arrays: dict[str, torch.Tensor]) -> dict[str, float]:
+def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any],
+                    arrays: dict[str, torch.Tensor], round_: int) -> ClientRound:
+    """Accuracy of the sent weights on this node's data, only if its policy answers, noised and charged.
+
+    The released pair (correct, count) moves by at most 1 in each coordinate when one image is added
+    or removed (L2 sensitivity sqrt 2): Gaussian noise of std `evaluate_noise` on each is a Gaussian
+    release with noise multiplier evaluate_noise / sqrt 2. The server may send any weights (a crafted
+    "query" model); that is why answers are charged like training.
+    """
+    base = {keys.ROUND: float(round_), keys.PARTITION: float(node_config.get("partition-id", 0))}
+    if not node.policy.answer_evaluate:
+        return ClientRound(None, {**base, keys.REFUSED: 1.0},
+                           {keys.REASON: "refused: the node's policy does not answer evaluation requests"})
     _, records, root = client_records(cfg, node_config)
-    vc = load_global(cfg, arrays)
-    keep, _ = targets_for([r.labels for r in records], cfg.task)
-    res = evaluate.zero_shot(vc, [records[i].path(root) for i in keep], [records[i].labels for i in keep],
-                             cfg.task, n_boot=0)
-    return {"num-examples": float(res["n"]), "balanced-accuracy": res["balanced_accuracy"]}
+    try:
+        grant = negotiate(node.policy, dp=True, epsilon=cfg.epsilon, delta=cfg.delta, unit=cfg.unit)
+    except Refusal as e:
+        return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
+    ledger = node.ledger(fingerprint(records), grant)
+    multiplier = node.policy.evaluate_noise / math.sqrt(2)
+    with ledger.locked():
+        try:
+            ledger.check(noise_multiplier=multiplier, sample_rate=1.0, steps=1)
+        except BudgetExhausted as e:
+            return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent()}, {keys.REASON: str(e)})
+        vc = load_global(cfg, arrays)
+        keep, y = targets_for([r.labels for r in records], cfg.task)
+        feats = evaluate.image_embeddings(vc, [records[i].path(root) for i in keep])
+        correct = float((evaluate.zero_shot_scores(vc, feats, evaluate.task(cfg.task)).argmax(1)
+                         == y.numpy()).sum())
+        noisy_correct = correct + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 3))
+        noisy_count = len(keep) + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 4))
+        entry = ledger.record(kind="evaluate", round_=round_, noise_multiplier=multiplier, sample_rate=1.0, steps=1,
+                              noise_source=node.noise_source)
+    node.log(round=round_, evaluate_correct=correct, evaluate_count=len(keep))
+    return ClientRound(None, {**base, keys.NUM_EXAMPLES: float(max(1, round(noisy_count))), keys.UNIT_WEIGHT: 1.0,
+                              keys.ACCURACY: min(1.0, max(0.0, noisy_correct / max(1.0, noisy_count))),
+                              keys.EPSILON: entry.epsilon},
+                       {keys.UNIT: grant.unit, keys.NEIGHBOURING: NEIGHBOURING, keys.ACCOUNTANT: grant.accountant})
 
 
 # ------------------------------------------------------------------------------------------ server
