@@ -21,6 +21,7 @@ import copy
 import math
 import secrets
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -290,7 +291,9 @@ def _private(head: nn.Module, opt: torch.optim.Optimizer, dataset: TensorDataset
     sampling = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed)
     noise = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed + 1)
     loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
-    engine = PrivacyEngine(accountant=cfg.accountant)  # its accountant is unused: the ledger accounts
+    with warnings.catch_warnings():  # "Secure RNG turned off": fedclip supplies its own, see above
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=cfg.accountant)  # its accountant is unused: the ledger accounts
     wrapped = engine.make_private(module=head, optimizer=opt, data_loader=loader, criterion=criterion,
                                   noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                                   poisson_sampling=False, grad_sample_mode=cfg.grad_sample_mode,

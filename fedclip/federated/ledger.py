@@ -100,7 +100,8 @@ def plan_noise(history: list[tuple[float, float, int]], *, target: float, delta:
                sample_rate: float, steps: int) -> float | None:
     """The smallest noise multiplier with which `steps` more steps keep the total at most `target`.
 
-    None when the budget cannot pay for them at any useful noise (multiplier above 100). The choice
+    None when the budget cannot pay for them at any useful noise (multiplier above 100), or when less
+    than 1% of the target is left (the rest would buy only noise). The choice
     depends only on public values (earlier multipliers, rates, steps), so recalibrating every round is
     valid adaptive composition.
     """
@@ -108,7 +109,7 @@ def plan_noise(history: list[tuple[float, float, int]], *, target: float, delta:
         return epsilon_for([*history, (sigma, sample_rate, steps)], delta, accountant)
 
     lo, hi = 0.1, 100.0
-    if total(hi) > target:
+    if epsilon_for(history, delta, accountant) >= 0.99 * target or total(hi) > target:
         return None
     if total(lo) <= target:
         return lo

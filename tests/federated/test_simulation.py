@@ -16,29 +16,18 @@ from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from fedclip import models
-from fedclip.data.synthetic import export
+from fedclip.federated.policy import NodePolicy
 from fedclip.federated.server_app import make_server_app
 from fedclip.federated.simulation import _absolute, simulate, summary
-from fedclip.federated.task import FederateConfig, client_train
-from fedclip.synth import CohortSpec
+from fedclip.federated.task import FederateConfig, Node, client_train
+from tests.federated.helpers import train_entries
 
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"num_cpus": 2, "include_dashboard": False}}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("fed")
-    export(CohortSpec(seed=5, size=64, hospital="riverside,northgate,summit", diabetic_rate=0.7), base / "data", 180)
-    export(CohortSpec(seed=6, size=64, hospital="lakeshore"), base / "eval", 48)
-    ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), base / "ckpt")
-    cfg = FederateConfig(checkpoint=ckpt, data=base / "data", eval_data=base / "eval", out=base / "run", rounds=2,
-                         clients=3, epsilon=8.0, batch_size=16)
-    return base, cfg, simulate(cfg)
-
-
-def test_simulation_runs_rounds_with_dp_clients_and_durable_ledgers(setup):
-    base, cfg, result = setup
+def test_simulation_runs_rounds_with_dp_clients_and_durable_ledgers(federation):
+    base, cfg, result = federation
     assert result["state"]["round"] == 2
     rounds = result["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2] and "balanced-accuracy" in rounds[0]["server"]
@@ -50,8 +39,8 @@ def test_simulation_runs_rounds_with_dp_clients_and_durable_ledgers(setup):
     assert all(7.0 < e <= 8.0 + 1e-6 for e in final)
     assert len(result["ledger"]) == 6
     for i in range(3):
-        lines = (cfg.out / "ledgers" / f"client-{i}.jsonl").read_text().splitlines()
-        assert [json.loads(line)["round"] for line in lines] == [1, 2]
+        assert [e["round"] for e in train_entries(base / "nodes" / f"client-{i}")] == [1, 2]
+    assert not (cfg.out / "ledgers").exists()  # nothing of a node's ledger lives in the server's run dir
     # each round is a checkpoint in open_clip's layout that plain loading accepts
     for tag in ("round-001", "round-002", "last"):
         vc = models.load_checkpoint(cfg.out / "checkpoints" / tag, expect_model="visionclip-tiny")
@@ -63,30 +52,31 @@ def test_simulation_runs_rounds_with_dp_clients_and_durable_ledgers(setup):
                            for k in changed)
 
 
-def test_extending_past_the_budget_makes_every_client_refuse(setup, tmp_path):
-    base, cfg, _ = setup
+def test_extending_past_the_budget_makes_every_client_refuse(federation, tmp_path):
+    base, cfg, _ = federation
     run = tmp_path / "run"
     shutil.copytree(cfg.out, run)  # ledgers included: the extension continues the same hospitals' spend
     extended = FederateConfig(**{**cfg.__dict__, "out": run, "rounds": 3})
-    result = simulate(extended, resume=True)
+    result = simulate(extended, resume=True, state_root=base / "nodes")
     last = result["rounds"][-1]
     assert last["round"] == 3 and [c["status"] for c in last["clients"]] == ["refused"] * 3
     assert all("past its budget" in c["reason"] for c in last["clients"])
     before = models.load_checkpoint(run / "checkpoints" / "round-002").model.state_dict()
     after = models.load_checkpoint(run / "checkpoints" / "round-003").model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing aggregated
-    assert all(len((run / "ledgers" / f"client-{i}.jsonl").read_text().splitlines()) == 2 for i in range(3))
+    assert all(len(train_entries(base / "nodes" / f"client-{i}")) == 2 for i in range(3))
 
 
-def _faulty_client_app(cfg: FederateConfig) -> ClientApp:
+def _faulty_client_app(cfg: FederateConfig, state_root: Path) -> ClientApp:
     """Hospital 0 sends NaN, hospital 1 a wrongly shaped array, hospital 2 an honest update."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        result = client_train(cfg, dict(context.node_config), msg.content["arrays"].to_torch_state_dict(),
-                              int(msg.content["config"]["server-round"]), Path(cfg.out) / "ledgers")
+        node = Node(f"client-{pid}", NodePolicy(), state_root / f"client-{pid}", deployed=False)
+        result = client_train(cfg, node, dict(context.node_config), msg.content["arrays"].to_torch_state_dict(),
+                              int(msg.content["config"]["server-round"]))
         update = result.update
         key = sorted(update)[0]
         if pid == 0:
@@ -103,10 +93,11 @@ def _faulty_client_app(cfg: FederateConfig) -> ClientApp:
     return app
 
 
-def test_nan_and_wrong_shape_updates_are_rejected_and_the_rest_aggregated(setup, tmp_path):
-    base, cfg, _ = setup
+def test_nan_and_wrong_shape_updates_are_rejected_and_the_rest_aggregated(federation, tmp_path):
+    base, cfg, _ = federation
     bad = _absolute(FederateConfig(**{**cfg.__dict__, "out": tmp_path / "bad", "rounds": 1}))
-    run_simulation(server_app=make_server_app(bad), client_app=_faulty_client_app(bad), num_supernodes=3,
+    run_simulation(server_app=make_server_app(bad), client_app=_faulty_client_app(bad, tmp_path / "nodes"),
+                   num_supernodes=3,
                    backend_config=BACKEND)
     result = summary(bad.out)
     clients = {int(c["partition"]): c for c in result["rounds"][1]["clients"]}
@@ -117,12 +108,13 @@ def test_nan_and_wrong_shape_updates_are_rejected_and_the_rest_aggregated(setup,
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
-def test_a_killed_server_resumes_after_its_last_completed_round(setup, tmp_path):
-    base, cfg, _ = setup
+def test_a_killed_server_resumes_after_its_last_completed_round(federation, tmp_path):
+    base, cfg, _ = federation
     out = tmp_path / "killed"
+    nodes = tmp_path / "nodes"
     cmd = [sys.executable, "-m", "fedclip.cli.main", "--quiet", "federate", "--checkpoint", str(cfg.checkpoint),
            "--data", str(cfg.data), "--eval-data", str(cfg.eval_data), "--out", str(out), "--rounds", "3",
-           "--set", "federate.batch_size=16"]
+           "--state-dir", str(nodes), "--set", "federate.batch_size=16"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "state.json").exists():
@@ -138,24 +130,22 @@ def test_a_killed_server_resumes_after_its_last_completed_round(setup, tmp_path)
     # every client's ledger covers each round it trained, once (a round killed mid-way may add one extra
     # entry: over-counting is allowed, under-counting never)
     for i in range(3):
-        lines = (out / "ledgers" / f"client-{i}.jsonl").read_text().splitlines()
-        trained = [json.loads(line)["round"] for line in lines]
-        assert set(range(1, 4)) <= set(trained)
-    wrong = subprocess.run(cmd[:-2] + ["--set", "federate.batch_size=16", "--strategy", "fedmedian", "--resume"],
+        assert set(range(1, 4)) <= {e["round"] for e in train_entries(nodes / f"client-{i}")}
+    wrong = subprocess.run(cmd + ["--strategy", "fedmedian", "--epsilon", "4", "--resume"],
                            capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "same strategy settings" in wrong.stdout + wrong.stderr
+    said = wrong.stdout + wrong.stderr
+    assert wrong.returncode == 2 and "changed epsilon (8.0 -> 4.0), strategy (fedavg -> fedmedian)" in said
+    assert "Traceback" not in said
 
 
 @pytest.mark.parametrize("overrides", [
     {"strategy": "fedprox", "proximal_mu": 0.5},
     {"strategy": "krum"},
-    {"strategy": "fedavg", "server_dp": "fixed"},
-    {"strategy": "fedmedian", "server_dp": "adaptive"},
 ])
-def test_other_strategies_and_server_side_dp_run_a_round(setup, tmp_path, overrides):
-    base, cfg, _ = setup
-    run = FederateConfig(**{**cfg.__dict__, "out": tmp_path / "run", "rounds": 1, "client_eval": False, **overrides})
-    result = simulate(run)
+def test_other_strategies_run_a_round(federation, tmp_path, overrides):
+    base, cfg, _ = federation
+    run = FederateConfig(**{**cfg.__dict__, "out": tmp_path / "run", "rounds": 1, **overrides})
+    result = simulate(run, state_root=tmp_path / "nodes")
     clients = result["rounds"][1]["clients"]
     assert [c["status"] for c in clients] == ["aggregated"] * 3
     start = models.load_checkpoint(cfg.checkpoint).model.state_dict()
@@ -174,3 +164,8 @@ def test_every_strategy_builds_and_unknown_names_are_refused():
         strategies.build(FederateConfig(strategy="fedsgd"))
     with pytest.raises(FedclipError, match="unknown server_dp"):
         strategies.build(FederateConfig(server_dp="local"))
+    with pytest.raises(FedclipError, match="adaptive is not accounted"):
+        strategies.build(FederateConfig(server_dp="adaptive"))
+    for robust in ("fedmedian", "fedtrimmedavg", "krum", "fedadam"):
+        with pytest.raises(FedclipError, match=f"cannot be combined with strategy {robust}"):
+            strategies.build(FederateConfig(strategy=robust, server_dp="fixed"))

@@ -1,0 +1,211 @@
+"""The privacy contract, tried as a curious or malicious server would: real Flower engine, real Opacus.
+
+Each test pins one finding of the review that made the guarantee void (see docs/privacy.md).
+"""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from fedclip import models
+from fedclip.errors import FedclipError
+from fedclip.federated import keys
+from fedclip.federated.client_app import SimulatedNodes, make_client_app
+from fedclip.federated.policy import NodePolicy, Refusal, load_simulated, negotiate
+from fedclip.federated.server_app import resume_point
+from fedclip.federated.simulation import simulate
+from fedclip.federated.task import Node, client_evaluate, client_train, load_global
+from fedclip.finetune import trained_keys
+
+ALLOWED = keys.PUBLIC_METRICS | keys.PUBLIC_STRINGS | {"node", "status"}
+
+
+def _node(tmp_path, name="client-0", **policy):
+    return Node(name, NodePolicy(**policy), tmp_path / name, deployed=False)
+
+
+def _arrays(cfg):
+    vc = load_global(cfg, None)
+    return {k: v.clone() for k, v in vc.model.state_dict().items() if k in trained_keys(vc, cfg.train_blocks)}
+
+
+def _ledger(node):
+    (path,) = node.state_dir.glob("ledger-*.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_identical_federations_send_different_updates(federation, tmp_path):
+    base, cfg, _ = federation
+    again = replace(cfg, out=tmp_path / "again")
+    simulate(again, state_root=tmp_path / "nodes")  # same config, same data, fresh hospitals
+    first = models.load_checkpoint(cfg.out / "checkpoints" / "round-001").model.state_dict()
+    second = models.load_checkpoint(again.out / "checkpoints" / "round-001").model.state_dict()
+    changed = [k for k in trained_keys(models.load_checkpoint(cfg.checkpoint), 0)]
+    assert all(not torch.equal(first[k], second[k]) for k in changed)
+
+
+def test_noise_is_unpredictable_unless_a_test_seed_is_set_and_then_the_ledger_says_so(federation, tmp_path):
+    base, cfg, _ = federation
+    nc = {"partition-id": 0, "num-partitions": 3}
+    runs = [client_train(cfg, _node(tmp_path / f"csprng{i}"), nc, _arrays(cfg), 1) for i in range(2)]
+    assert not torch.equal(runs[0].update["visual.proj"], runs[1].update["visual.proj"])
+    seeded = [client_train(cfg, _node(tmp_path / f"seeded{i}", insecure_test_seed=7), nc, _arrays(cfg), 1)
+              for i in range(2)]
+    assert torch.equal(seeded[0].update["visual.proj"], seeded[1].update["visual.proj"])
+    assert {e["noise_source"] for e in _ledger(_node(tmp_path / "seeded0"))} == {"insecure-test-seed"}
+    assert {e["noise_source"] for e in _ledger(_node(tmp_path / "csprng0"))} == {"os-csprng"}
+    deployed = Node("node-0", NodePolicy(insecure_test_seed=7), tmp_path / "deployed", deployed=True)
+    with pytest.raises(Refusal, match="for tests only"):
+        deployed.noise_seed(1, 0)
+
+
+def test_the_server_files_hold_only_public_or_charged_values(federation):
+    base, cfg, result = federation
+    rows = [c for r in result["rounds"] for c in r.get("clients", [])]
+    assert rows and all(set(c) <= ALLOWED for c in rows)
+    assert not any("loss" in k or "accuracy" in k for c in rows for k in c)  # train metrics stay on the node
+    for entry in result["ledger"]:
+        assert {"epsilon", "unit", "neighbouring", "accountant", "delta"} <= set(entry)
+    for i in range(3):
+        node = _node(base / "nodes", f"client-{i}")
+        ledger = _ledger(node)
+        size = [e for e in ledger if e["kind"] == "dataset-size"]
+        assert len(size) == 1  # released once, noised, charged; reused for the node's lifetime
+        sent = {c[keys.NUM_EXAMPLES] for c in rows if int(c[keys.PARTITION]) == i}
+        assert sent == {float(size[0]["public_size"])}  # the weight the server sees is the released size
+        local = [json.loads(line) for line in (node.state_dir / "node.log").read_text().splitlines()]
+        assert all("train_loss" in line for line in local)  # ... which are here, on the node's own disk
+
+
+def test_client_evaluation_is_off_by_default_refused_without_policy_and_charged_with_it(federation, tmp_path):
+    base, cfg, _ = federation
+    assert cfg.client_eval is False
+    for i in range(3):  # no node was asked to evaluate in the default federation
+        local = (base / "nodes" / f"client-{i}" / "node.log").read_text()
+        assert "evaluate" not in local
+    nc = {"partition-id": 1, "num-partitions": 3}
+    refused = client_evaluate(cfg, _node(tmp_path), nc, _arrays(cfg), 1)
+    assert refused.metrics[keys.REFUSED] and "does not answer evaluation" in refused.strings[keys.REASON]
+    node = _node(tmp_path, answer_evaluate=True, evaluate_noise=5.0, max_epsilon=8.0)
+    answer = client_evaluate(cfg, node, nc, _arrays(cfg), 1)
+    assert 0.0 <= answer.metrics[keys.ACCURACY] <= 1.0 and answer.metrics[keys.EPSILON] > 0
+    (entry,) = _ledger(node)
+    assert entry["kind"] == "evaluate" and entry["noise_multiplier"] == pytest.approx(5.0 / math.sqrt(2))
+    tight = _node(tmp_path / "tight", answer_evaluate=True, evaluate_noise=5.0)
+    low_budget = replace(cfg, epsilon=entry["epsilon"] * 1.2)  # pays for one answer, not two (RDP: ~1.41x)
+    assert keys.ACCURACY in client_evaluate(low_budget, tight, nc, _arrays(cfg), 1).metrics
+    after = client_evaluate(low_budget, tight, nc, _arrays(cfg), 2)
+    assert after.metrics[keys.REFUSED] and "past its lifetime budget" in after.strings[keys.REASON]
+
+
+@pytest.mark.parametrize("ask, reason", [
+    ({"dp": False}, "requires DP"),
+    ({"epsilon": 16.0}, "allows at most 8"),
+    ({"delta": 1e-3}, "allows at most 1e-05"),
+    ({"unit": "patient"}, "protects unit=image"),
+])
+def test_a_run_asking_for_less_privacy_than_the_policy_is_refused_by_the_node(federation, tmp_path, ask, reason):
+    base, cfg, _ = federation
+    result = client_train(replace(cfg, **ask), _node(tmp_path), {"partition-id": 0}, _arrays(cfg), 1)
+    assert result.update is None and result.metrics[keys.REFUSED] and reason in result.strings[keys.REASON]
+    assert not list((tmp_path / "client-0").glob("ledger-*.jsonl")) or not _ledger(_node(tmp_path))
+
+
+def test_a_node_that_allows_no_dp_says_so_in_its_lifetime_ledger(federation, tmp_path):
+    base, cfg, _ = federation
+    node = _node(tmp_path, dp_required=False)
+    result = client_train(replace(cfg, dp=False), node, {"partition-id": 0}, _arrays(cfg), 1)
+    assert result.update is not None and math.isinf(result.metrics[keys.EPSILON])
+    assert [e["kind"] for e in _ledger(node)] == ["no-dp"]
+
+
+def test_dp_false_from_the_server_sends_nothing_in_a_real_federation(federation, tmp_path):
+    base, cfg, _ = federation
+    result = simulate(replace(cfg, out=tmp_path / "nodp", dp=False, rounds=1), state_root=tmp_path / "nodes")
+    clients = result["rounds"][1]["clients"]
+    assert [c["status"] for c in clients] == ["refused"] * 3 and all("requires DP" in c["reason"] for c in clients)
+    start = models.load_checkpoint(cfg.checkpoint).model.state_dict()
+    after = models.load_checkpoint(tmp_path / "nodp" / "checkpoints" / "last").model.state_dict()
+    assert all(torch.equal(start[k], after[k]) for k in start)
+
+
+def test_a_fresh_out_on_the_same_data_continues_the_lifetime_spend(federation, tmp_path):
+    base, cfg, _ = federation
+    # the shared federation spent each hospital's epsilon 8 on this data; a new run dir resets nothing
+    result = simulate(replace(cfg, out=tmp_path / "fresh", rounds=1), state_root=base / "nodes")
+    clients = result["rounds"][1]["clients"]
+    assert [c["status"] for c in clients] == ["refused"] * 3
+    assert all("past its budget" in c["reason"] and c[keys.EPSILON] > 7.9 for c in clients)
+
+
+def test_resume_with_changed_privacy_settings_is_refused_naming_them(federation):
+    base, cfg, _ = federation
+    assert resume_point(cfg, resume=True) == 2
+    for field, value in [("epsilon", 4.0), ("delta", 1e-6), ("unit", "patient"), ("partitioning", "iid"),
+                         ("dp", False), ("batch_size", 32), ("seed", 1)]:
+        with pytest.raises(FedclipError, match=f"changed {field}"):
+            resume_point(replace(cfg, **{field: value}), resume=True)
+    with pytest.raises(FedclipError, match="pass --resume"):
+        resume_point(cfg, resume=False)
+
+
+def test_server_side_dp_is_accounted_per_hospital_and_matches_dp_accounting(federation, tmp_path):
+    base, cfg, _ = federation
+    run = replace(cfg, out=tmp_path / "central", rounds=2, server_dp="fixed", server_dp_noise=1.5, epsilon=8.0)
+    result = simulate(run, state_root=tmp_path / "nodes")
+    central = [e for e in result["ledger"] if e["node"] == "server"]
+    assert [e["releases"] for e in central] == [1, 2]
+    assert central[-1]["unit"] == "hospital" and central[-1]["aggregated"] == 3
+    ref = rdp_privacy_accountant.RdpAccountant()
+    ref.compose(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(1.5), 2))
+    assert central[-1]["epsilon"] == pytest.approx(ref.get_epsilon(run.server_dp_delta), rel=0.02)
+
+
+def _message(cfg, arrays, round_=1):
+    return Message(RecordDict({keys.ARRAYS: ArrayRecord.from_torch_state_dict(arrays),
+                               keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: round_})}),
+                   dst_node_id=1, message_type="train")
+
+
+def test_a_failing_node_tells_the_server_nothing_but_that_it_failed(federation, tmp_path):
+    base, cfg, _ = federation
+    broken = replace(cfg, task="no_such_task")  # fails inside training, with details worth hiding
+    app = make_client_app(broken, SimulatedNodes(tmp_path, [NodePolicy()] * 3))
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
+                      run_config={})
+    reply = app(_message(cfg, _arrays(cfg)), context)
+    assert dict(reply.content[keys.CONFIG]) == {keys.REASON: "failed: see the node's log"}
+    assert set(reply.content[keys.METRICS]) == {keys.PARTITION, keys.FAILED} and keys.ARRAYS not in reply.content
+    local = (tmp_path / "client-0" / "node.log").read_text()
+    assert "no_such_task" in local and "Traceback" in local
+
+
+def test_empty_poisson_batches_take_noise_only_steps_in_every_grad_sample_mode(federation, tmp_path):
+    base, cfg, _ = federation
+    nc = {"partition-id": 0}
+    for mode in ("hooks", "ew"):
+        # one image per expected batch over ~60: many steps draw an empty batch
+        run = replace(cfg, grad_sample_mode=mode, batch_size=1, local_epochs=1)
+        result = client_train(run, _node(tmp_path / mode, dataset_size=60), nc, _arrays(cfg), 1)
+        assert result.update is not None and result.metrics[keys.STEPS] == 60
+
+
+def test_simulated_policies_are_per_hospital_and_unknown_keys_or_hospitals_are_errors(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[policy]\nmax_epsilon = 4.0\n[policy.client-1]\nmax_epsilon = 2.0\nanswer_evaluate = true\n")
+    policies = load_simulated(path, 3)
+    assert [p.max_epsilon for p in policies] == [4.0, 2.0, 4.0] and policies[1].answer_evaluate
+    path.write_text("[policy.client-5]\nmax_epsilon = 2.0\n")
+    with pytest.raises(FedclipError, match="client-5.*names no simulated hospital"):
+        load_simulated(path, 3)
+    path.write_text("[policy]\nmax_epsilno = 2.0\n")
+    with pytest.raises(FedclipError, match="max_epsilno"):
+        load_simulated(path, 3)
+    with pytest.raises(Refusal, match="patient-level DP-SGD is not available"):
+        negotiate(NodePolicy(unit="patient"), dp=True, epsilon=1.0, delta=1e-6, unit="patient")
