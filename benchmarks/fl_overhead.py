@@ -20,8 +20,9 @@ from pathlib import Path
 
 from fedclip import models
 from fedclip.data.synthetic import export
+from fedclip.federated.policy import NodePolicy
 from fedclip.federated.simulation import simulate
-from fedclip.federated.task import FederateConfig, client_train, load_global
+from fedclip.federated.task import FederateConfig, Node, client_train, load_global
 from fedclip.finetune import trained_keys
 from fedclip.synth import CohortSpec
 
@@ -39,7 +40,8 @@ def main() -> None:
         ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp / "ckpt")
         cfg = FederateConfig(checkpoint=ckpt, data=tmp / "data", out=tmp / "sim", rounds=args.rounds,
                              client_eval=False, epsilon=50.0)
-        simulate(cfg)
+        policies = [NodePolicy(max_epsilon=50.0)] * 3  # the hospitals allow the benchmark's budget
+        simulate(cfg, state_root=tmp / "sim-nodes", policies=policies)
         stamps = [json.loads(line)["time"] for line in (tmp / "sim" / "metrics.jsonl").read_text().splitlines()]
         sim_round = statistics.mean(b - a for a, b in zip(stamps[1:-1], stamps[2:], strict=True))
 
@@ -50,7 +52,8 @@ def main() -> None:
         for r in range(1, args.rounds + 1):
             start = time.perf_counter()
             for pid in range(3):
-                client_train(local_cfg, {"partition-id": pid, "num-partitions": 3}, arrays, r, tmp / "local")
+                node = Node(f"client-{pid}", policies[pid], tmp / "local-nodes" / f"client-{pid}", deployed=False)
+                client_train(local_cfg, node, {"partition-id": pid, "num-partitions": 3}, arrays, r)
             times.append(time.perf_counter() - start)
         local_round = statistics.mean(times[1:])
     print(f"3 hospitals x {args.per_hospital} images, {args.rounds} rounds, DP on, warm rounds only")

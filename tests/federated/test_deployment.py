@@ -87,6 +87,12 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
         for i in range(3):  # the consortium registers its hospitals' keys; the rogue key never is
             subprocess.run(["flwr", "supernode", "register", str(tmp_path / f"node{i}.pub"), "deploy"], env=env,
                            check=True, capture_output=True, cwd=tmp_path)
+        # each hospital owns its privacy policy, on its own disk: the first declares its dataset size public,
+        # the last allows at most epsilon 4 and so refuses a run that asks for 8
+        (tmp_path / f"state-{hospitals[0]}").mkdir()
+        (tmp_path / f"state-{hospitals[0]}" / "policy.toml").write_text("[policy]\ndataset_size = 60\n")
+        (tmp_path / f"state-{hospitals[2]}").mkdir()
+        (tmp_path / f"state-{hospitals[2]}" / "policy.toml").write_text("[policy]\nmax_epsilon = 4.0\n")
         for i, h in enumerate(hospitals):
             node_config = (f'partition-id={i} num-partitions=3 data-dir="{tmp_path / f"data-{h}"}" '
                            f'state-dir="{tmp_path / f"state-{h}"}"')
@@ -138,10 +144,14 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
         summary = json.loads((out / "state.json").read_text())
         assert summary["round"] == 1
         rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [c["status"] for c in rounds[-1]["clients"]] == ["aggregated"] * 3
-        for i, h in enumerate(hospitals):  # each hospital's ledger lives on its own disk
-            entry = json.loads((tmp_path / f"state-{h}" / f"node-{i}.jsonl").read_text().splitlines()[-1])
-            assert entry["round"] == 1 and 0 < entry["epsilon"] <= 8.0
+        clients = {int(c["partition"]): c for c in rounds[-1]["clients"]}
+        assert [clients[i]["status"] for i in range(3)] == ["aggregated", "aggregated", "refused"]
+        assert "allows at most 4" in clients[2]["reason"]
+        assert clients[0]["num-examples"] == 60  # the declared public size, not the real one
+        for h in hospitals[:2]:  # each hospital's ledger lives on its own disk
+            (ledger,) = (tmp_path / f"state-{h}").glob("ledger-*.jsonl")
+            entry = json.loads(ledger.read_text().splitlines()[-1])
+            assert entry["kind"] == "train" and entry["round"] == 1 and 0 < entry["epsilon"] <= 8.0
     finally:
         for p in reversed(procs):
             if p.poll() is None:
