@@ -255,29 +255,41 @@ def federate(
     except FedclipError as e:
         _fail(e)
     table = Table(title=f"{cfg.strategy}, {cfg.clients} hospitals, task {cfg.task}")
-    for col in ("round", "server balanced acc.", "clients (status: epsilon)"):
+    for col in ("round", "server balanced acc.", "nodes (status, ε)"):
         table.add_column(col)
+    reasons = {}
     for r in summary["rounds"]:
-        clients_text = ", ".join(f"{int(c.get('partition', -1))}:{c['status']}"
-                                 + (f" ε={c['epsilon']:.2f}" if "epsilon" in c else "") for c in r.get("clients", []))
+        clients = sorted(r.get("clients", []), key=lambda c: c.get("partition", -1))
+        text = ", ".join(f"{int(c.get('partition', -1))}: {c['status']}"
+                         + (f" ε={c['epsilon']:.2f}" if "epsilon" in c else "") for c in clients)
+        reasons.update({int(c.get("partition", -1)): c["reason"] for c in clients if c.get("reason")})
+        if r.get("central"):
+            text += f"; central ε={r['central']['epsilon']:.2f} per hospital"
         bacc = r["server"].get("balanced-accuracy")
-        table.add_row(str(r["round"]), f"{bacc:.3f}" if bacc is not None else "-", clients_text or "(start)")
+        table.add_row(str(r["round"]), f"{bacc:.3f}" if bacc is not None else "-", text or "(start)")
     console.print(table)
+    for pid, reason in sorted(reasons.items()):
+        console.print(f"node {pid}: {reason}")
+    ledgers = Table(title="each hospital's lifetime ledger on this data (kept on the node)")
+    for col in ("node", "ε per image", "δ", "relation, accountant", "noise", "per patient (group privacy)"):
+        ledgers.add_column(col)
     for name, entries in summary["nodes"].items():
         if entries:
-            console.print(_ledger_line(name, entries[-1]))
+            ledgers.add_row(name, *_ledger_cells(entries[-1]))
+    if ledgers.rows:
+        console.print(ledgers)
+        console.print("per patient: k = most images of one patient at that node; kε and k·e^((k−1)ε)·δ "
+                      "(δ = 1: no patient-level guarantee)")
     console.print(f"ledger: {Path(cfg.out) / 'ledger.json'}; checkpoints: {Path(cfg.out) / 'checkpoints'}")
 
 
-def _ledger_line(name: str, e: dict) -> str:
+def _ledger_cells(e: dict) -> list[str]:
     """A node's lifetime spend with its unit and relation, and what it means per patient."""
-    line = (f"{name}: ε = {e['epsilon']:.3f} at δ = {e['delta']:g} per {e['unit']} ({e['neighbouring']}, "
-            f"{e['accountant']}, lifetime on dataset {e['dataset'][:12]}, noise from {e['noise_source']})")
+    patient = "-"
     if e.get("patient_epsilon") is not None:
-        k = e["group_size"]
-        line += (f"; per patient (up to {k} images each, group privacy kε, k·e^((k-1)ε)·δ): "
-                 f"ε = {e['patient_epsilon']:.2f}, δ = {e['patient_delta']:.2g}")
-    return line
+        patient = f"k={e['group_size']}: ε={e['patient_epsilon']:.1f}, δ={e['patient_delta']:.2g}"
+    return [f"{e['epsilon']:.3f}", f"{e['delta']:g}", f"{e['neighbouring']} {e['unit']}, {e['accountant']}",
+            e["noise_source"], patient]
 
 
 @app.command()
