@@ -3,7 +3,6 @@ a `FedclipError` becomes a one-line message and exit code 2, never a traceback."
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedclip import progress
+from fedclip import io, progress
 from fedclip.errors import FedclipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -190,7 +189,7 @@ def eval_(
             console.print("retrieval recall@k (image->text, text->image): " + ", ".join(
                 f"{k} {v:.3f}" for k, v in r.items() if "_R@" in k))
     if json_out:
-        json_out.write_text(json.dumps(results, indent=2))
+        io.write_json(json_out, results)
 
 
 @app.command()
@@ -351,7 +350,7 @@ def demo(
         fed.add_row(str(r["round"]), f"{r['server'].get('balanced-accuracy', float('nan')):.3f}", eps)
     console.print(fed)
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2, default=str))
+        io.write_json(json_out, result)
 
 
 def main() -> None:  # pragma: no cover - console-script shim for `python -m fedclip.cli.main`

@@ -11,12 +11,11 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fedclip import evaluate, models
+from fedclip import evaluate, io, models
 from fedclip.data.records import METADATA_FILE
 from fedclip.data.synthetic import export
 from fedclip.pretrain import PretrainConfig, pretrain
@@ -58,7 +57,7 @@ def run(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
     synth_spec = synthetic_spec(stats, seed=cfg.seed + 200, size=cfg.size, visits=private_spec.visits)
     external_spec = CohortSpec(seed=cfg.seed + 300, size=cfg.size, hospital=cfg.external_hospital)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cohort_statistics.json").write_text(json.dumps(asdict(stats), indent=2))
+    io.write_json(out / "cohort_statistics.json", asdict(stats))
 
     data = {
         "private": _export_once(private_spec, out / "data" / "private", cfg.n_train, cfg.workers),
@@ -83,5 +82,5 @@ def run(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
         r_s["task"]: r_s["balanced_accuracy"] / r_p["balanced_accuracy"]
         for r_s, r_p in zip(results["models"]["synthetic"], results["models"]["private"], strict=True)
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    io.write_json(out / "results.json", results)
     return results

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from fedclip import io
 from fedclip.errors import FedclipError
 
 T = TypeVar("T")
@@ -105,10 +106,7 @@ def write(path: str | Path, sections: Mapping[str, Any]) -> Path:
     """Write resolved configs as TOML (None values are left out: TOML has no null)."""
     doc = {name: {k: to_toml_value(v) for k, v in dataclasses.asdict(cfg).items() if v is not None}
            for name, cfg in sections.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(doc))
-    return path
+    return io.write_text(path, tomli_w.dumps(doc))
 
 
 def read_section(path: str | Path, section: str) -> dict[str, Any]:

@@ -2,14 +2,21 @@
 
 A reader (another process, a resumed run, a privacy officer's script) must see the old or the new
 content, never a half-written file. Every file goes to a temporary sibling, is fsync'd, renamed over
-the target, and the directory is fsync'd so the rename itself survives a power cut.
+the target, and the directory is fsync'd so the rename itself survives a power cut. A directory (a
+checkpoint with its train state) is built aside and swapped in with one `renameat2(RENAME_EXCHANGE)`,
+so a reader sees the old directory or the new one, never neither.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +65,64 @@ def append_line(path: str | Path, line: str) -> None:
         os.fsync(fh.fileno())
     if new:
         fsync_dir(path.parent)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the system or file system lacks it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with open(Path(dirpath) / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(dirpath)
+
+
+@contextmanager
+def replace_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory in a temporary sibling, then swap it in whole (or leave `path` untouched on error).
+
+        with io.replace_dir(run / "checkpoints" / "last") as tmp:
+            (tmp / "model.safetensors").write_bytes(...)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):
+            pass  # tmp now holds the old copy
+        else:  # no atomic exchange here: the shortest possible window with neither, then the new one
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            tmp = old
+        fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(parent: str | Path) -> None:
+    """Remove what a killed writer left behind in `parent` (hidden `.NAME.*.tmp` siblings)."""
+    for p in Path(parent).glob(".*.tmp"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

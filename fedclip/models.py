@@ -11,11 +11,10 @@ directory that plain open_clip loads without fedclip (`local-dir:CKPT`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import open_clip
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedclip import io
 from fedclip.errors import ModelError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -78,41 +78,41 @@ def create(name: str, seed: int | None = 0, device: str | torch.device = "cpu") 
     return VisionClip(name, model, config, open_clip.get_tokenizer(name))
 
 
-def save_checkpoint(vc: VisionClip, directory: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory atomically: a crash leaves the old checkpoint or the new, never half."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+def save_checkpoint(vc: VisionClip, directory: str | Path, provenance: dict[str, Any] | None = None,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically: a crash leaves the old checkpoint or the new, never half.
+
+    `train_state` (optimizer, scheduler, RNG) goes into the same swap, so `last` never exists without
+    the state that resumes it. `config.json` records the SHA-256 of the weights, checked on load.
+    """
+    from fedclip import train_state as train_state_lib
+
     state = {k: v.detach().to("cpu").contiguous() for k, v in vc.model.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "model": vc.name})
-    (tmp / OPEN_CLIP_CONFIG_FILE).write_text(json.dumps(
-        {"model_cfg": vc.config, "preprocess_cfg": PREPROCESS_CFG}, indent=2))
-    (tmp / FEDCLIP_CONFIG_FILE).write_text(json.dumps(
-        {"model": vc.name, "model_cfg": vc.config, "provenance": provenance or {}}, indent=2, default=str))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(directory)
-    return directory
+    with io.replace_dir(directory) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "model": vc.name})
+        (tmp / OPEN_CLIP_CONFIG_FILE).write_text(json.dumps(
+            {"model_cfg": vc.config, "preprocess_cfg": PREPROCESS_CFG}, indent=2))
+        (tmp / FEDCLIP_CONFIG_FILE).write_text(json.dumps(
+            {"model": vc.name, "model_cfg": vc.config, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+             "provenance": provenance or {}}, indent=2, default=str))
+        if train_state is not None:
+            train_state_lib.save(tmp / "train_state", train_state)
+    return Path(directory)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Replace checkpoint `dst` by a copy of `src` (e.g. `last` <- `round-005`); readers see one or the other."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
-    return dst
+    with io.replace_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return Path(dst)
 
 
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
@@ -140,8 +140,19 @@ def load_checkpoint(directory: str | Path, expect_model: str | None = None,
         raise ModelError(f"checkpoint {directory} holds a {name!r} model, not {expect_model!r}; "
                          f"use a {expect_model} checkpoint or pass --model {name}")
     model_cfg = cfg.get("model_cfg") or model_config(name)
+    expected_hash = cfg.get("weights_sha256")
+    if not expected_hash:
+        raise ModelError(f"{directory / FEDCLIP_CONFIG_FILE} records no weights_sha256, so the weights cannot be "
+                         "verified; re-save the checkpoint with this fedclip version")
+    if sha256_file(directory / WEIGHTS_FILE) != expected_hash:
+        raise ModelError(f"{directory / WEIGHTS_FILE} does not match the SHA-256 in its {FEDCLIP_CONFIG_FILE}: the "
+                         "weights were altered or damaged; restore the checkpoint from its source")
     model = open_clip.CLIP(**model_cfg, output_dict=True)
-    state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for non-safetensors bytes
+        raise ModelError(f"{directory / WEIGHTS_FILE} is not a safetensors file ({e}); fedclip never loads "
+                         "pickles — restore the checkpoint from its source") from None
     expected = model.state_dict()
     wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
     missing = sorted(set(expected) - set(state))

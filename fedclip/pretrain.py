@@ -135,10 +135,10 @@ def _dataset(cfg: PretrainConfig, vc: models.VisionClip):
 
 def save(run: Path, tag: str, vc: models.VisionClip, opt, sched, scaler, step: int, provenance: dict) -> Path:
     """Checkpoint `tag` (model + train state) and point `last` at the newest state."""
-    ckpt = models.save_checkpoint(vc, run / "checkpoints" / tag, provenance={**provenance, "steps": step})
     state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler else None, "rng": train_state.rng_state()}
-    train_state.save(ckpt / "train_state", state)
+    ckpt = models.save_checkpoint(vc, run / "checkpoints" / tag, provenance={**provenance, "steps": step},
+                                  train_state=state)
     if tag != LAST:
         models.copy_checkpoint(ckpt, run / "checkpoints" / LAST)
     return ckpt

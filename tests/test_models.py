@@ -88,3 +88,25 @@ def test_save_replaces_an_existing_checkpoint_whole(tmp_path):
     loaded = models.load_checkpoint(tmp_path / "c")
     assert torch.equal(loaded.model.visual.conv1.weight, b.model.visual.conv1.weight)
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_altered_weights_a_pickle_posing_as_weights_and_unverifiable_checkpoints_are_refused(tmp_path):
+    import pickle
+
+    ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp_path / "ckpt")
+    weights = ckpt / models.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in a tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the SHA-256"):
+        models.load_checkpoint(ckpt)
+    weights.write_bytes(pickle.dumps({"visual.proj": [1, 2, 3]}))
+    config = json.loads((ckpt / models.FEDCLIP_CONFIG_FILE).read_text())
+    (ckpt / models.FEDCLIP_CONFIG_FILE).write_text(json.dumps({**config, "weights_sha256":
+                                                                models.sha256_file(weights)}))
+    with pytest.raises(ModelError, match="not a safetensors file.*never loads pickles"):
+        models.load_checkpoint(ckpt)
+    (ckpt / models.FEDCLIP_CONFIG_FILE).write_text(json.dumps({k: v for k, v in config.items()
+                                                                if k != "weights_sha256"}))
+    with pytest.raises(ModelError, match="no weights_sha256"):
+        models.load_checkpoint(ckpt)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
+from fedclip import io
 from fedclip.errors import DataError
 from fedclip.synth.taxonomy import LABEL_COLUMNS, validate_labels
 
@@ -56,27 +56,18 @@ def checked_labels(labels: Mapping[str, Any], where: str) -> dict[str, int]:
 
 
 def write_metadata(root: str | Path, records: Iterable[Record]) -> Path:
-    """Write `metadata.csv` atomically (temp file + rename): readers never see half a file."""
+    """Write `metadata.csv` atomically (`fedclip.io`): readers never see half a file."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     columns = ["filepath", "caption", *LABEL_COLUMNS, *META_COLUMNS]
-    fd, tmp = tempfile.mkstemp(prefix=".metadata.", suffix=".csv", dir=root)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for r in records:
-                row = {"filepath": r.filepath, "caption": r.caption}
-                row.update({k: v for k, v in r.labels.items() if k in LABEL_COLUMNS})
-                row.update({k: v for k, v in r.meta.items() if k in META_COLUMNS})
-                writer.writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / METADATA_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return root / METADATA_FILE
+    buf = StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        row = {"filepath": r.filepath, "caption": r.caption}
+        row.update({k: v for k, v in r.labels.items() if k in LABEL_COLUMNS})
+        row.update({k: v for k, v in r.meta.items() if k in META_COLUMNS})
+        writer.writerow(row)
+    return io.write_text(root / METADATA_FILE, buf.getvalue())
 
 
 def read_metadata(root: str | Path, check_files: bool = True) -> list[Record]:

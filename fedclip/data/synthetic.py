@@ -14,11 +14,13 @@ import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from io import BytesIO, StringIO
 from multiprocessing import get_context
 from pathlib import Path
 
 from PIL import Image
 
+from fedclip import io
 from fedclip.data.records import IMAGES_DIR, METADATA_FILE, Record, write_metadata
 from fedclip.errors import DataError
 from fedclip.progress import progress_bar
@@ -46,21 +48,20 @@ def _export_chunk(root: str, spec: CohortSpec, start: int, stop: int, fmt: str) 
         target = root_path / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.is_file():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            Image.fromarray(s.image).save(tmp, format=FORMATS[fmt], **({"quality": 95} if fmt == "jpg" else {}))
-            os.replace(tmp, target)
+            buf = BytesIO()
+            Image.fromarray(s.image).save(buf, format=FORMATS[fmt], **({"quality": 95} if fmt == "jpg" else {}))
+            io.write_bytes(target, buf.getvalue())
         records.append(Record(rel, s.caption, {**s.labels}, {**s.meta, "source": "fedclip-synth"}))
     _write_shard(shard, records)
     return stop - start
 
 
 def _write_shard(path: Path, records: list[Record]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        for r in records:
-            w.writerow([r.filepath, r.caption, json.dumps(r.labels), json.dumps(r.meta)])
-    os.replace(tmp, path)
+    buf = StringIO(newline="")
+    w = csv.writer(buf)
+    for r in records:
+        w.writerow([r.filepath, r.caption, json.dumps(r.labels), json.dumps(r.meta)])
+    io.write_text(path, buf.getvalue())
 
 
 def _remove_stale_temp_files(images: Path) -> None:
@@ -99,7 +100,7 @@ def export(spec: CohortSpec, out: str | Path, n: int, workers: int = 1, fmt: str
                             "resume with the same options or choose a new --out")
         _remove_stale_temp_files(out / IMAGES_DIR)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(wanted))
+    io.write_text(spec_path, json.dumps(wanted))
 
     chunk = max(spec.images_per_patient, chunk - chunk % spec.images_per_patient)
     bounds = [(a, min(n, a + chunk)) for a in range(0, n, chunk)]

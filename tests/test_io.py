@@ -1,0 +1,66 @@
+"""Atomic writes: a process killed in the middle of any save leaves the previous or the new version."""
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from fedclip import io, models, train_state
+
+
+def _save_forever(root, ready):
+    """Alternate two versions of a checkpoint (with train state) and of a JSON summary, as fast as possible."""
+    vc = models.create("visionclip-tiny", seed=0)
+    version = 0
+    while True:
+        version += 1
+        with torch.no_grad():
+            vc.model.logit_scale.fill_(float(version))
+        models.save_checkpoint(vc, root / "ckpt", provenance={"version": version},
+                               train_state={"step": version, "w": torch.full((1000,), float(version))})
+        models.copy_checkpoint(root / "ckpt", root / "last")
+        io.write_json(root / "ledger.json", [{"version": version, "pad": "x" * 100_000}])
+        ready.set()
+
+
+def _check(root):
+    for tag in ("ckpt", "last"):
+        vc = models.load_checkpoint(root / tag)  # verifies the weights' SHA-256 too
+        version = models.read_checkpoint_config(root / tag)["provenance"]["version"]
+        assert float(vc.model.logit_scale.detach()) == version
+        assert train_state.load(root / tag / "train_state")["step"] == version
+    assert json.loads((root / "ledger.json").read_text())[0]["version"] >= 1
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.13, 0.31, 0.57, 0.83])
+def test_a_process_killed_mid_save_leaves_a_complete_version(tmp_path, delay):
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_save_forever, args=(tmp_path, ready))
+    p.start()
+    assert ready.wait(120), "the writer never finished a first save"
+    time.sleep(delay)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    _check(tmp_path)
+    io.remove_stale(tmp_path)  # what the killed writer left aside is hidden and removable
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "last", "ledger.json"]
+
+
+def test_replace_dir_leaves_the_old_directory_when_the_build_fails(tmp_path):
+    with io.replace_dir(tmp_path / "d") as d:
+        (d / "a").write_text("old")
+    with pytest.raises(RuntimeError), io.replace_dir(tmp_path / "d") as d:
+        (d / "a").write_text("new")
+        raise RuntimeError("crash while building")
+    assert (tmp_path / "d" / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_append_line_is_durable_and_creates_the_file(tmp_path):
+    io.append_line(tmp_path / "sub" / "log.jsonl", '{"a": 1}')
+    io.append_line(tmp_path / "sub" / "log.jsonl", '{"a": 2}\n')
+    assert (tmp_path / "sub" / "log.jsonl").read_text() == '{"a": 1}\n{"a": 2}\n'
