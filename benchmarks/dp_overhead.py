@@ -16,8 +16,9 @@ import warnings
 import torch
 
 from fedclip import models
-from fedclip.finetune import FinetuneConfig, finetune, load_pixels, prefix_tokens, targets_for
+from fedclip.finetune import FinetuneConfig, finetune, load_pixels, prefix_tokens
 from fedclip.synth import CohortSpec, sample
+from fedclip.tasks import labelled
 
 
 def main() -> None:
@@ -30,7 +31,8 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     vc = models.create("visionclip-tiny", seed=0)
     samples = [sample(CohortSpec(seed=1, size=64, diabetic_rate=0.6), i) for i in range(args.n)]
-    keep, y = targets_for([s.labels for s in samples], "referable_dr")
+    keep, y = labelled([s.labels for s in samples], "referable_dr")
+    y = torch.from_numpy(y)
     pixels = load_pixels(vc, [samples[i].image for i in keep])
     epochs = max(1, -(-args.steps * args.batch_size // len(keep)))
     print(f"visionclip-tiny, batch {args.batch_size}, ~{args.steps} steps, Poisson sampling, CPU threads "

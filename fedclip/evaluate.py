@@ -1,16 +1,14 @@
 """Zero-shot and linear-probe evaluation, with metrics and bootstrap confidence intervals.
 
-A task maps an image's labels to a class (or to None: the label is unknown for that image, or the
-image belongs to no single class, so it is left out of that task) and gives each class a set of
-descriptions. Zero-shot prompts are templates x descriptions, their text embeddings averaged per
-class (the CLIP prompt-ensemble recipe) with FLAIR-style expert knowledge from the taxonomy. The
-linear probe fits scikit-learn's logistic regression on frozen image features.
+Tasks (classes, label -> class, prompts) live in `fedclip.tasks`. Zero-shot prompts are templates x
+descriptions, their text embeddings averaged per class (the CLIP prompt-ensemble recipe) with
+FLAIR-style expert knowledge from the taxonomy. The linear probe fits scikit-learn's logistic
+regression on frozen image features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,100 +25,8 @@ from fedclip.data.records import Record, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.models import PREPROCESS_CFG, VisionClip
 from fedclip.progress import progress_bar
-from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_DESCRIPTIONS, DR_GRADE_PHRASES, condition
-
-TEMPLATES = (
-    "a colour fundus photograph showing {}.",
-    "fundus photograph of an eye with {}.",
-    "retinal image: {}.",
-)
-NORMAL = ("a normal fundus", "no abnormality", "a healthy retina")
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    classes: tuple[str, ...]
-    descriptions: tuple[tuple[str, ...], ...]  # per class
-    target: Callable[[Mapping[str, int]], int | None]
-    ordinal: bool = False  # DR grade: report quadratic-weighted kappa
-
-
-def _binary(label: str) -> Callable[[Mapping[str, int]], int | None]:
-    return lambda labels: labels.get(label)
-
-
-def _referable(labels: Mapping[str, int]) -> int | None:
-    g = labels.get("dr_grade")
-    return None if g is None else int(g >= 2)
-
-
-def _single_label(names: Sequence[str]) -> Callable[[Mapping[str, int]], int | None]:
-    """Class 0 = normal (all named labels 0), class i = only the i-th label positive, else None."""
-    def target(labels: Mapping[str, int]) -> int | None:
-        values = [labels.get(n) for n in names]
-        if any(v is None for v in values):
-            return None
-        positive = [i for i, v in enumerate(values) if v]
-        if not positive:
-            return 0
-        return positive[0] + 1 if len(positive) == 1 else None
-    return target
-
-
-def _any_dr(labels: Mapping[str, int]) -> Mapping[str, int]:
-    out = dict(labels)
-    if "dr" not in out and "dr_grade" in out:
-        out["dr"] = int(out["dr_grade"] > 0)
-    return out
-
-
-def _descriptions(name: str) -> tuple[str, ...]:
-    if name == "dr":
-        return ("diabetic retinopathy", *DR_GRADE_DESCRIPTIONS[2], *DR_GRADE_DESCRIPTIONS[4])
-    c = condition(name)
-    return c.phrases + c.descriptions
-
-
-def _multi(task_name: str, names: Sequence[str]) -> Task:
-    single = _single_label(names)
-    return Task(task_name, ("normal", *names), (NORMAL, *(_descriptions(n) for n in names)),
-                lambda labels: single(_any_dr(labels)))
-
-
-def _tasks() -> dict[str, Task]:
-    tasks = {
-        "referable_dr": Task(
-            "referable_dr", ("non-referable", "referable"),
-            (DR_GRADE_PHRASES[0] + DR_GRADE_PHRASES[1] + DR_GRADE_DESCRIPTIONS[0],
-             DR_GRADE_PHRASES[2] + DR_GRADE_PHRASES[3] + DR_GRADE_PHRASES[4] + DR_GRADE_DESCRIPTIONS[2]),
-            _referable),
-        "dr_grade": Task(
-            "dr_grade", tuple(f"grade {g}" for g in range(5)),
-            tuple(DR_GRADE_PHRASES[g] + DR_GRADE_DESCRIPTIONS[g] for g in range(5)),
-            lambda labels: labels.get("dr_grade"), ordinal=True),
-        "dr": Task("dr", ("no DR", "DR"), (NORMAL + DR_GRADE_PHRASES[0], _descriptions("dr")),
-                   lambda labels: _any_dr(labels).get("dr")),
-    }
-    for c in CONDITIONS:
-        tasks[c.name] = Task(c.name, (f"no {c.name}", c.name), (NORMAL, c.phrases + c.descriptions),
-                             _binary(c.name))
-    # Class sets of the public benchmarks: FIVES (normal / AMD / DR / glaucoma), REFUGE (glaucoma or
-    # not), and an ODIR-style single-label subset.
-    tasks["fives"] = _multi("fives", ("amd", "dr", "glaucoma"))
-    tasks["refuge"] = Task("refuge", *(tasks["glaucoma"].classes, tasks["glaucoma"].descriptions,
-                                       tasks["glaucoma"].target))
-    tasks["odir"] = _multi("odir", ("dr", "glaucoma", "amd", "hypertensive_retinopathy", "pathological_myopia"))
-    return tasks
-
-
-TASKS: dict[str, Task] = _tasks()
-
-
-def task(name: str) -> Task:
-    if name not in TASKS:
-        raise FedclipError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)} (or retrieval)")
-    return TASKS[name]
+from fedclip.synth.taxonomy import CONDITIONS
+from fedclip.tasks import TEMPLATES, Task, labelled, task
 
 
 # ------------------------------------------------------------------------------------ embeddings
@@ -227,13 +133,6 @@ def retrieval_recall(image_feats: torch.Tensor, text_feats: torch.Tensor, ks: Se
 
 
 # --------------------------------------------------------------------------------------- modes
-def _known(labels: Sequence[Mapping[str, int]], t: Task) -> tuple[list[int], np.ndarray]:
-    keep = [i for i, lab in enumerate(labels) if t.target(lab) is not None]
-    if not keep:
-        raise FedclipError(f"no image has a known label for task {t.name!r}; pick a task this data labels")
-    return keep, np.array([t.target(labels[i]) for i in keep])
-
-
 def zero_shot_scores(vc: VisionClip, feats: torch.Tensor, t: Task, device: str = "cpu") -> np.ndarray:
     scale = float(vc.model.logit_scale.detach().exp())
     return (scale * feats @ class_embeddings(vc, t, device).T).numpy()
@@ -243,7 +142,7 @@ def zero_shot(vc: VisionClip, images: Sequence[Any], labels: Sequence[Mapping[st
               device: str = "cpu", n_boot: int = 200, feats: torch.Tensor | None = None) -> dict[str, Any]:
     """Zero-shot metrics (with 95% CIs) on the images whose label for the task is known."""
     t = task(task_name)
-    keep, y = _known(labels, t)
+    keep, y = labelled(labels, t)
     if feats is None:
         feats = image_embeddings(vc, [images[i] for i in keep], device=device)
     else:
@@ -321,12 +220,11 @@ def evaluate_dir(vc: VisionClip, data: str | Path, task_names: Sequence[str], mo
     train, test = split_indices(records, seed)
     x = feats.numpy()
     for t in tasks:
-        tr = [i for i in train if t.target(labels[i]) is not None]
-        te = [i for i in test if t.target(labels[i]) is not None]
+        tr, ytr = labelled([labels[i] for i in train], t, required=False)
+        te, yte = labelled([labels[i] for i in test], t, required=False)
         if not tr or not te:
             raise FedclipError(f"task {t.name!r}: no labelled images in the probe's train or test split")
-        ytr = np.array([t.target(labels[i]) for i in tr])
-        yte = np.array([t.target(labels[i]) for i in te])
+        tr, te = [int(train[i]) for i in tr], [int(test[i]) for i in te]
         res = linear_probe(x[tr], ytr, x[te], yte, len(t.classes), t.ordinal, k_shot, seed, n_boot)
         results.append({"task": t.name, "classes": list(t.classes), **res})
     return results

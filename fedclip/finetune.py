@@ -22,7 +22,7 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedclip import evaluate
+from fedclip import evaluate, tasks
 from fedclip.data.images import load_rgb
 from fedclip.errors import FedclipError, ModelError
 from fedclip.models import VisionClip
@@ -320,7 +320,7 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     if n == 0:
         raise FedclipError("no training images: this client's partition is empty")
     size = public_size or n
-    t = evaluate.task(cfg.task)
+    t = tasks.task(cfg.task)
     with torch.random.fork_rng():  # initialisation of LoRA adapters without touching the global RNG
         torch.manual_seed(cfg.seed)
         head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
@@ -386,10 +386,3 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     vc.model.load_state_dict(state, strict=False)
     return FinetuneResult(state, n, steps, q if cfg.dp else 1.0, sigma,
                           float(np.mean(losses)) if losses else float("nan"), correct / max(1, seen), per_step)
-
-
-def targets_for(labels: Sequence[Mapping[str, int]], task_name: str) -> tuple[list[int], torch.Tensor]:
-    """Indices of the images labelled for the task, and their class indices."""
-    t = evaluate.task(task_name)
-    keep = [i for i, lab in enumerate(labels) if t.target(lab) is not None]
-    return keep, torch.tensor([t.target(labels[i]) for i in keep], dtype=torch.long)

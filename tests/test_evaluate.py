@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedclip import evaluate
+from fedclip import evaluate, tasks
 from fedclip.errors import FedclipError
 
 
@@ -54,15 +54,15 @@ def test_linear_probe_separates_separable_features_and_supports_k_shot():
 
 
 def test_task_targets_and_errors():
-    fives = evaluate.task("fives")
+    fives = tasks.task("fives")
     assert fives.classes == ("normal", "amd", "dr", "glaucoma")
     assert fives.target({"amd": 0, "dr": 0, "glaucoma": 0}) == 0
     assert fives.target({"amd": 0, "dr_grade": 2, "glaucoma": 0}) == 2
     assert fives.target({"amd": 1, "dr": 1, "glaucoma": 0}) is None  # two diseases: not a single class
     assert fives.target({"glaucoma": 1}) is None  # unknown labels are never guessed
-    assert evaluate.task("referable_dr").target({"dr_grade": 1}) == 0
+    assert tasks.task("referable_dr").target({"dr_grade": 1}) == 0
     with pytest.raises(FedclipError, match="unknown task"):
-        evaluate.task("cataract")
+        tasks.task("cataract")
     with pytest.raises(FedclipError, match="no image has a known label"):
         evaluate.zero_shot(None, [], [{"amd": 1}], "dr_grade")
 

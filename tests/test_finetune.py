@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedclip import evaluate, models
+from fedclip import evaluate, models, tasks
 from fedclip.errors import FedclipError
 from fedclip.finetune import (
     FinetuneConfig,
@@ -10,10 +10,10 @@ from fedclip.finetune import (
     load_pixels,
     noise_for_budget,
     prefix_tokens,
-    targets_for,
     trained_keys,
 )
 from fedclip.synth import CohortSpec, sample
+from fedclip.tasks import labelled
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def tiny():
 def test_converted_head_computes_what_open_clip_computes(tiny, blocks):
     vc, samples = tiny
     pixels = load_pixels(vc, [s.image for s in samples[:8]])
-    classes = evaluate.class_embeddings(vc, evaluate.task("referable_dr"))
+    classes = evaluate.class_embeddings(vc, tasks.task("referable_dr"))
     head = Head(vc, blocks, classes)
     with torch.no_grad():
         reference = vc.model.logit_scale.exp() * vc.model.encode_image(pixels, normalize=True) @ classes.T
@@ -52,7 +52,8 @@ def test_lora_starts_as_the_base_model(tiny):
 def test_dp_finetune_trains_only_the_head_in_every_grad_sample_mode(tiny, mode):
     vc0, samples = tiny
     vc = models.create("visionclip-tiny", seed=3)
-    keep, y = targets_for([s.labels for s in samples], "referable_dr")
+    keep, y = labelled([s.labels for s in samples], "referable_dr")
+    y = torch.from_numpy(y)
     tokens = prefix_tokens(vc, load_pixels(vc, [samples[i].image for i in keep]), 1)
     before = {k: v.clone() for k, v in vc.model.state_dict().items()}
     cfg = FinetuneConfig(batch_size=8, epochs=1, grad_sample_mode=mode, noise_multiplier=1.0)
@@ -66,11 +67,12 @@ def test_dp_finetune_trains_only_the_head_in_every_grad_sample_mode(tiny, mode):
 
 def test_non_dp_finetune_learns_and_noise_is_calibrated(tiny):
     vc, samples = tiny
-    keep, y = targets_for([s.labels for s in samples], "dr")
+    keep, y = labelled([s.labels for s in samples], "dr")
+    y = torch.from_numpy(y)
     tokens = prefix_tokens(vc, load_pixels(vc, [samples[i].image for i in keep]), 2)
     cfg = FinetuneConfig(task="dr", train_blocks=2, batch_size=16, epochs=30, dp=False, lr=3e-3, optimizer="adamw")
     model = models.create("visionclip-tiny", seed=3)
-    classes = evaluate.class_embeddings(model, evaluate.task("dr"))
+    classes = evaluate.class_embeddings(model, tasks.task("dr"))
 
     def loss() -> float:
         with torch.no_grad():
@@ -94,12 +96,13 @@ def test_errors(tiny):
 
 def test_logit_adjustment_is_training_only_and_validated(tiny):
     vc, samples = tiny
-    keep, y = targets_for([s.labels for s in samples], "referable_dr")
+    keep, y = labelled([s.labels for s in samples], "referable_dr")
+    y = torch.from_numpy(y)
     tokens = prefix_tokens(vc, load_pixels(vc, [samples[i].image for i in keep]), 0)
     with pytest.raises(FedclipError, match="class_prior needs 2 positive values"):
         finetune(models.create("visionclip-tiny", seed=3), tokens, y,
                  FinetuneConfig(train_blocks=0, class_prior=(1.0,), noise_multiplier=1.0))
-    head = Head(vc, 0, evaluate.class_embeddings(vc, evaluate.task("referable_dr")))
+    head = Head(vc, 0, evaluate.class_embeddings(vc, tasks.task("referable_dr")))
     head.register_buffer("adjust", torch.log(torch.tensor([0.9, 0.1])))
     head.eval()
     with torch.no_grad():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fedclip import config as cfglib
-from fedclip import evaluate, io, models
+from fedclip import evaluate, io, models, tasks
 from fedclip.data import partition as partitioning
 from fedclip.data.records import Record, fingerprint, read_metadata
 from fedclip.errors import FedclipError
@@ -34,7 +34,6 @@ from fedclip.finetune import (
     prefix_tokens,
     secure_seed,
     steps_per_round,
-    targets_for,
     trained_keys,
 )
 
@@ -126,7 +125,7 @@ def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[st
     elif cfg.partitioning == "iid":
         parts = partitioning.iid(records, num, cfg.seed)
     elif cfg.partitioning == "dirichlet":
-        parts = partitioning.dirichlet(records, num, cfg.alpha, evaluate.task(cfg.task).target, cfg.seed)
+        parts = partitioning.dirichlet(records, num, cfg.alpha, tasks.task(cfg.task).target, cfg.seed)
     else:
         raise FedclipError(f"unknown partitioning {cfg.partitioning!r}; use hospital, iid or dirichlet")
     return f"client-{pid}", [records[i] for i in parts[pid]], cfg.data
@@ -138,7 +137,8 @@ _TOKEN_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 def _tokens(vc: models.VisionClip, records: list[Record], root: Path,
             cfg: FederateConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-prefix outputs of this client's labelled images; cached, since the prefix never trains."""
-    keep, targets = targets_for([r.labels for r in records], cfg.task)
+    keep, y = tasks.labelled([r.labels for r in records], cfg.task)
+    targets = torch.from_numpy(y)
     key = hashlib.sha256(f"{cfg.checkpoint}|{cfg.train_blocks}|{cfg.task}|{root}|"
                          f"{[records[i].filepath for i in keep]}".encode()).hexdigest()
     if key not in _TOKEN_CACHE:
@@ -304,10 +304,10 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
         except BudgetExhausted as e:
             return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent()}, {keys.REASON: str(e)})
         vc = load_global(cfg, arrays)
-        keep, y = targets_for([r.labels for r in records], cfg.task)
+        keep, y = tasks.labelled([r.labels for r in records], cfg.task)
         feats = evaluate.image_embeddings(vc, [records[i].path(root) for i in keep])
-        correct = float((evaluate.zero_shot_scores(vc, feats, evaluate.task(cfg.task)).argmax(1)
-                         == y.numpy()).sum())
+        correct = float((evaluate.zero_shot_scores(vc, feats, tasks.task(cfg.task)).argmax(1)
+                         == y).sum())
         noisy_correct = correct + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 3))
         noisy_count = len(keep) + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 4))
         entry = ledger.record(kind="evaluate", round_=round_, noise_multiplier=multiplier, sample_rate=1.0, steps=1,
