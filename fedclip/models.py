@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,14 +70,28 @@ class VisionClip:
 def create(name: str, seed: int | None = 0, device: str | torch.device = "cpu") -> VisionClip:
     """A freshly initialised model (no weights are downloaded, ever)."""
     config = model_config(name)
-    if seed is not None:
-        torch.manual_seed(seed)
-    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: intended here
-    try:
+    with torch.random.fork_rng(devices=[]), _quiet_open_clip():  # the caller's RNG and logging stay as they were
+        if seed is not None:
+            torch.manual_seed(seed)
         model = open_clip.create_model(name, pretrained=None, device=device, output_dict=True)
-    finally:
-        logging.disable(logging.NOTSET)
     return VisionClip(name, model, config, open_clip.get_tokenizer(name))
+
+
+class _DropOpenClipNotices(logging.Filter):
+    """open_clip tells the root logger that no pretrained weights were loaded: intended here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.endswith(("open_clip/factory.py", "open_clip/model.py"))
+
+
+@contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    root, notices = logging.getLogger(), _DropOpenClipNotices()
+    root.addFilter(notices)
+    try:
+        yield
+    finally:
+        root.removeFilter(notices)
 
 
 def save_checkpoint(vc: VisionClip, directory: str | Path, provenance: dict[str, Any] | None = None,

@@ -10,6 +10,7 @@ Run dir: `RUN/config.toml`, `RUN/metrics.jsonl` (one line per step), `RUN/checkp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,14 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fedclip import config as cfglib
-from fedclip import models, runlog, train_state
-from fedclip.data.records import read_metadata
+from fedclip import io, models, runlog, train_state
+from fedclip.data.records import fingerprint, manifest_text, read_metadata
 from fedclip.data.torchdata import RecordDataset, StepBatchSampler, SynthDataset, train_transform
 from fedclip.errors import FedclipError
 from fedclip.progress import progress_bar
+from fedclip.run import LAST, MEMBERS_FILE
 from fedclip.synth import CohortSpec
-
-LAST = "last"
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,11 @@ def _dataset(cfg: PretrainConfig, vc: models.VisionClip):
     if (cfg.data is None) == (cfg.synth is None):
         raise FedclipError("pass exactly one of --data DIR (a dataset dir) or --synth SPEC (a generator stream)")
     if cfg.data is not None:
-        return RecordDataset(read_metadata(cfg.data), cfg.data, tf, vc.tokenizer), {"data": str(cfg.data)}
+        records = read_metadata(cfg.data)
+        return RecordDataset(records, cfg.data, tf, vc.tokenizer), {"data": str(cfg.data)}, records
     spec, n = parse_synth(cfg.synth)
-    return SynthDataset(spec, n, tf, vc.tokenizer), {"synth": cfg.synth}
+    # a generator stream's members are (spec, indices 0..n-1): recorded by the spec, no manifest needed
+    return SynthDataset(spec, n, tf, vc.tokenizer), {"synth": cfg.synth}, None
 
 
 def save(run: Path, tag: str, vc: models.VisionClip, opt, sched, scaler, step: int, provenance: dict) -> Path:
@@ -164,7 +166,7 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     else:
         vc = models.create(cfg.model, seed=cfg.seed)
     vc.model.to(device)
-    dataset, source = _dataset(cfg, vc)
+    dataset, source, records = _dataset(cfg, vc)
 
     opt = torch.optim.AdamW(param_groups(vc.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
                             fused=device.type in ("cuda", "cpu"))
@@ -181,6 +183,11 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         cfglib.write(run / "config.toml", {"pretrain": cfg})
+        if records is not None:  # which records trained this model, for the audits
+            manifest = manifest_text(records)
+            io.write_text(run / MEMBERS_FILE, manifest)
+            source.update(data_fingerprint=fingerprint(records), members=MEMBERS_FILE,
+                          members_sha256=hashlib.sha256(manifest.encode()).hexdigest())
         runlog.trim(run / "metrics.jsonl", "step", start)
 
     model: torch.nn.Module = vc.model

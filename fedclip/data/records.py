@@ -109,3 +109,24 @@ def fingerprint(records: Iterable[Record]) -> str:
         h.update(json.dumps([r.filepath, r.caption, r.labels, r.meta], sort_keys=True, default=str).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+MANIFEST_COLUMNS = ("filepath", "patient_id", "hospital")
+
+
+def manifest_text(records: Iterable[Record]) -> str:
+    """`members.csv`: which records (and patients, hospitals) trained a model. Its SHA-256 goes into provenance."""
+    buf = StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(MANIFEST_COLUMNS)
+    for r in records:
+        w.writerow([r.filepath, r.meta.get("patient_id", ""), r.meta.get("hospital", "")])
+    return buf.getvalue()
+
+
+def read_manifest(path: str | Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and set(MANIFEST_COLUMNS) - set(rows[0]):
+        raise DataError(f"{path} is not a member manifest: it needs the columns {', '.join(MANIFEST_COLUMNS)}")
+    return rows

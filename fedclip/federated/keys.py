@@ -37,8 +37,9 @@ REASON = "reason"
 UNIT = "unit"
 NEIGHBOURING = "neighbouring"
 ACCOUNTANT = "accountant"
+DATASET_ID = "dataset-id"  # a random id the node drew for its dataset (never its fingerprint: a hash of data)
 
 PUBLIC_METRICS = frozenset({ROUND, PARTITION, NUM_EXAMPLES, UNIT_WEIGHT, REFUSED, FAILED, EPSILON, EPSILON_ROUND,
                             EPSILON_BUDGET, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS, ACCURACY})
-PUBLIC_STRINGS = frozenset({REASON, UNIT, NEIGHBOURING, ACCOUNTANT})
+PUBLIC_STRINGS = frozenset({REASON, UNIT, NEIGHBOURING, ACCOUNTANT, DATASET_ID})
 """Everything a reply may hold. `ACCURACY` is privatized and charged; the rest depend on no record."""

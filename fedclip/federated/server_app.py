@@ -33,6 +33,11 @@ PRIVACY_FIELDS = ("dp", "epsilon", "delta", "unit", "partitioning", "alpha", "se
 is allowed, and each node's ledger then decides whether its budget allows more rounds."""
 
 
+SUMMARY_KEYS = (keys.EPSILON, keys.EPSILON_ROUND, keys.EPSILON_BUDGET, keys.DELTA, keys.NOISE_MULTIPLIER,
+                keys.SAMPLE_RATE, keys.STEPS, keys.UNIT, keys.NEIGHBOURING, keys.ACCOUNTANT, keys.DATASET_ID)
+"""What `ledger.json` keeps of each node's reply (public values only)."""
+
+
 def _settings(cfg: FederateConfig) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in STRATEGY_FIELDS + PRIVACY_FIELDS},
                                  default=str))
@@ -83,9 +88,7 @@ class Recorder:
         replies, central = self.pending.pop(round_, ([], None))
         for r in replies:
             self.ledger.append({"round": round_, "node": r["node"], "status": r["status"],
-                                **{k.replace("-", "_"): r[k] for k in (keys.EPSILON, keys.EPSILON_ROUND,
-                                   keys.EPSILON_BUDGET, keys.DELTA, keys.NOISE_MULTIPLIER, keys.SAMPLE_RATE,
-                                   keys.STEPS, keys.UNIT, keys.NEIGHBOURING, keys.ACCOUNTANT) if k in r}})
+                                **{k.replace("-", "_"): r[k] for k in SUMMARY_KEYS if k in r}})
         if central is not None:
             self.ledger.append({"round": round_, "node": "server", "status": "central-dp", **central})
         ckpt = models.save_checkpoint(self.vc, self.out / "checkpoints" / f"round-{round_:03d}", provenance={

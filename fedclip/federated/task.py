@@ -7,9 +7,9 @@ the global model, evaluate it, checkpoint it. `client_app.py` / `server_app.py` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, fields, replace
@@ -22,7 +22,7 @@ import torch
 from fedclip import config as cfglib
 from fedclip import evaluate, io, models, tasks
 from fedclip.data import partition as partitioning
-from fedclip.data.records import Record, fingerprint, read_metadata
+from fedclip.data.records import Record, fingerprint, manifest_text, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.federated import keys
 from fedclip.federated.ledger import BudgetExhausted, PrivacyLedger, plan_noise
@@ -131,21 +131,31 @@ def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[st
     return f"client-{pid}", [records[i] for i in parts[pid]], cfg.data
 
 
-_TOKEN_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+class TokenCache:
+    """Frozen-prefix outputs of a node's labelled images, keyed by content (weights hash, data, task).
 
+    The prefix never trains, so a node computes them once per checkpoint and dataset; one entry per
+    node is kept (a simulation worker may host several nodes in turn).
+    """
 
-def _tokens(vc: models.VisionClip, records: list[Record], root: Path,
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, vc: models.VisionClip, records: list[Record], root: Path,
             cfg: FederateConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen-prefix outputs of this client's labelled images; cached, since the prefix never trains."""
-    keep, y = tasks.labelled([r.labels for r in records], cfg.task)
-    targets = torch.from_numpy(y)
-    key = hashlib.sha256(f"{cfg.checkpoint}|{cfg.train_blocks}|{cfg.task}|{root}|"
-                         f"{[records[i].filepath for i in keep]}".encode()).hexdigest()
-    if key not in _TOKEN_CACHE:
-        pixels = load_pixels(vc, [records[i].path(root) for i in keep])
-        _TOKEN_CACHE.clear()
-        _TOKEN_CACHE[key] = (prefix_tokens(vc, pixels, cfg.train_blocks), targets)
-    return _TOKEN_CACHE[key]
+        keep, y = tasks.labelled([r.labels for r in records], cfg.task)
+        weights = models.read_checkpoint_config(cfg.checkpoint)["weights_sha256"]
+        key = f"{weights}|{cfg.train_blocks}|{cfg.task}|{root}|{fingerprint(records)}"
+        if key not in self.entries:
+            pixels = load_pixels(vc, [records[i].path(root) for i in keep])
+            if len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = (prefix_tokens(vc, pixels, cfg.train_blocks), torch.from_numpy(y))
+        return self.entries[key]
+
+
+TOKENS = TokenCache()
 
 
 def load_global(cfg: FederateConfig, arrays: dict[str, torch.Tensor] | None) -> models.VisionClip:
@@ -173,6 +183,17 @@ class Node:
     def ledger(self, dataset: str, grant: Grant) -> PrivacyLedger:
         return PrivacyLedger(self.state_dir / f"ledger-{dataset[:16]}.jsonl", client=self.name, dataset=dataset,
                              budget=grant.epsilon, delta=grant.delta, accountant=grant.accountant, unit=grant.unit)
+
+    def register(self, dataset: str, records: list[Record]) -> str:
+        """The node's public id for a dataset — random, so it says nothing about the data — and, kept
+        locally, the dataset's member manifest (which images and patients it trained on, for audits)."""
+        ids_path = self.state_dir / "datasets.json"
+        ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+        if dataset not in ids:
+            io.write_text(self.state_dir / f"members-{dataset[:16]}.csv", manifest_text(records))
+            ids[dataset] = secrets.token_hex(8)
+            io.write_json(ids_path, ids)
+        return ids[dataset]
 
     def log(self, **fields: Any) -> None:
         """The node's local log: what must never leave it (training loss, errors with file names)."""
@@ -239,11 +260,12 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
     except Refusal as e:
         return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
     ledger = node.ledger(dataset, grant)
-    strings = {keys.UNIT: grant.unit, keys.NEIGHBOURING: NEIGHBOURING, keys.ACCOUNTANT: grant.accountant}
     vc = load_global(cfg, arrays)
-    tokens, targets = _tokens(vc, records, root, cfg)
+    tokens, targets = TOKENS.get(vc, records, root, cfg)
     ft = replace(cfg.finetune_config(grant), proximal_mu=proximal_mu)
     with ledger.locked():
+        strings = {keys.UNIT: grant.unit, keys.NEIGHBOURING: NEIGHBOURING, keys.ACCOUNTANT: grant.accountant,
+                   keys.DATASET_ID: node.register(dataset, records)}
         if not grant.dp:  # the policy allows it; the lifetime ledger still says that this data went out raw
             entry = ledger.record(kind="no-dp", round_=round_, noise_multiplier=math.inf, sample_rate=1.0, steps=1,
                                   noise_source="none")
