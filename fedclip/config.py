@@ -22,6 +22,9 @@ from fedclip.errors import FedclipError
 
 T = TypeVar("T")
 
+SECTIONS = ("pretrain", "federate", "study", "demo", "policy")
+"""The tables a fedclip TOML file may hold (one per command; `policy` is a hospital's own)."""
+
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
@@ -76,18 +79,24 @@ def load(cls: type[T], section: str, path: str | Path | None = None, overrides: 
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            values.update(tomllib.loads(Path(path).read_text()).get(section, {}))
+            doc = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise FedclipError(f"config file {path} not found") from None
         except tomllib.TOMLDecodeError as e:
             raise FedclipError(f"config file {path} is not valid TOML: {e}") from None
+        unknown = sorted(set(doc) - set(SECTIONS))
+        if unknown:
+            raise FedclipError(f"config file {path} has unknown section(s) [{'], ['.join(unknown)}]; "
+                               f"known: {', '.join(SECTIONS)}")
+        values.update(doc.get(section, {}))
     for item in overrides:
         key, sep, value = item.partition("=")
         sect, _, name = key.partition(".")
         if not sep or not name:
             raise FedclipError(f"override {item!r} must look like {section}.name=value")
-        if sect == section:
-            values[name] = value
+        if sect != section:
+            raise FedclipError(f"override {item!r}: this command takes {section}.NAME=VALUE, not section {sect!r}")
+        values[name] = value
     values.update({k: v for k, v in explicit.items() if v is not None})
     return build(cls, values, section)
 
