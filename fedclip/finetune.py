@@ -305,9 +305,45 @@ def _private(head: nn.Module, opt: torch.optim.Optimizer, dataset: TensorDataset
     return model, dp_opt, criterion, wrapped[-1]
 
 
+@dataclass(frozen=True)
+class GradientCanaries:
+    """Audit canaries in gradient space (white-box, the server's view; Andrew et al. 2023, Steinke et al. 2023).
+
+    Each row of `directions` is a unit vector over the trained parameters (flattened in `Head`
+    parameter order). An included canary acts as one extra record whose clipped gradient is
+    `max_grad_norm * direction`: Poisson-sampled at the training's rate each step, added to the sum of
+    clipped gradients before the noise. The DP guarantee covers it like any record, so its
+    inner product with the final update can only reveal what the guarantee allows.
+    """
+
+    directions: torch.Tensor  # (m, trained parameter count)
+    included: torch.Tensor  # (m,) bool
+    seed: int  # the auditor's sampling of canaries into steps (not the training's)
+
+
+def _add_canaries(opt: Any, params: list[torch.Tensor], canaries: GradientCanaries, q: float,
+                  clip: float) -> None:
+    """Wrap the DP optimizer's `add_noise` to add the sampled canaries' gradients just before the noise."""
+    gen = torch.Generator().manual_seed(canaries.seed)
+    add_noise = opt.add_noise
+    sizes = [p.numel() for p in params]
+
+    def with_canaries() -> None:
+        chosen = canaries.included & (torch.rand(len(canaries.included), generator=gen) < q)
+        if chosen.any():
+            total = clip * canaries.directions[chosen].sum(0)
+            for p, part in zip(params, total.split(sizes), strict=True):
+                p.summed_grad += part.view_as(p).to(p.summed_grad.dtype)
+        add_noise()
+
+    opt.add_noise = with_canaries
+
+
 def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: FinetuneConfig, *,
              noise_multiplier: float | None = None, sample_rate: float | None = None, steps: int | None = None,
-             public_size: int | None = None, noise_seed: int | None = None) -> FinetuneResult:
+             public_size: int | None = None, noise_seed: int | None = None,
+             canaries: GradientCanaries | None = None,
+             insecure_disable_noise_for_tests: bool = False) -> FinetuneResult:
     """Train the head on cached prefix tokens; DP-SGD with Poisson sampling when `cfg.dp`.
 
     The model `vc` is updated in place with the trained weights (open_clip layout) and they are
@@ -315,6 +351,9 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     `steps` derived from `public_size` (a dataset size that may be released), so that nothing about
     the real size shapes the update. Without them, the real size is used (a local, unreleased model).
     `noise_seed` is for tests only: DP randomness otherwise comes from the OS CSPRNG.
+    `canaries` plants gradient-space audit canaries; `insecure_disable_noise_for_tests` trains with
+    the noise secretly off while everything else (sigma reported, accounting) claims it was on: a
+    broken mechanism that the audits must catch, never to be used otherwise.
     """
     n = len(tokens)
     if n == 0:
@@ -346,6 +385,10 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
         sigma = noise_multiplier if noise_multiplier is not None else noise_for_budget(cfg, size, steps)
         model, opt, criterion, loader = _private(head, opt, dataset, criterion, cfg, sigma=sigma, sample_rate=q,
                                                  expected_batch_size=q * size, noise_seed=noise_seed)
+        if canaries is not None:
+            _add_canaries(opt, params, canaries, q, cfg.max_grad_norm)
+        if insecure_disable_noise_for_tests:
+            opt.noise_multiplier = 0.0
     else:  # no privacy promised: data order from the config seed
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(cfg.seed))
@@ -386,3 +429,12 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     vc.model.load_state_dict(state, strict=False)
     return FinetuneResult(state, n, steps, q if cfg.dp else 1.0, sigma,
                           float(np.mean(losses)) if losses else float("nan"), correct / max(1, seen), per_step)
+
+
+def head_vector(vc: VisionClip, cfg: FinetuneConfig) -> torch.Tensor:
+    """The trained parameters of `cfg`'s head on `vc`, flattened in the order `GradientCanaries` uses."""
+    t = tasks.task(cfg.task)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
+    return torch.cat([p.detach().flatten() for p in head.parameters() if p.requires_grad])

@@ -93,6 +93,7 @@ class Recorder:
             self.ledger.append({"round": round_, "node": "server", "status": "central-dp", **central})
         ckpt = models.save_checkpoint(self.vc, self.out / "checkpoints" / f"round-{round_:03d}", provenance={
             "stage": "federate", "round": round_, "settings": _settings(self.cfg),
+            "federate": json.loads(json.dumps(asdict(self.cfg), default=str)),  # the base checkpoint and settings
             "epsilon_per_node": {str(r["node"]): r.get(keys.EPSILON) for r in replies},
             **({"central_epsilon": central["epsilon"]} if central else {})})
         models.copy_checkpoint(ckpt, self.out / "checkpoints" / "last")

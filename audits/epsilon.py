@@ -1,0 +1,205 @@
+"""Empirical epsilon: does the DP fine-tuning a federation runs leak no more than its ledger says?
+
+The audited training is what one hospital runs over a whole federation, done in one go:
+`local_epochs x rounds` epochs of DP-SGD on the node's data with the federation's settings, the noise
+calibrated for the run's (epsilon, delta) by the same accountant. Its theoretical epsilon (computed
+for exactly that training: sigma, q, steps, delta) is shown next to every lower bound.
+
+Threats:
+- white-box, the server's view: gradient-space canaries (random unit directions over the trained
+  parameters, inserted as records whose clipped gradient is C x direction), scored by their inner
+  product with the observed update (what a Flower server receives);
+- black-box: input-space canaries, images of the node's data given a wrong label, scored by the
+  trained head's logit margin of that label.
+Methods: one run with m canaries each included with probability 1/2 (Steinke, Nasr, Jagielski 2023),
+or many trainings with and without one canary and Clopper-Pearson bounds (Jagielski et al. 2020).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedclip import __version__, io, models, tasks
+from fedclip.audits import bounds
+from fedclip.audits.mia import AuditError
+from fedclip.audits.signals import head_signals
+from fedclip.data.records import read_metadata
+from fedclip.federated.ledger import epsilon_for
+from fedclip.finetune import (
+    FinetuneConfig,
+    GradientCanaries,
+    finetune,
+    head_vector,
+    load_pixels,
+    noise_for_budget,
+    prefix_tokens,
+    steps_per_round,
+)
+
+RESULTS_FILE = "results.json"
+SCORES_FILE = "scores.csv"
+
+
+@dataclass(frozen=True)
+class EpsilonConfig:
+    method: str = "one-run"  # one-run | trials
+    threat: str = "white-box"  # white-box | black-box
+    canaries: int = 500  # one-run: m canaries
+    trials: int = 100  # trials: trainings (half with the canary)
+    confidence: float = 0.95
+    seed: int = 0  # the auditor's randomness (canary directions, inclusion); never the training's noise
+
+
+@dataclass
+class Training:
+    """One audited DP training: the data, the head settings and its calibrated noise."""
+
+    base: models.VisionClip
+    tokens: torch.Tensor
+    targets: torch.Tensor
+    ft: FinetuneConfig
+    sigma: float
+    q: float
+    steps: int
+
+    @property
+    def theoretical(self) -> dict[str, Any]:
+        eps = epsilon_for([(self.sigma, self.q, self.steps)], self.ft.delta, self.ft.accountant)
+        return {"epsilon": eps, "delta": self.ft.delta, "noise_multiplier": self.sigma, "sample_rate": self.q,
+                "steps": self.steps, "accountant": self.ft.accountant, "neighbouring": "add/remove-one image",
+                "unit": "image"}
+
+
+def prepare(base: str | Path, data: str | Path, ft: FinetuneConfig) -> Training:
+    if not ft.dp:
+        raise AuditError("the audited training has dp=false: there is no epsilon to audit")
+    if ft.lora_rank:
+        raise AuditError("epsilon audits of LoRA heads are not supported; audit train_blocks without lora_rank")
+    vc = models.load_checkpoint(base)
+    records = read_metadata(data)
+    keep, y = tasks.labelled([r.labels for r in records], ft.task)
+    tokens = prefix_tokens(vc, load_pixels(vc, [records[i].path(data) for i in keep]), ft.train_blocks)
+    n = len(tokens)
+    steps = steps_per_round(ft, n)
+    return Training(vc, tokens, torch.from_numpy(y), ft, noise_for_budget(ft, n, steps),
+                    min(1.0, ft.batch_size / n), steps)
+
+
+def _train(t: Training, *, tokens: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+           canaries: GradientCanaries | None = None, broken: bool = False) -> models.VisionClip:
+    vc = copy.deepcopy(t.base)
+    tok = t.tokens if tokens is None else tokens
+    finetune(vc, tok, t.targets if targets is None else targets, t.ft, noise_multiplier=t.sigma, sample_rate=t.q,
+             steps=t.steps, public_size=len(t.tokens), canaries=canaries, insecure_disable_noise_for_tests=broken)
+    return vc
+
+
+def _directions(m: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    d = torch.randn(m, dim, generator=gen)
+    return d / d.norm(dim=1, keepdim=True)
+
+
+def white_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
+                     broken: bool = False) -> np.ndarray:
+    """Inner product of each canary direction with the (negated) update the server would observe."""
+    before = head_vector(t.base, t.ft)
+    dirs = _directions(len(included), len(before), gen)
+    canaries = GradientCanaries(dirs, torch.from_numpy(included), int(torch.randint(0, 2**62, (1,), generator=gen)))
+    after = head_vector(_train(t, canaries=canaries, broken=broken), t.ft)
+    return (dirs @ (before - after)).numpy()
+
+
+def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
+                     broken: bool = False) -> np.ndarray:
+    """Mislabelled copies of the node's images; score: the trained head's margin for the wrong label."""
+    m, n = len(included), len(t.tokens)
+    classes = len(tasks.task(t.ft.task).classes)
+    idx = torch.randint(0, n, (m,), generator=gen)
+    shift = torch.randint(1, classes, (m,), generator=gen)
+    wrong = (t.targets[idx] + shift) % classes
+    inc = torch.from_numpy(included)
+    tokens = torch.cat([t.tokens, t.tokens[idx[inc]]])
+    targets = torch.cat([t.targets, wrong[inc]])
+    vc = _train(t, tokens=tokens, targets=targets, broken=broken)
+    margin, _ = head_signals(vc, t.tokens[idx], wrong, t.ft)
+    return margin
+
+
+SCORERS = {"white-box": white_box_scores, "black-box": black_box_scores}
+
+
+def run_epsilon(t: Training, cfg: EpsilonConfig, out: str | Path, *, source: dict[str, Any],
+                ledger_epsilon: float | None = None, insecure_disable_noise_for_tests: bool = False,
+                advance: Callable[..., None] | None = None) -> dict[str, Any]:
+    if cfg.threat not in SCORERS:
+        raise AuditError(f"unknown threat {cfg.threat!r}; use white-box or black-box")
+    score = SCORERS[cfg.threat]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    rows = ["canary,included,score"]
+    if cfg.method == "one-run":
+        included = rng.random(cfg.canaries) < 0.5
+        scores = score(t, included, gen, broken=insecure_disable_noise_for_tests)
+        bound = bounds.one_run_audit(scores, included, delta=t.ft.delta, confidence=cfg.confidence)
+        rows += [f"{i},{int(inc)},{s:.6g}" for i, (inc, s) in enumerate(zip(included, scores, strict=True))]
+        if advance:
+            advance(1)
+    elif cfg.method == "trials":
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        s_in, s_out = [], []
+        for k in range(cfg.trials):
+            inc = np.array([k % 2 == 0])
+            # the same canary (same direction / same image and label) in every trial
+            s = float(score(t, inc, torch.Generator().manual_seed(seed), broken=insecure_disable_noise_for_tests)[0])
+            (s_in if inc[0] else s_out).append(s)
+            rows.append(f"{k},{int(inc[0])},{s:.6g}")
+            if advance:
+                advance(1)
+        bound = bounds.epsilon_from_trials(s_in, s_out, delta=t.ft.delta, confidence=cfg.confidence)
+    else:
+        raise AuditError(f"unknown method {cfg.method!r}; use one-run or trials")
+    theory = t.theoretical
+    doc = {
+        "kind": "epsilon", "fedclip_version": __version__, "method": cfg.method, "threat": cfg.threat,
+        "config": asdict(cfg), "bound": bound, "epsilon_lb": bound["epsilon_lb"], "theoretical": theory,
+        "tightness": bound["epsilon_lb"] / theory["epsilon"] if theory["epsilon"] > 0 else None,
+        "ledger_epsilon": ledger_epsilon, "source": source, "training": asdict(t.ft) | {"n": len(t.tokens)},
+        "noise": "SECRETLY OFF (test-only broken mechanism)" if insecure_disable_noise_for_tests else "as configured",
+    }
+    out = Path(out)
+    io.write_text(out / SCORES_FILE, "\n".join(rows) + "\n")
+    io.write_json(out / RESULTS_FILE, doc)
+    return doc
+
+
+def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, float | None]:
+    """(base checkpoint, data, fine-tuning settings, largest ledger epsilon) of a simulated federation's run dir."""
+    import json
+
+    from fedclip import config as cfglib
+    from fedclip.federated.task import FederateConfig
+
+    run = Path(run)
+    if not (run / "config.toml").exists():
+        raise AuditError(f"{run} holds no config.toml; pass a federation's run dir (fedclip federate --out)")
+    fed = cfglib.load(FederateConfig, "federate", run / "config.toml")
+    if fed.checkpoint is None or fed.data is None:
+        raise AuditError(f"{run}/config.toml names no checkpoint or data; pass --checkpoint and --data")
+    ft = FinetuneConfig(task=fed.task, train_blocks=fed.train_blocks, lora_rank=fed.lora_rank,
+                        epochs=fed.local_epochs * fed.rounds, batch_size=fed.batch_size, lr=fed.lr, dp=fed.dp,
+                        epsilon=fed.epsilon, delta=fed.delta, rounds=1, max_grad_norm=fed.max_grad_norm,
+                        grad_sample_mode=fed.grad_sample_mode, class_prior=fed.class_prior)
+    ledger = run / "ledger.json"
+    eps = [e["epsilon"] for e in json.loads(ledger.read_text()) if e.get("node") != "server"
+           and "epsilon" in e] if ledger.exists() else []
+    return Path(fed.checkpoint), Path(fed.data), ft, max(eps) if eps else None
+
+
+

@@ -1,0 +1,268 @@
+"""Membership inference, end to end: target + members + non-members (+ population) -> results.json.
+
+    target checkpoint ──► signal per record ──► attack scores ──► ROC / AUC / TPR@FPR with CIs
+                              ▲                      ▲
+          members, non-members, population      reference models (fine-tuned targets)
+
+Two kinds of target, told apart by the checkpoint's provenance:
+- a federation's checkpoint (stage "federate"): a fine-tuned classification head; signal = the logit
+  margin of the true class; LiRA and RMIA use reference heads fine-tuned from the same base
+  checkpoint with the federation's settings (centralised, epochs = local epochs x rounds, DP as
+  configured) on random halves of population + audited records;
+- any other checkpoint (pretraining): a CLIP model; signal = image-caption similarity; the loss
+  attack only (reference *pretraining* runs cost minutes each: see docs/audits.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedclip import __version__, io, models, tasks
+from fedclip.audits import attacks, metrics
+from fedclip.audits.confound import confound_check
+from fedclip.audits.references import train_references
+from fedclip.audits.signals import clip_signals, head_signals
+from fedclip.data.records import Record, fingerprint, read_manifest, read_metadata
+from fedclip.errors import FedclipError
+from fedclip.finetune import FinetuneConfig, load_pixels, prefix_tokens
+
+ATTACKS = ("loss", "lira", "lira-offline", "rmia", "rmia-offline")
+RESULTS_FILE = "results.json"
+SCORES_FILE = "scores.csv"
+
+
+@dataclass(frozen=True)
+class MiaConfig:
+    attacks: tuple[str, ...] = ("loss", "lira", "rmia")
+    refs: int = 8  # reference models (fine-tuned targets)
+    level: str = "auto"  # patient | image | auto (patient where every record has a patient id)
+    seed: int = 0  # the auditor's randomness: reference splits, bootstrap
+    n_boot: int = 500
+    confidence: float = 0.95
+    gamma: float = 1.0  # RMIA
+    offline_a: float = 0.3  # RMIA offline
+    views: int = 1  # CLIP targets: augmented views averaged into the signal
+
+
+class AuditError(FedclipError):
+    """The audit's inputs are inconsistent (overlap, manifest mismatch, empty sets)."""
+
+
+def _patients(records: list[Record]) -> set[str]:
+    return {str(r.meta["patient_id"]) for r in records if r.meta.get("patient_id") not in (None, "")}
+
+
+def check_sets(members: list[Record], nonmembers: list[Record], population: list[Record]) -> None:
+    if not members or not nonmembers:
+        raise AuditError("an audit needs members and non-members; one of the sets is empty")
+    overlap = sorted(_patients(members) & _patients(nonmembers))
+    if overlap:
+        raise AuditError(f"members and non-members share {len(overlap)} patient(s) ({', '.join(overlap[:5])}); "
+                         "split by patient so that no patient is on both sides")
+    overlap = sorted(_patients(members) & _patients(population))
+    if overlap:
+        raise AuditError(f"the population shares {len(overlap)} patient(s) with the members "
+                         f"({', '.join(overlap[:5])}); use population records no target ever trained on")
+
+
+def check_manifest(target: Path, provenance: dict[str, Any], members: list[Record],
+                   nonmembers: list[Record]) -> dict[str, Any]:
+    """Members must be in the target's member manifest and non-members must not (when it has one)."""
+    name = provenance.get("members")
+    if not name:
+        return {"checked": False, "warning": "the target records no member manifest (a federation's nodes keep "
+                "theirs); membership of the audited records is taken on trust"}
+    path = target.parent.parent / name
+    if not path.exists():
+        raise AuditError(f"{target} names the member manifest {path}, which is missing; audit the checkpoint "
+                         "inside its run dir")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != provenance.get("members_sha256"):
+        raise AuditError(f"{path} does not match the SHA-256 in the checkpoint's provenance; it was altered")
+    listed = {row["filepath"] for row in read_manifest(path)}
+    missing = [r.filepath for r in members if r.filepath not in listed]
+    if missing:
+        raise AuditError(f"{len(missing)} member(s) are not in the target's manifest {path} (e.g. {missing[0]}); "
+                         "pass as members only records that trained the target")
+    wrong = [r.filepath for r in nonmembers if r.filepath in listed]
+    if wrong:
+        raise AuditError(f"{len(wrong)} non-member(s) are in the target's manifest {path} (e.g. {wrong[0]}); "
+                         "they trained the target")
+    return {"checked": True, "manifest": str(path), "members_sha256": provenance.get("members_sha256")}
+
+
+def _finetune_settings(fed: dict[str, Any]) -> FinetuneConfig:
+    prior = fed.get("class_prior")
+    if isinstance(prior, str):
+        prior = tuple(float(x) for x in prior.strip("()").split(",") if x.strip())
+    return FinetuneConfig(task=fed["task"], train_blocks=int(fed["train_blocks"]), lora_rank=int(fed["lora_rank"]),
+                          epochs=int(fed["local_epochs"]) * int(fed["rounds"]), batch_size=int(fed["batch_size"]),
+                          lr=float(fed["lr"]), dp=bool(fed["dp"]), epsilon=float(fed["epsilon"]),
+                          delta=float(fed["delta"]), rounds=1, max_grad_norm=float(fed["max_grad_norm"]),
+                          grad_sample_mode=str(fed["grad_sample_mode"]), class_prior=prior or None)
+
+
+def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, population: str | Path | None,
+            cfg: MiaConfig, out: str | Path, advance: Callable[..., None] | None = None) -> dict[str, Any]:
+    target, out = Path(target), Path(out)
+    unknown = sorted(set(cfg.attacks) - set(ATTACKS))
+    if unknown:
+        raise AuditError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
+    checkpoint = models.read_checkpoint_config(target)
+    provenance = checkpoint.get("provenance", {})
+    roots = (Path(members), Path(nonmembers), Path(population) if population else None)
+    mem, non = read_metadata(roots[0]), read_metadata(roots[1])
+    pop = read_metadata(roots[2]) if roots[2] else []
+    check_sets(mem, non, pop)
+    manifest = check_manifest(target, provenance, mem, non)
+    warnings = [manifest["warning"]] if "warning" in manifest else []
+    confound = confound_check(mem, non, roots[:2], cfg.seed)
+    if confound.get("confounded"):
+        warnings.append(f"members and non-members differ in what the model should not care about (confound AUC "
+                        f"{confound['auc']:.2f} > {confound['threshold']}): the attack figures are confounded by "
+                        "distribution shift")
+    vc = models.load_checkpoint(target)
+    head_target = provenance.get("stage") == "federate"
+    audited = mem + non
+    audited_roots = [roots[0]] * len(mem) + [roots[1]] * len(non)
+    member = np.array([1] * len(mem) + [0] * len(non))
+    info: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
+    if head_target:
+        fed = provenance["federate"]
+        ft = _finetune_settings(fed)
+        keep, y = tasks.labelled([r.labels for r in audited], ft.task)
+        pkeep, py = tasks.labelled([r.labels for r in pop], ft.task, required=False) if pop else ([], np.zeros(0))
+        if len(keep) < len(audited):
+            warnings.append(f"{len(audited) - len(keep)} audited record(s) have no {ft.task} label and were left out")
+        audited_roots = [audited_roots[i] for i in keep]
+        audited = [audited[i] for i in keep]
+        member = member[keep]
+        pop = [pop[i] for i in pkeep]
+        pixels = load_pixels(vc, [r.path(root) for r, root in zip(audited, audited_roots, strict=True)]
+                             + [r.path(roots[2]) for r in pop])
+        tokens = prefix_tokens(vc, pixels, ft.train_blocks)  # the prefix is frozen: the base's and the target's
+        targets = torch.from_numpy(np.concatenate([y, py]).astype(np.int64))
+        margin, prob = head_signals(vc, tokens, targets, ft)
+        n = len(audited)
+        signal = "logit margin of the true class, log p_y - log sum_{y' != y} p_y' (LiRA's stable signal)"
+        scores["loss"] = attacks.loss_attack(margin[:n])
+        wants_refs = any(a != "loss" for a in cfg.attacks)
+        if wants_refs:
+            base = models.load_checkpoint(fed["checkpoint"])
+            data_fp = fingerprint(audited + pop)
+            ref_m, ref_p, ref_in = train_references(
+                base, tokens, targets, ft, count=cfg.refs, seed=cfg.seed, data_fingerprint=data_fp,
+                cache=out / "refs", advance=advance)
+            global_std = cfg.refs < 16
+            info = {"count": cfg.refs, "how": "fine-tuned from the target's base checkpoint with the federation's "
+                    f"settings (centralised, {ft.epochs} epochs, dp={ft.dp}, epsilon={ft.epsilon}) on random halves "
+                    "of population + audited records", "base": str(fed["checkpoint"]), "split_seed": cfg.seed,
+                    "variance": "global" if global_std else "per record", "finetune": asdict(ft)}
+            if "lira" in cfg.attacks:
+                scores["lira"] = attacks.lira(margin[:n], ref_m[:n], ref_in[:n], online=True, global_std=global_std)
+            if "lira-offline" in cfg.attacks:
+                scores["lira-offline"] = attacks.lira(margin[:n], ref_m[:n], ref_in[:n], online=False,
+                                                      global_std=global_std)
+            for name in ("rmia", "rmia-offline"):
+                if name not in cfg.attacks:
+                    continue
+                if not pop:
+                    warnings.append(f"{name} not run: it needs --population records")
+                    continue
+                if name == "rmia":
+                    px, pz = attacks.prior_online(ref_p[:n]), attacks.prior_online(ref_p[n:])
+                else:
+                    px = attacks.prior_offline(ref_p[:n], ~ref_in[:n], cfg.offline_a)
+                    pz = attacks.prior_offline(ref_p[n:], ~ref_in[n:], cfg.offline_a)
+                scores[name] = attacks.rmia(prob[:n], px, prob[n:], pz, gamma=cfg.gamma)
+    else:
+        signal = "cosine similarity of each image with its own caption" + (
+            f", averaged over {cfg.views} augmented views" if cfg.views > 1 else "")
+        sim = clip_signals(vc, [r.path(root) for r, root in zip(audited, audited_roots, strict=True)],
+                           [r.caption for r in audited], views=cfg.views, seed=cfg.seed)
+        scores["loss"] = attacks.loss_attack(sim)
+        skipped = [a for a in cfg.attacks if a != "loss"]
+        if skipped:
+            warnings.append(f"{', '.join(skipped)} not run: a CLIP (pretrained) target supports the loss attack "
+                            "(reference pretraining runs are out of a CPU budget; see docs/audits.md)")
+    return _write(target, checkpoint, provenance, cfg, out, audited, member, scores, signal, info, manifest,
+                  confound, warnings, roots, len(pop))
+
+
+def _level(cfg: MiaConfig, records: list[Record]) -> str:
+    has_ids = all(r.meta.get("patient_id") not in (None, "") for r in records)
+    if cfg.level == "auto":
+        return "patient" if has_ids else "image"
+    if cfg.level == "patient" and not has_ids:
+        raise AuditError("--level patient needs a patient_id for every audited record; use --level image")
+    if cfg.level not in ("patient", "image"):
+        raise AuditError(f"unknown level {cfg.level!r}; use patient, image or auto")
+    return cfg.level
+
+
+def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out: Path, audited: list[Record],
+           member: np.ndarray, scores: dict[str, np.ndarray], signal: str, references: dict, manifest: dict,
+           confound: dict, warnings: list[str], roots: tuple, n_population: int) -> dict[str, Any]:
+    level = _level(cfg, audited)
+    patients = [str(r.meta.get("patient_id", "")) for r in audited]
+    hospitals = [str(r.meta.get("hospital", "")) for r in audited]
+    results: dict[str, Any] = {}
+    rows = StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["record", "patient_id", "hospital", "member", "attack", "score"])
+    for name, score in scores.items():
+        entry: dict[str, Any] = {"image": metrics.summarise(member, score, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                              confidence=cfg.confidence)}
+        entry["image"]["roc"] = metrics.roc(member, score)
+        if level == "patient":
+            ids, pscore = attacks.patient_scores(score, patients)
+            pmember = np.array([int(any(m for m, p in zip(member, patients, strict=True) if p == i)) for i in ids])
+            entry["patient"] = metrics.summarise(pmember, pscore, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                 confidence=cfg.confidence)
+            entry["patient"]["roc"] = metrics.roc(pmember, pscore)
+            for i, s, m in zip(ids, pscore, pmember, strict=True):
+                writer.writerow(["", i, "", int(m), f"{name}:patient", f"{s:.6g}"])
+        per_hospital = {}
+        for h in sorted(set(hospitals)):
+            idx = [i for i, x in enumerate(hospitals) if x == h]
+            if 0 < member[idx].sum() < len(idx):
+                per_hospital[h] = metrics.point(member[idx], score[idx]) | {"n": len(idx)}
+        entry["per_hospital"] = per_hospital
+        results[name] = entry
+        for r, m, s in zip(audited, member, score, strict=True):
+            writer.writerow([r.filepath, r.meta.get("patient_id", ""), r.meta.get("hospital", ""), int(m), name,
+                             f"{s:.6g}"])
+    doc = {
+        "kind": "mia", "fedclip_version": __version__, "level": level,
+        "target": {"checkpoint": str(target), "model": checkpoint.get("model"),
+                   "weights_sha256": checkpoint.get("weights_sha256"), "stage": provenance.get("stage", "unknown"),
+                   "ledger_epsilon": provenance.get("epsilon_per_node"),
+                   "dp": (provenance.get("federate") or {}).get("dp"),
+                   "epsilon_budget": (provenance.get("federate") or {}).get("epsilon")},
+        "data": {"members": str(roots[0]), "nonmembers": str(roots[1]),
+                 "population": str(roots[2]) if roots[2] else None, "n_members": int(member.sum()),
+                 "n_nonmembers": int((1 - member).sum()), "n_population": n_population,
+                 "n_patients": len(set(patients)) if level == "patient" else None},
+        "signal": signal, "references": references, "seed": cfg.seed, "config": asdict(cfg),
+        "manifest": manifest, "confound": confound, "warnings": warnings, "attacks": results,
+    }
+    io.write_text(out / SCORES_FILE, rows.getvalue())
+    io.write_json(out / RESULTS_FILE, doc)
+    return doc
+
+
+def load_results(audit_dir: str | Path) -> dict[str, Any]:
+    path = Path(audit_dir) / RESULTS_FILE
+    if not path.exists():
+        raise AuditError(f"{audit_dir} holds no {RESULTS_FILE}; run `fedclip audit ... --out {audit_dir}` first")
+    return json.loads(path.read_text())
