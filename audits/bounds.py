@@ -26,12 +26,13 @@ def epsilon_from_trials(scores_in: Sequence[float], scores_out: Sequence[float],
     """Jagielski et al. (2020): max over thresholds and both directions of ln((TPR_lo - delta) / FPR_hi).
 
     `scores_in`: the canary's score in trainings that included it; `scores_out`: in trainings without.
-    The thresholds are all observed scores; the confidence is split over them (Bonferroni), so the
-    maximum over thresholds keeps its stated confidence.
+    The thresholds are all observed scores; the confidence is split (Bonferroni) over the 4 one-sided
+    bounds of each threshold (TPR lower and FPR upper, both directions), so the maximum over thresholds
+    keeps its stated confidence.
     """
     s_in, s_out = np.asarray(scores_in, float), np.asarray(scores_out, float)
     thresholds = np.unique(np.concatenate([s_in, s_out]))
-    alpha = (1 - confidence) / (2 * len(thresholds))  # two directions, every threshold
+    alpha = (1 - confidence) / (4 * len(thresholds))  # one-sided level of each bound
     best = {"epsilon_lb": 0.0, "threshold": float("nan"), "tpr": float("nan"), "fpr": float("nan")}
     for t in thresholds:
         for a, b, sign in ((s_in, s_out, 1), (s_out, s_in, -1)):

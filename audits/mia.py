@@ -8,7 +8,7 @@ Two kinds of target, told apart by the checkpoint's provenance:
 - a federation's checkpoint (stage "federate"): a fine-tuned classification head; signal = the logit
   margin of the true class; LiRA and RMIA use reference heads fine-tuned from the same base
   checkpoint with the federation's settings (centralised, epochs = local epochs x rounds, DP as
-  configured) on random halves of population + audited records;
+  configured) on complementary random halves of the audited records;
 - any other checkpoint (pretraining): a CLIP model; signal = image-caption similarity; the loss
   attack only (reference *pretraining* runs cost minutes each: see docs/audits.md).
 """
@@ -114,6 +114,8 @@ def _finetune_settings(fed: dict[str, Any]) -> FinetuneConfig:
 def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, population: str | Path | None,
             cfg: MiaConfig, out: str | Path, advance: Callable[..., None] | None = None) -> dict[str, Any]:
     target, out = Path(target), Path(out)
+    if cfg.refs < 2 or cfg.refs % 2:
+        raise AuditError(f"--refs {cfg.refs}: reference models come in complementary pairs; pass an even number >= 2")
     unknown = sorted(set(cfg.attacks) - set(ATTACKS))
     if unknown:
         raise AuditError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
@@ -153,6 +155,9 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
         tokens = prefix_tokens(vc, pixels, ft.train_blocks)  # the prefix is frozen: the base's and the target's
         targets = torch.from_numpy(np.concatenate([y, py]).astype(np.int64))
         margin, prob = head_signals(vc, tokens, targets, ft)
+        if not np.isfinite(margin).all():
+            raise AuditError(f"the target's outputs are not finite for {int((~np.isfinite(margin)).sum())} record(s): "
+                             "its weights diverged (NaN); audit a checkpoint that trained properly")
         n = len(audited)
         signal = "logit margin of the true class, log p_y - log sum_{y' != y} p_y' (LiRA's stable signal)"
         scores["loss"] = attacks.loss_attack(margin[:n])
@@ -160,13 +165,15 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
         if wants_refs:
             base = models.load_checkpoint(fed["checkpoint"])
             data_fp = fingerprint(audited + pop)
+            # references train on halves of the audited records: with as many members as non-members,
+            # that is the target's training-set size; population records (RMIA's z) are OUT of all of them
             ref_m, ref_p, ref_in = train_references(
                 base, tokens, targets, ft, count=cfg.refs, seed=cfg.seed, data_fingerprint=data_fp,
-                cache=out / "refs", advance=advance)
+                cache=out / "refs", trainable=n, advance=advance)
             global_std = cfg.refs < 16
             info = {"count": cfg.refs, "how": "fine-tuned from the target's base checkpoint with the federation's "
-                    f"settings (centralised, {ft.epochs} epochs, dp={ft.dp}, epsilon={ft.epsilon}) on random halves "
-                    "of population + audited records", "base": str(fed["checkpoint"]), "split_seed": cfg.seed,
+                    f"settings (centralised, {ft.epochs} epochs, dp={ft.dp}, epsilon={ft.epsilon}) on complementary "
+                    "random halves of the audited records", "base": str(fed["checkpoint"]), "split_seed": cfg.seed,
                     "variance": "global" if global_std else "per record", "finetune": asdict(ft)}
             if "lira" in cfg.attacks:
                 scores["lira"] = attacks.lira(margin[:n], ref_m[:n], ref_in[:n], online=True, global_std=global_std)
@@ -179,11 +186,12 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
                 if not pop:
                     warnings.append(f"{name} not run: it needs --population records")
                     continue
+                # z is OUT of every reference: its Pr(z) is the offline estimate in both variants
+                pz = attacks.prior_offline(ref_p[n:], ~ref_in[n:], cfg.offline_a)
                 if name == "rmia":
-                    px, pz = attacks.prior_online(ref_p[:n]), attacks.prior_online(ref_p[n:])
+                    px = attacks.prior_online(ref_p[:n])
                 else:
                     px = attacks.prior_offline(ref_p[:n], ~ref_in[:n], cfg.offline_a)
-                    pz = attacks.prior_offline(ref_p[n:], ~ref_in[n:], cfg.offline_a)
                 scores[name] = attacks.rmia(prob[:n], px, prob[n:], pz, gamma=cfg.gamma)
     else:
         signal = "cosine similarity of each image with its own caption" + (
