@@ -9,8 +9,8 @@ Threats:
 - white-box, the server's view: gradient-space canaries (random unit directions over the trained
   parameters, inserted as records whose clipped gradient is C x direction), scored by their inner
   product with the observed update (what a Flower server receives);
-- black-box: input-space canaries, images of the node's data given a wrong label, scored by the
-  trained head's logit margin of that label.
+- black-box: input-space canaries, crafted inputs (random prefix outputs with the data's spread) with
+  random labels, scored by how much training raised the head's logit margin of their label.
 Methods: one run with m canaries each included with probability 1/2 (Steinke, Nasr, Jagielski 2023),
 or many trainings with and without one canary and Clopper-Pearson bounds (Jagielski et al. 2020).
 """
@@ -118,18 +118,20 @@ def white_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
 
 def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
                      broken: bool = False) -> np.ndarray:
-    """Mislabelled copies of the node's images; score: the trained head's margin for the wrong label."""
-    m, n = len(included), len(t.tokens)
+    """Crafted input canaries: random prefix outputs (with the data's own spread) and random labels; score:
+    how much training raised the head's margin for the canary's label (after minus before: the model
+    before training is public, and the difference removes each canary's own starting margin)."""
+    m = len(included)
     classes = len(tasks.task(t.ft.task).classes)
-    idx = torch.randint(0, n, (m,), generator=gen)
-    shift = torch.randint(1, classes, (m,), generator=gen)
-    wrong = (t.targets[idx] + shift) % classes
+    scale = t.tokens.std(dim=0, keepdim=True)
+    tokens = t.tokens.mean(0, keepdim=True) + scale * torch.randn((m, *t.tokens.shape[1:]), generator=gen)
+    labels = torch.randint(0, classes, (m,), generator=gen)
     inc = torch.from_numpy(included)
-    tokens = torch.cat([t.tokens, t.tokens[idx[inc]]])
-    targets = torch.cat([t.targets, wrong[inc]])
-    vc = _train(t, tokens=tokens, targets=targets, broken=broken)
-    margin, _ = head_signals(vc, t.tokens[idx], wrong, t.ft)
-    return margin
+    vc = _train(t, tokens=torch.cat([t.tokens, tokens[inc]]), targets=torch.cat([t.targets, labels[inc]]),
+                broken=broken)
+    after, _ = head_signals(vc, tokens, labels, t.ft)
+    before, _ = head_signals(t.base, tokens, labels, t.ft)
+    return after - before
 
 
 SCORERS = {"white-box": white_box_scores, "black-box": black_box_scores}
