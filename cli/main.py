@@ -319,6 +319,134 @@ def study(
     console.print(f"results: {out / 'results.json'}")
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="Privacy audits: membership inference, empirical epsilon.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("mia")
+def audit_mia(
+    target: Annotated[Path, typer.Option(help="Checkpoint to audit (pretrained or a federation's round).")],
+    members: Annotated[Path, typer.Option(help="Dataset dir of records that trained the target.")],
+    nonmembers: Annotated[Path, typer.Option(help="Dataset dir of records from the same population that did not.")],
+    population: Annotated[Path | None, typer.Option(help="Dataset dir of further non-members (RMIA's z).")] = None,
+    attack: Annotated[list[str] | None, typer.Option(
+        help="loss | lira | lira-offline | rmia | rmia-offline (repeatable; default loss, lira, rmia).")] = None,
+    refs: Annotated[int, typer.Option(help="Reference models (even; fine-tuned targets).")] = 8,
+    level: Annotated[str, typer.Option(help="patient | image | auto (patient where patient ids exist).")] = "auto",
+    seed: Annotated[int, typer.Option(help="The auditor's seed: reference splits, bootstrap.")] = 0,
+    out: Annotated[Path, typer.Option(help="Audit dir (results.json, scores.csv, refs/).")] = Path("runs/audit-mia"),
+) -> None:
+    """Membership inference against a checkpoint: AUC and TPR at low FPR with CIs, per patient and image."""
+    from fedclip.audits.mia import MiaConfig, run_mia
+    from fedclip.progress import progress_bar
+
+    cfg = MiaConfig(attacks=tuple(attack or ("loss", "lira", "rmia")), refs=refs, level=level, seed=seed)
+    try:
+        with progress_bar("reference models", refs if any(a != "loss" for a in cfg.attacks) else None) as advance:
+            doc = run_mia(target, members, nonmembers, population, cfg, out, advance=advance)
+    except FedclipError as e:
+        _fail(e)
+    table = Table(title=f"membership inference, {doc['level']} level")
+    for col in ("attack", "AUC [95% CI]", "TPR@1% FPR", "TPR@0.1% FPR"):
+        table.add_column(col)
+    for name, e in doc["attacks"].items():
+        m = e[doc["level"]]
+        table.add_row(name, f"{m['auc']:.3f} [{m['ci']['auc'][0]:.3f}, {m['ci']['auc'][1]:.3f}]",
+                      f"{m['tpr@0.01']:.3f}", f"{m['tpr@0.001']:.3f}")
+    console.print(table)
+    for w in doc["warnings"]:
+        console.print(f"[yellow]caution:[/] {escape(w)}")
+    console.print(f"confound check AUC {doc['confound']['auc']:.3f}; results: {out / 'results.json'}")
+
+
+@audit_app.command("epsilon")
+def audit_epsilon(
+    run: Annotated[Path | None, typer.Option(
+        help="A federation's run dir: its base checkpoint, data, settings.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Base checkpoint (instead of --run).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="A node's dataset dir (instead of, or overriding, --run's).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Target epsilon (with --checkpoint).")] = None,
+    delta: Annotated[float | None, typer.Option(help="Delta (with --checkpoint).")] = None,
+    method: Annotated[str, typer.Option(help="one-run | trials.")] = "one-run",
+    threat: Annotated[str, typer.Option(help="white-box (the server's view) | black-box.")] = "white-box",
+    canaries: Annotated[int, typer.Option(help="one-run: canaries, each included with probability 1/2.")] = 500,
+    trials: Annotated[int, typer.Option(help="trials: trainings, half of them with the canary.")] = 100,
+    confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="The auditor's seed (canaries), never the training's noise.")] = 0,
+    out: Annotated[Path, typer.Option(help="Audit dir (results.json, scores.csv).")] = Path("runs/audit-epsilon"),
+) -> None:
+    """Empirical epsilon lower bound of the federation's DP fine-tuning, against its accountant's epsilon."""
+    from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon, settings_from_run
+    from fedclip.finetune import FinetuneConfig
+    from fedclip.progress import progress_bar
+
+    try:
+        if run is not None:
+            base, run_data, ft, ledger_eps = settings_from_run(run)
+            source = {"run": str(run)}
+        elif checkpoint is not None:
+            base, run_data, ledger_eps = checkpoint, data, None
+            ft = FinetuneConfig(epsilon=epsilon or 8.0, delta=delta or 1e-5, train_blocks=0, epochs=3,
+                                batch_size=256, lr=1.0, rounds=1)
+            source = {"checkpoint": str(checkpoint)}
+        else:
+            raise FedclipError("pass --run RUN (a federation's run dir) or --checkpoint CKPT --data DIR")
+        data = data or run_data
+        if data is None:
+            raise FedclipError("pass --data DIR: the node data the audited training runs on")
+        cfg = EpsilonConfig(method=method, threat=threat, canaries=canaries, trials=trials, confidence=confidence,
+                            seed=seed)
+        training = prepare(base, data, ft)
+        with progress_bar(f"{threat} {method} audit", 1 if method == "one-run" else trials) as advance:
+            doc = run_epsilon(training, cfg, out, source={**source, "data": str(data)}, ledger_epsilon=ledger_eps,
+                              advance=advance)
+    except FedclipError as e:
+        _fail(e)
+    th = doc["theoretical"]
+    console.print(f"ε lower bound {doc['epsilon_lb']:.3f} at {confidence:.0%} confidence ({threat}, {method}); "
+                  f"theoretical ε {th['epsilon']:.3f} at δ = {th['delta']:g} per {th['unit']} ({th['neighbouring']},"
+                  f" {th['accountant']})" + (f"; ledger ε {ledger_eps:.3f}" if ledger_eps else ""))
+    if doc["epsilon_lb"] > th["epsilon"]:
+        console.print("[bold red]the lower bound exceeds the claimed epsilon: the mechanism leaks more than stated[/]")
+    console.print(f"results: {out / 'results.json'}")
+
+
+@app.command()
+def report(
+    audits: Annotated[list[Path], typer.Argument(help="Audit dirs (each with results.json).")],
+    out: Annotated[Path | None, typer.Option(
+        help="Where report.html / .pdf / .json go (default: the first audit dir).")] = None,
+    redact: Annotated[bool, typer.Option(help="No patient image, id, file name or path anywhere.")] = False,
+) -> None:
+    """The audit report a privacy officer signs: report.html, report.pdf, report.json."""
+    from fedclip.audits.report import render
+
+    try:
+        paths = render(audits, out or audits[0], redact=redact)
+    except FedclipError as e:
+        _fail(e)
+    console.print(f"wrote {paths['html']}, {paths['pdf']}, {paths['json']}")
+
+
+@app.command()
+def compare(
+    audits: Annotated[list[Path], typer.Argument(help="Audit dirs of the models to compare.")],
+    out: Annotated[Path, typer.Option(help="Where report.html / .pdf / .json go.")] = Path("runs/compare"),
+    redact: Annotated[bool, typer.Option(help="No patient image, id, file name or path anywhere.")] = False,
+) -> None:
+    """Models side by side: one table, one ROC plot, then each audit; HTML + PDF + JSON."""
+    from fedclip.audits.report import render
+
+    if len(audits) < 2:
+        _fail(FedclipError("compare needs at least two audit dirs; use `fedclip report` for one"))
+    try:
+        paths = render(audits, out, redact=redact)
+    except FedclipError as e:
+        _fail(e)
+    console.print(f"wrote {paths['html']}, {paths['pdf']}, {paths['json']}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),

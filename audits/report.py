@@ -1,0 +1,343 @@
+"""Audit reports a privacy officer can sign: report.html (self-contained), report.pdf (real text and
+tables, via fpdf2), report.json — one or several audits (a comparison of models side by side).
+
+The report leads with a plain-language summary (what was tested, on whom, the answer, how sure),
+then the figures (ROC curves on log-log axes, score histograms, epsilon lower bounds against the
+ledger's epsilon), the tables (attacks with confidence intervals, per hospital, the confound check)
+and, unless redacted, thumbnails of the most exposed records. With `redact=True` no patient image,
+patient id, file name or path appears anywhere in the HTML, PDF or JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as stdio
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from fedclip import __version__, io  # noqa: E402
+from fedclip.audits.mia import SCORES_FILE, load_results  # noqa: E402
+
+REDACTED = "[redacted]"
+FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)  # caption, header, rows
+    figures: list[tuple[str, bytes]] = field(default_factory=list)  # caption, PNG
+
+
+def _png(fig: Any) -> bytes:
+    buf = stdio.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _ci(entry: dict[str, Any], key: str) -> str:
+    lo, hi = entry["ci"][key]
+    return f"{entry[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _best(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    level = doc["level"]
+    return max(((a, e[level]) for a, e in doc["attacks"].items()), key=lambda x: x[1]["auc"])
+
+
+def _label(doc: dict[str, Any], redact: bool) -> str:
+    if doc["kind"] == "mia":
+        name = Path(doc["target"]["checkpoint"])
+        return doc.get("label") or (f"target {doc['target']['weights_sha256'][:8]}" if redact
+                                    else f"{name.parent.parent.name}/{name.name}")
+    return doc.get("label") or f"{doc['threat']} {doc['method']} ε audit"
+
+
+def _verdict(doc: dict[str, Any]) -> str:
+    attack, e = _best(doc)
+    lo, hi = e["ci"]["auc"]
+    how = f"{int(doc['config']['confidence'] * 100)}% confidence interval"
+    if lo <= 0.5 <= hi:
+        answer = (f"no attack told members from non-members better than chance: the strongest ({attack}) reached "
+                  f"AUC {e['auc']:.3f} ({how} {lo:.3f}–{hi:.3f}, which contains 0.5)")
+    else:
+        answer = (f"membership leaks: the strongest attack ({attack}) reached AUC {e['auc']:.3f} ({how} "
+                  f"{lo:.3f}–{hi:.3f}) and identified {e['tpr@0.01']:.1%} of members at a 1% false-positive rate")
+    return answer
+
+
+def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
+    level, data, target = doc["level"], doc["data"], doc["target"]
+    s = Section(f"Membership inference — {_label(doc, redact)}")
+    dp = "trained with DP" if target.get("dp") else ("trained without DP" if target.get("dp") is False
+                                                      else "pretrained (no DP)")
+    who = (f"{data['n_members']} member and {data['n_nonmembers']} non-member images"
+           + (f" of {data['n_patients']} patients" if data.get("n_patients") else ""))
+    unit = ("a patient counts as a member if any of their images trained the model" if level == "patient"
+            else "each image on its own")
+    ledger = (f", ledger epsilon per node {_eps_text(target.get('ledger_epsilon'))}" if target.get("ledger_epsilon")
+              else "")
+    s.paragraphs.append(
+        f"What was tested: whether the model ({target['model']}, {target['stage']}, {dp}{ledger}) reveals which "
+        f"records trained it. On whom: {who}, scored at the {level} level ({unit}). "
+        f"The answer: {_verdict(doc)}. Signal: {doc['signal']}.")
+    for w in doc.get("warnings", []):
+        s.paragraphs.append(f"Caution: {w}.")
+    header = ["attack", "AUC [CI]", "TPR@1% FPR [CI]", "TPR@0.1% FPR [CI]", "members", "non-members"]
+    for lvl in ("patient", "image"):
+        rows = [[a, _ci(e[lvl], "auc"), _ci(e[lvl], "tpr@0.01"), _ci(e[lvl], "tpr@0.001"),
+                 str(e[lvl]["n_members"]), str(e[lvl]["n_nonmembers"])] for a, e in doc["attacks"].items() if lvl in e]
+        if rows:
+            s.tables.append((f"{lvl}-level results ({int(doc['config']['confidence'] * 100)}% bootstrap CIs)",
+                             header, rows))
+    hosp = [[a, h, f"{m['auc']:.3f}", f"{m['tpr@0.01']:.3f}", str(m["n"])]
+            for a, e in doc["attacks"].items() for h, m in e.get("per_hospital", {}).items()]
+    if hosp:
+        s.tables.append(("per hospital (image level)", ["attack", "hospital", "AUC", "TPR@1% FPR", "images"], hosp))
+    c = doc["confound"]
+    s.tables.append(("confound check: can members be told apart by metadata and image statistics alone?",
+                     ["classifier", "AUC", "threshold", "confounded"],
+                     [[c.get("classifier", "-"), f"{c['auc']:.3f}", str(c.get("threshold", "-")),
+                       "yes" if c.get("confounded") else "no"]]))
+    if doc.get("references"):
+        r = doc["references"]
+        s.paragraphs.append(f"Reference models: {r['count']}, {r['how']}; {r['variance']} variance for LiRA.")
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    for a, e in doc["attacks"].items():
+        fpr, tpr = np.array(e[level]["roc"][0]), np.array(e[level]["roc"][1])
+        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=f"{a} (AUC {e[level]['auc']:.2f})")
+    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8, label="chance")
+    ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false-positive rate",
+           ylabel="true-positive rate", title=f"ROC, {level} level (log-log)")
+    ax.legend(fontsize=7)
+    s.figures.append((f"ROC curves at the {level} level; the dotted line is guessing.", _png(fig)))
+    scores = _read_scores(audit_dir)
+    attack, _ = _best(doc)
+    rows = [r for r in scores if r["attack"] == attack]
+    if rows:
+        fig, ax = plt.subplots(figsize=(4.6, 3.0))
+        for m, lab in ((1, "members"), (0, "non-members")):
+            ax.hist([float(r["score"]) for r in rows if int(r["member"]) == m], bins=30, alpha=0.6, label=lab)
+        ax.set(xlabel=f"{attack} score", ylabel="images", title="score distributions")
+        ax.legend(fontsize=7)
+        s.figures.append((f"Scores of the strongest attack ({attack}), image level.", _png(fig)))
+        if not redact:
+            thumbs = _thumbnails(doc, rows)
+            if thumbs:
+                s.figures.append(("The most exposed members (highest scores), with their file names.", thumbs))
+    return s
+
+
+def _eps_text(eps: Any) -> str:
+    if isinstance(eps, dict):
+        vals = [v for v in eps.values() if isinstance(v, int | float)]
+        return f"up to {max(vals):.2f}" if vals else "unknown"
+    return f"{eps:.2f}" if isinstance(eps, int | float) else "unknown"
+
+
+def _read_scores(audit_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    path = audit_dir / SCORES_FILE
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["record"]]
+
+
+def _thumbnails(doc: dict[str, Any], rows: list[dict[str, str]], k: int = 6) -> bytes | None:
+    top = sorted((r for r in rows if int(r["member"]) == 1), key=lambda r: -float(r["score"]))[:k]
+    roots = [Path(doc["data"]["members"])]
+    paths = []
+    for r in top:
+        p = Path(r["record"])
+        p = p if p.is_absolute() else roots[0] / p
+        if p.exists():
+            paths.append((p, r))
+    if not paths:
+        return None
+    fig, axes = plt.subplots(1, len(paths), figsize=(1.6 * len(paths), 2.0))
+    for ax, (p, r) in zip(np.atleast_1d(axes), paths, strict=True):
+        with Image.open(p) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(f"{Path(r['record']).name}\n{float(r['score']):.2f}", fontsize=6)
+        ax.axis("off")
+    return _png(fig)
+
+
+def epsilon_section(doc: dict[str, Any], redact: bool) -> Section:
+    th, b = doc["theoretical"], doc["bound"]
+    s = Section(f"Empirical epsilon — {_label(doc, redact)}")
+    ok = doc["epsilon_lb"] <= th["epsilon"] * (1 + 1e-9)
+    how = ("gradient canaries scored from the update the server receives" if doc["threat"] == "white-box"
+           else "crafted input canaries scored by the released model")
+    s.paragraphs.append(
+        f"What was tested: whether DP fine-tuning with the federation's settings leaks more than its accountant "
+        f"says, by a {doc['threat']} audit ({how}), "
+        f"{doc['method']} method. The answer: the data rule out epsilon below {doc['epsilon_lb']:.3f} at "
+        f"{int(b['confidence'] * 100)}% confidence, against a theoretical epsilon of {th['epsilon']:.3f} "
+        f"(delta {th['delta']:g}, {th['accountant']}, per {th['unit']}, {th['neighbouring']}). "
+        + ("This is consistent with the guarantee (a lower bound below the claim)." if ok else
+           "THE LOWER BOUND EXCEEDS THE CLAIMED EPSILON: the mechanism does not deliver the privacy its ledger "
+           "states (or, with probability at most 1 - confidence, this is a statistical fluke)."))
+    if doc.get("noise") != "as configured":
+        s.paragraphs.append(f"Note: noise {doc['noise']}.")
+    rows = [["epsilon lower bound", f"{doc['epsilon_lb']:.3f}"], ["theoretical epsilon", f"{th['epsilon']:.3f}"],
+            ["tightness (lower bound / epsilon)", f"{doc['tightness']:.3f}" if doc.get("tightness") is not None
+             else "-"], ["ledger epsilon", f"{doc['ledger_epsilon']:.3f}" if doc.get("ledger_epsilon") else "-"],
+            ["noise multiplier, sample rate, steps", f"{th['noise_multiplier']:.3f}, {th['sample_rate']:.3f}, "
+             f"{th['steps']}"]]
+    rows += [[k, str(v)] for k, v in b.items() if k not in ("epsilon_lb",)]
+    s.tables.append(("bound and the training it audits", ["quantity", "value"], rows))
+    return s
+
+
+def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
+    s = Section("Models side by side")
+    rows = []
+    for d in docs:
+        if d["kind"] == "mia":
+            attack, e = _best(d)
+            rows.append([_label(d, redact), d["target"]["stage"], "yes" if d["target"].get("dp") else "no",
+                         _eps_text(d["target"].get("ledger_epsilon")), attack, _ci(e, "auc"), _ci(e, "tpr@0.01")])
+        else:
+            rows.append([_label(d, redact), "DP fine-tuning", "yes", f"{d['theoretical']['epsilon']:.2f}",
+                         f"ε_lb {d['epsilon_lb']:.2f}", "-", "-"])
+    s.tables.append(("one row per audit; strongest attack per model", ["model", "stage", "DP", "ledger ε",
+                                                                      "attack", "AUC [CI]", "TPR@1% [CI]"], rows))
+    mias = [d for d in docs if d["kind"] == "mia"]
+    if mias:
+        fig, ax = plt.subplots(figsize=(4.6, 4.0))
+        for d in mias:
+            attack, e = _best(d)
+            ax.plot(np.maximum(e["roc"][0], 1e-4), np.maximum(e["roc"][1], 1e-4),
+                    label=f"{_label(d, redact)} ({attack}, AUC {e['auc']:.2f})")
+        ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false-positive rate",
+               ylabel="true-positive rate", title="strongest attack per model")
+        ax.legend(fontsize=6)
+        s.figures.append(("ROC of the strongest attack on each model (log-log).", _png(fig)))
+    eps = [d for d in docs if d["kind"] == "epsilon"]
+    if eps:
+        fig, ax = plt.subplots(figsize=(4.6, 3.0))
+        x = np.arange(len(eps))
+        ax.bar(x - 0.2, [d["theoretical"]["epsilon"] for d in eps], 0.4, label="theoretical ε")
+        ax.bar(x + 0.2, [d["epsilon_lb"] for d in eps], 0.4, label="ε lower bound")
+        ax.set_xticks(x, [_label(d, redact) for d in eps], fontsize=6, rotation=15)
+        ax.legend(fontsize=7)
+        s.figures.append(("Empirical lower bounds against the accountant's epsilon.", _png(fig)))
+    return s
+
+
+def _redact(doc: Any) -> Any:
+    """Drop every path, file name and patient id from a results document."""
+    if isinstance(doc, dict):
+        out = {}
+        for k, v in doc.items():
+            if k in ("checkpoint", "members", "nonmembers", "population", "manifest", "base", "source") \
+                    and isinstance(v, str | dict):
+                out[k] = REDACTED
+            elif k == "roc":
+                out[k] = v
+            else:
+                out[k] = _redact(v)
+        return out
+    if isinstance(doc, list):
+        return [_redact(v) for v in doc]
+    return doc
+
+
+def _html(title: str, sections: list[Section]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+             "td,th{border:1px solid #bbb;padding:0.25em 0.6em;text-align:left}"
+             "th{background:#eee}figure{margin:1em 0}figcaption{font-size:0.85em;color:#555}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        parts += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
+        for caption, header, rows in s.tables:
+            parts.append(f"<table><caption>{html.escape(caption)}</caption><tr>"
+                         + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                         + "</table>")
+        for caption, png in s.figures:
+            parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,"
+                         f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _pdf(title: str, sections: list[Section]) -> bytes:
+    from fpdf import FPDF
+    from fpdf.fonts import FontFace
+
+    pdf = FPDF(format="A4")
+    pdf.set_creation_date(datetime(2000, 1, 1, tzinfo=UTC))  # the bytes depend on the content only
+    pdf.add_font("DejaVu", "", str(FONT / "DejaVuSans.ttf"))
+    pdf.add_font("DejaVu", "B", str(FONT / "DejaVuSans-Bold.ttf"))
+    pdf.set_auto_page_break(True, 15)
+    pdf.add_page()
+    pdf.set_font("DejaVu", "B", 16)
+    pdf.multi_cell(0, 9, title, new_x="LMARGIN", new_y="NEXT")
+    for s in sections:
+        pdf.set_font("DejaVu", "B", 12)
+        pdf.ln(2)
+        pdf.multi_cell(0, 7, s.title, new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("DejaVu", "", 9)
+        for p in s.paragraphs:
+            pdf.multi_cell(0, 4.6, p, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(1)
+        for caption, header, rows in s.tables:
+            pdf.set_font("DejaVu", "B", 8)
+            pdf.multi_cell(0, 4.5, caption, new_x="LMARGIN", new_y="NEXT")
+            pdf.set_font("DejaVu", "", 7)
+            with pdf.table(headings_style=FontFace(emphasis="BOLD", fill_color=(235, 235, 235)),
+                           line_height=4, text_align="LEFT") as table:
+                table.row(header)
+                for r in rows:
+                    table.row([str(c) for c in r])
+            pdf.ln(2)
+        for caption, png in s.figures:
+            with Image.open(stdio.BytesIO(png)) as im:
+                w, h = im.size
+            width = min(120.0, 180.0 * w / max(w, 1) if w < 900 else 180.0)
+            if pdf.get_y() + width * h / w > pdf.h - 20:
+                pdf.add_page()
+            pdf.image(stdio.BytesIO(png), w=width)
+            pdf.set_font("DejaVu", "", 7)
+            pdf.multi_cell(0, 4, caption, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(2)
+    return bytes(pdf.output())
+
+
+def render(audit_dirs: list[str | Path], out: str | Path, *, redact: bool = False,
+           title: str | None = None) -> dict[str, Path]:
+    """report.html, report.pdf and report.json for one audit, or a comparison of several."""
+    dirs = [Path(d) for d in audit_dirs]
+    docs = [load_results(d) for d in dirs]
+    sections = [_comparison(docs, redact)] if len(docs) > 1 else []
+    for d, doc in zip(dirs, docs, strict=True):
+        sections.append(mia_section(doc, d, redact) if doc["kind"] == "mia" else epsilon_section(doc, redact))
+    title = title or ("fedclip privacy audit" if len(docs) == 1 else "fedclip privacy audit: models compared")
+    title += f" — {datetime.now(UTC):%Y-%m-%d}"
+    out = Path(out)
+    summary = {"title": title, "fedclip_version": __version__, "redacted": redact,
+               "audits": [_redact(d) if redact else d for d in docs]}
+    return {"html": io.write_text(out / "report.html", _html(title, sections)),
+            "pdf": io.write_bytes(out / "report.pdf", _pdf(title, sections)),
+            "json": io.write_text(out / "report.json", json.dumps(summary, indent=2, default=str))}
