@@ -195,7 +195,8 @@ def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, floa
     if fed.checkpoint is None or fed.data is None:
         raise AuditError(f"{run}/config.toml names no checkpoint or data; pass --checkpoint and --data")
     ft = FinetuneConfig(task=fed.task, train_blocks=fed.train_blocks, lora_rank=fed.lora_rank,
-                        epochs=fed.local_epochs * fed.rounds, batch_size=fed.batch_size, lr=fed.lr, dp=fed.dp,
+                        epochs=fed.local_epochs * fed.rounds, batch_size=fed.batch_size, lr=fed.lr,
+                        optimizer=fed.optimizer, dp=fed.dp,
                         epsilon=fed.epsilon, delta=fed.delta, rounds=1, max_grad_norm=fed.max_grad_norm,
                         grad_sample_mode=fed.grad_sample_mode, class_prior=fed.class_prior)
     ledger = run / "ledger.json"

@@ -8,7 +8,7 @@ Two kinds of target, told apart by the checkpoint's provenance:
 - a federation's checkpoint (stage "federate"): a fine-tuned classification head; signal = the logit
   margin of the true class; LiRA and RMIA use reference heads fine-tuned from the same base
   checkpoint with the federation's settings (centralised, epochs = local epochs x rounds, DP as
-  configured) on complementary random halves of the audited records;
+  configured) on complementary random halves of audited + population records;
 - any other checkpoint (pretraining): a CLIP model; signal = image-caption similarity; the loss
   attack only (reference *pretraining* runs cost minutes each: see docs/audits.md).
 """
@@ -106,7 +106,8 @@ def _finetune_settings(fed: dict[str, Any]) -> FinetuneConfig:
         prior = tuple(float(x) for x in prior.strip("()").split(",") if x.strip())
     return FinetuneConfig(task=fed["task"], train_blocks=int(fed["train_blocks"]), lora_rank=int(fed["lora_rank"]),
                           epochs=int(fed["local_epochs"]) * int(fed["rounds"]), batch_size=int(fed["batch_size"]),
-                          lr=float(fed["lr"]), dp=bool(fed["dp"]), epsilon=float(fed["epsilon"]),
+                          lr=float(fed["lr"]), optimizer=str(fed.get("optimizer", "sgd")), dp=bool(fed["dp"]),
+                          epsilon=float(fed["epsilon"]),
                           delta=float(fed["delta"]), rounds=1, max_grad_norm=float(fed["max_grad_norm"]),
                           grad_sample_mode=str(fed["grad_sample_mode"]), class_prior=prior or None)
 
@@ -165,15 +166,16 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
         if wants_refs:
             base = models.load_checkpoint(fed["checkpoint"])
             data_fp = fingerprint(audited + pop)
-            # references train on halves of the audited records: with as many members as non-members,
-            # that is the target's training-set size; population records (RMIA's z) are OUT of all of them
+            # references train on complementary halves of audited + population records, so every record
+            # (x and RMIA's z alike) is IN half of them and OUT of the other half
             ref_m, ref_p, ref_in = train_references(
                 base, tokens, targets, ft, count=cfg.refs, seed=cfg.seed, data_fingerprint=data_fp,
-                cache=out / "refs", trainable=n, advance=advance)
+                cache=out / "refs", advance=advance)
             global_std = cfg.refs < 16
             info = {"count": cfg.refs, "how": "fine-tuned from the target's base checkpoint with the federation's "
                     f"settings (centralised, {ft.epochs} epochs, dp={ft.dp}, epsilon={ft.epsilon}) on complementary "
-                    "random halves of the audited records", "base": str(fed["checkpoint"]), "split_seed": cfg.seed,
+                    "random halves of audited + population records", "base": str(fed["checkpoint"]),
+                    "split_seed": cfg.seed,
                     "variance": "global" if global_std else "per record", "finetune": asdict(ft)}
             if "lira" in cfg.attacks:
                 scores["lira"] = attacks.lira(margin[:n], ref_m[:n], ref_in[:n], online=True, global_std=global_std)
@@ -186,12 +188,12 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
                 if not pop:
                     warnings.append(f"{name} not run: it needs --population records")
                     continue
-                # z is OUT of every reference: its Pr(z) is the offline estimate in both variants
-                pz = attacks.prior_offline(ref_p[n:], ~ref_in[n:], cfg.offline_a)
+                # the same estimate of Pr(.) for x and z: all references (online), or OUT ones only (offline)
                 if name == "rmia":
-                    px = attacks.prior_online(ref_p[:n])
+                    px, pz = attacks.prior_online(ref_p[:n]), attacks.prior_online(ref_p[n:])
                 else:
                     px = attacks.prior_offline(ref_p[:n], ~ref_in[:n], cfg.offline_a)
+                    pz = attacks.prior_offline(ref_p[n:], ~ref_in[n:], cfg.offline_a)
                 scores[name] = attacks.rmia(prob[:n], px, prob[n:], pz, gamma=cfg.gamma)
     else:
         signal = "cosine similarity of each image with its own caption" + (

@@ -28,7 +28,7 @@ from fedclip.progress import progress_bar
 STRATEGY_FIELDS = ("strategy", "proximal_mu", "server_lr", "trim_beta", "num_malicious", "server_dp",
                    "server_dp_noise", "server_dp_clip", "server_dp_delta", "train_blocks", "task", "clients")
 PRIVACY_FIELDS = ("dp", "epsilon", "delta", "unit", "partitioning", "alpha", "seed", "data", "batch_size",
-                  "local_epochs", "max_grad_norm", "lora_rank")
+                  "local_epochs", "max_grad_norm", "lora_rank")  # what sets a node's q, steps and sensitivity
 """What a resumed run must share with the run it continues. `rounds` may grow: extending a federation
 is allowed, and each node's ledger then decides whether its budget allows more rounds."""
 

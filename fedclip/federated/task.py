@@ -65,6 +65,7 @@ class FederateConfig:
     local_epochs: int = 3
     batch_size: int = 256
     lr: float = 1.0
+    optimizer: str = "sgd"  # sgd | adamw (on privatized gradients, post-processing)
     # What the run *asks* of each hospital; each node grants it only within its own policy.
     dp: bool = True
     epsilon: float = 8.0  # lifetime budget on the node's dataset (every run on it spends from it)
@@ -78,7 +79,8 @@ class FederateConfig:
 
     def finetune_config(self, grant: Grant) -> FinetuneConfig:
         return FinetuneConfig(task=self.task, train_blocks=self.train_blocks, lora_rank=self.lora_rank,
-                              epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, dp=grant.dp,
+                              epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                              optimizer=self.optimizer, dp=grant.dp,
                               epsilon=grant.epsilon, delta=grant.delta, rounds=self.rounds,
                               max_grad_norm=self.max_grad_norm, accountant=grant.accountant,
                               grad_sample_mode=self.grad_sample_mode, class_prior=self.class_prior, seed=self.seed)
