@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedclip-installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test test-slow demo lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+# end-to-end audits and the real TLS deployment (CI runs them after `make test`)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
 	$(VENV)/bin/fedclip demo --out runs/demo

@@ -135,6 +135,10 @@ def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
         ax.legend(fontsize=7)
         s.figures.append((f"Scores of the strongest attack ({attack}), image level.", _png(fig)))
         if not redact:
+            top = sorted((r for r in rows if int(r["member"]) == 1), key=lambda r: -float(r["score"]))[:6]
+            s.tables.append(("the most exposed members (highest scores)", ["record", "patient", "hospital", "score"],
+                             [[Path(r["record"]).name, r["patient_id"], r["hospital"], f"{float(r['score']):.3f}"]
+                              for r in top]))
             thumbs = _thumbnails(doc, rows)
             if thumbs:
                 s.figures.append(("The most exposed members (highest scores), with their file names.", thumbs))

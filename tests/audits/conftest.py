@@ -46,8 +46,7 @@ def federated_target(base: Path, members: Path, out: Path, *, dp: bool, epsilon:
     records = read_metadata(members)
     keep, y = tasks.labelled([r.labels for r in records], ft.task)
     tokens = prefix_tokens(vc, load_pixels(vc, [records[i].path(members) for i in keep]), train_blocks)
-    result = finetune(vc, tokens, torch.from_numpy(y), ft)
-    print(f"target dp={dp}: train loss {result.loss:.3f}, accuracy {result.accuracy:.3f}")
+    finetune(vc, tokens, torch.from_numpy(y), ft)
     return models.save_checkpoint(vc, out, provenance={"stage": "federate", "federate": json.loads(
         json.dumps(asdict(fed), default=str))})
 
@@ -55,7 +54,9 @@ def federated_target(base: Path, members: Path, out: Path, *, dp: bool, epsilon:
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
-    export(CohortSpec(seed=21, size=64, hospital="riverside,northgate", diabetic_rate=0.6), root / "all", 360)
+    # one image per patient: the image is the patient (image-level DP then protects patients)
+    export(CohortSpec(seed=21, size=64, hospital="riverside,northgate", diabetic_rate=0.6, eyes=1, visits=1),
+           root / "all", 360)
     dirs = split_by_patient(root / "all", root, {"members": 1 / 3, "nonmembers": 1 / 3, "population": 1 / 3})
     base = models.save_checkpoint(models.create("visionclip-tiny", seed=0), root / "base")
     return root, base, dirs

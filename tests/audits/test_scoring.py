@@ -69,7 +69,7 @@ def test_clopper_pearson_against_closed_forms():
 def test_trials_bound_for_perfectly_separated_scores_matches_the_hand_computed_value():
     n = 500
     res = bounds.epsilon_from_trials(np.ones(n), np.zeros(n), delta=0.0, confidence=0.95)
-    alpha = 0.05 / (4 * 2)  # 2 thresholds x (TPR lower, FPR upper) x 2 directions, one-sided each
+    alpha = 0.05 / (4 * 3)  # 3 distinct decile thresholds (0, 0.5, 1) x (TPR lower, FPR upper) x 2 directions
     tpr_lo = alpha ** (1 / n)  # CP lower bound for n of n
     fpr_hi = 1 - alpha ** (1 / n)  # CP upper bound for 0 of n
     assert res["epsilon_lb"] == pytest.approx(math.log(tpr_lo / fpr_hi), rel=1e-6)

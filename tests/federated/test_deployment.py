@@ -22,8 +22,9 @@ from fedclip.synth import CohortSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None or shutil.which("openssl") is None,
-                                reason="needs openssl and ssh-keygen")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("ssh-keygen") is None or shutil.which("openssl") is None,
+                                 reason="needs openssl and ssh-keygen")]
 
 
 def _port() -> int:

@@ -1,0 +1,58 @@
+"""Empirical epsilon: lower bounds stay below the accountant's epsilon on correct DP training, and the white-box
+audit catches a mechanism whose noise is secretly off while its accounting claims epsilon = 1."""
+
+import pytest
+
+from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon
+from fedclip.audits.mia import AuditError
+from fedclip.finetune import FinetuneConfig
+
+
+def _training(cohort, epsilon):
+    root, base, d = cohort
+    ft = FinetuneConfig(task="referable_dr", train_blocks=0, epochs=3, batch_size=32, lr=1.0, dp=True,
+                        epsilon=epsilon, rounds=1)
+    return prepare(base, d["members"], ft)
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 8.0])
+@pytest.mark.parametrize("threat", ["white-box", "black-box"])
+def test_the_bound_never_exceeds_the_accountants_epsilon_on_correct_dp(cohort, tmp_path, epsilon, threat):
+    t = _training(cohort, epsilon)
+    for seed in range(3):
+        # confidence 0.999: a false exceedance is then a one-in-a-thousand event per run, by design
+        doc = run_epsilon(t, EpsilonConfig(threat=threat, canaries=400, confidence=0.999, seed=seed),
+                          tmp_path / f"a{seed}", source={})
+        assert doc["epsilon_lb"] <= doc["theoretical"]["epsilon"], doc["bound"]
+        assert doc["theoretical"]["epsilon"] == pytest.approx(epsilon, rel=0.02)
+
+
+def test_the_white_box_audit_catches_noise_secretly_off(cohort, tmp_path):
+    t = _training(cohort, 1.0)
+    doc = run_epsilon(t, EpsilonConfig(threat="white-box", canaries=400, confidence=0.95), tmp_path / "lie",
+                      source={}, insecure_disable_noise_for_tests=True)
+    assert doc["theoretical"]["epsilon"] == pytest.approx(1.0, rel=0.02)  # what the ledger would claim
+    assert doc["epsilon_lb"] > 1.0, doc["bound"]
+    assert "SECRETLY OFF" in doc["noise"]
+
+
+@pytest.mark.slow
+def test_trials_bound_from_many_trainings(cohort, tmp_path):
+    t = _training(cohort, 1.0)
+    honest = run_epsilon(t, EpsilonConfig(method="trials", trials=100, confidence=0.95), tmp_path / "h", source={})
+    assert honest["epsilon_lb"] <= honest["theoretical"]["epsilon"]
+    assert honest["bound"]["trials_in"] == 50 and honest["bound"]["trials_out"] == 50
+    broken = run_epsilon(t, EpsilonConfig(method="trials", trials=100, confidence=0.95), tmp_path / "b", source={},
+                         insecure_disable_noise_for_tests=True)
+    assert broken["epsilon_lb"] > 1.0, broken["bound"]  # the lie caught by the many-trainings method too
+
+
+def test_unknown_method_or_threat_and_non_dp_training_are_errors(cohort, tmp_path):
+    t = _training(cohort, 1.0)
+    with pytest.raises(AuditError, match="unknown threat"):
+        run_epsilon(t, EpsilonConfig(threat="grey-box"), tmp_path, source={})
+    with pytest.raises(AuditError, match="unknown method"):
+        run_epsilon(t, EpsilonConfig(method="many"), tmp_path, source={})
+    root, base, d = cohort
+    with pytest.raises(AuditError, match="dp=false"):
+        prepare(base, d["members"], FinetuneConfig(dp=False))
