@@ -4,12 +4,12 @@ and image-level DP protects the patient (see docs/audits.md for what happens wit
 
 import csv
 import json
-import shutil
 
 import pytest
 
 from fedclip.audits.mia import AuditError, MiaConfig, run_mia
 from fedclip.data.records import read_metadata, write_metadata
+from fedclip.errors import FedclipError
 from tests.audits.conftest import federated_target
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_inconsistent_inputs_are_clear_errors(cohort, tmp_path):
         run_mia(target, d["members"], d["members"], None, MiaConfig(attacks=("loss",)), tmp_path / "a")
     empty = tmp_path / "empty"
     write_metadata(empty, [])
-    with pytest.raises(AuditError, match="empty"):
+    with pytest.raises(FedclipError, match="empty"):
         run_mia(target, d["members"], empty, None, MiaConfig(attacks=("loss",)), tmp_path / "a")
     with pytest.raises(AuditError, match="complementary pairs"):
         run_mia(target, d["members"], d["nonmembers"], None, MiaConfig(refs=3), tmp_path / "a")
@@ -89,11 +89,11 @@ def test_a_pretrained_target_checks_its_member_manifest(cohort, tmp_path):
     assert any("rmia not run" in w for w in doc["warnings"])
     with pytest.raises(AuditError, match="not in the target's manifest"):
         run_mia(target, d["population"], d["nonmembers"], None, MiaConfig(attacks=("loss",)), tmp_path / "b")
+    rows = read_metadata(d["members"])  # one image per patient: halves are patient-disjoint
+    write_metadata(tmp_path / "m1", rows[:60])
+    write_metadata(tmp_path / "m2", rows[60:])
     with pytest.raises(AuditError, match="non-member.*in the target's manifest"):
-        run_mia(target, d["nonmembers"], d["members"], None, MiaConfig(attacks=("loss",)), tmp_path / "c")
-    half = tmp_path / "half"
-    shutil.copytree(d["members"], half)
-    write_metadata(half, read_metadata(d["members"])[:10])
+        run_mia(target, tmp_path / "m1", tmp_path / "m2", None, MiaConfig(attacks=("loss",)), tmp_path / "c")
     (run / "members.csv").write_text((run / "members.csv").read_text() + "x.png,p,h\n")
     with pytest.raises(AuditError, match="altered"):
-        run_mia(target, half, d["nonmembers"], None, MiaConfig(attacks=("loss",)), tmp_path / "d")
+        run_mia(target, tmp_path / "m1", d["nonmembers"], None, MiaConfig(attacks=("loss",)), tmp_path / "d")
