@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from fedclip import __version__, io, models, tasks
+from fedclip.accounting import epsilon_for
 from fedclip.audits import bounds
 from fedclip.audits.mia import AuditError
 from fedclip.audits.signals import head_signals
 from fedclip.data.records import read_metadata
-from fedclip.federated.ledger import epsilon_for
 from fedclip.finetune import (
     FinetuneConfig,
     GradientCanaries,
@@ -186,23 +186,15 @@ def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, floa
     import json
 
     from fedclip import config as cfglib
-    from fedclip.federated.task import FederateConfig
+    from fedclip.audits.mia import finetune_settings
 
     run = Path(run)
     if not (run / "config.toml").exists():
         raise AuditError(f"{run} holds no config.toml; pass a federation's run dir (fedclip federate --out)")
-    fed = cfglib.load(FederateConfig, "federate", run / "config.toml")
-    if fed.checkpoint is None or fed.data is None:
+    fed = cfglib.read_section(run / "config.toml", "federate")
+    if not fed.get("checkpoint") or not fed.get("data"):
         raise AuditError(f"{run}/config.toml names no checkpoint or data; pass --checkpoint and --data")
-    ft = FinetuneConfig(task=fed.task, train_blocks=fed.train_blocks, lora_rank=fed.lora_rank,
-                        epochs=fed.local_epochs * fed.rounds, batch_size=fed.batch_size, lr=fed.lr,
-                        optimizer=fed.optimizer, dp=fed.dp,
-                        epsilon=fed.epsilon, delta=fed.delta, rounds=1, max_grad_norm=fed.max_grad_norm,
-                        grad_sample_mode=fed.grad_sample_mode, class_prior=fed.class_prior)
     ledger = run / "ledger.json"
     eps = [e["epsilon"] for e in json.loads(ledger.read_text()) if e.get("node") != "server"
            and "epsilon" in e] if ledger.exists() else []
-    return Path(fed.checkpoint), Path(fed.data), ft, max(eps) if eps else None
-
-
-
+    return Path(fed["checkpoint"]), Path(fed["data"]), finetune_settings(fed), max(eps) if eps else None

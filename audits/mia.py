@@ -100,16 +100,19 @@ def check_manifest(target: Path, provenance: dict[str, Any], members: list[Recor
     return {"checked": True, "manifest": str(path), "members_sha256": provenance.get("members_sha256")}
 
 
-def _finetune_settings(fed: dict[str, Any]) -> FinetuneConfig:
+def finetune_settings(fed: dict[str, Any]) -> FinetuneConfig:
+    """The fine-tuning one node runs over a whole federation, in one go (from a federation's settings dict)."""
+    defaults = FinetuneConfig()
     prior = fed.get("class_prior")
     if isinstance(prior, str):
-        prior = tuple(float(x) for x in prior.strip("()").split(",") if x.strip())
+        prior = tuple(float(x) for x in prior.strip("()[]").split(",") if x.strip())
     return FinetuneConfig(task=fed["task"], train_blocks=int(fed["train_blocks"]), lora_rank=int(fed["lora_rank"]),
                           epochs=int(fed["local_epochs"]) * int(fed["rounds"]), batch_size=int(fed["batch_size"]),
                           lr=float(fed["lr"]), optimizer=str(fed.get("optimizer", "sgd")), dp=bool(fed["dp"]),
-                          epsilon=float(fed["epsilon"]),
-                          delta=float(fed["delta"]), rounds=1, max_grad_norm=float(fed["max_grad_norm"]),
-                          grad_sample_mode=str(fed["grad_sample_mode"]), class_prior=prior or None)
+                          epsilon=float(fed["epsilon"]), delta=float(fed["delta"]), rounds=1,
+                          max_grad_norm=float(fed.get("max_grad_norm", defaults.max_grad_norm)),
+                          grad_sample_mode=str(fed.get("grad_sample_mode", defaults.grad_sample_mode)),
+                          class_prior=tuple(prior) if prior else None)
 
 
 def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, population: str | Path | None,
@@ -142,7 +145,7 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
     scores: dict[str, np.ndarray] = {}
     if head_target:
         fed = provenance["federate"]
-        ft = _finetune_settings(fed)
+        ft = finetune_settings(fed)
         keep, y = tasks.labelled([r.labels for r in audited], ft.task)
         pkeep, py = tasks.labelled([r.labels for r in pop], ft.task, required=False) if pop else ([], np.zeros(0))
         if len(keep) < len(audited):

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedclip import io
+from fedclip.accounting import epsilon_for, group_privacy
 from fedclip.errors import FedclipError
 from fedclip.federated.policy import NEIGHBOURING
 
@@ -69,31 +70,6 @@ class LedgerEntry:
 
 def _digest(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def epsilon_for(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
-    """Cumulative epsilon of (noise multiplier, sampling rate, steps) releases, by Opacus' accountants.
-
-    A Gaussian release of a sensitivity-1 statistic with noise std s is (s, 1.0, 1) here.
-    """
-    if not history:
-        return 0.0
-    if any(math.isinf(s) or s <= 0 for s, _, _ in history):
-        return math.inf
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    if accountant not in ("rdp", "prv"):
-        raise FedclipError(f"unknown accountant {accountant!r}; use rdp or prv")
-    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta))
-
-
-def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
-    """(epsilon, delta)-DP per image implies (k eps, k e^{(k-1) eps} delta)-DP for k images of one patient."""
-    if math.isinf(epsilon):
-        return math.inf, 1.0
-    return k * epsilon, min(1.0, k * math.exp((k - 1) * epsilon) * delta)
 
 
 def plan_noise(history: list[tuple[float, float, int]], *, target: float, delta: float, accountant: str,

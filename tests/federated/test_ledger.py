@@ -12,14 +12,8 @@ from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from fedclip.federated.ledger import (
-    BudgetExhausted,
-    LedgerCorrupt,
-    PrivacyLedger,
-    epsilon_for,
-    group_privacy,
-    plan_noise,
-)
+from fedclip.accounting import epsilon_for, group_privacy
+from fedclip.federated.ledger import BudgetExhausted, LedgerCorrupt, PrivacyLedger, plan_noise
 
 ROUNDS = [(1.1, 0.05, 40), (1.1, 0.05, 40), (0.9, 0.08, 25)]
 
