@@ -63,6 +63,10 @@ class FinetuneConfig:
     # from the client's own label counts: those are private and DP-SGD's accounting does not cover them.
     # (Loss weights would not do: per-sample clipping cancels them.)
     class_prior: tuple[float, ...] | None = None
+    # Unit of privacy for DP: "image" (each image one record) or "patient" (all images of a patient are one
+    # record: their summed gradient is clipped as a whole; `batch_size` then counts patients).
+    unit: str = "image"
+    max_images_per_patient: int = 16  # patient unit: images of a patient beyond this are not trained on
     seed: int = 0
 
 
@@ -87,10 +91,12 @@ class LinearAttention(nn.Module):
                 self.out.bias.copy_(mha.out_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        # x: (batch, [images,] tokens, width); the linear layers see the batch first, so Opacus' per-sample
+        # gradients are per batch row (a patient, when a row holds a patient's images)
+        *lead, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(-1, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, k, v)
-        return self.out(o.transpose(1, 2).reshape(b, n, d))
+        return self.out(o.transpose(1, 2).reshape(*lead, n, d))
 
 
 class LoRALinear(nn.Module):
@@ -171,7 +177,7 @@ class Head(nn.Module):
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
             tokens = b(tokens)
-        return F.normalize(self.proj(self.ln_post(tokens[:, 0])), dim=-1)
+        return F.normalize(self.proj(self.ln_post(tokens[..., 0, :])), dim=-1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         logits = self.scale * self.features(tokens) @ self.classes.T
@@ -339,10 +345,42 @@ def _add_canaries(opt: Any, params: list[torch.Tensor], canaries: GradientCanari
     opt.add_noise = with_canaries
 
 
+def group_by_patient(tokens: torch.Tensor, targets: torch.Tensor, patients: Sequence[str],
+                     cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One row per patient: their images' tokens and targets padded to the largest count (at most `cap`),
+    a mask of the real ones, and how many images the cap left out.
+
+    With a patient as Opacus' sample, per-sample clipping *is* per-patient clipping: the patient's
+    gradient, summed over their images, is clipped to the norm bound as a whole — however many images
+    they have. A cap bounds memory and compute; it does not change the privacy guarantee.
+    """
+    if len(patients) != len(tokens):
+        raise FedclipError(f"{len(patients)} patient ids for {len(tokens)} images")
+    order: dict[str, list[int]] = {}
+    for i, p in enumerate(patients):
+        order.setdefault(str(p), []).append(i)
+    width = min(cap, max(len(v) for v in order.values()))
+    rows, ys, masks, dropped = [], [], [], 0
+    for idx in order.values():
+        dropped += max(0, len(idx) - cap)
+        idx = idx[:cap]
+        pad = width - len(idx)
+        rows.append(torch.cat([tokens[idx], tokens.new_zeros((pad, *tokens.shape[1:]))]))
+        ys.append(torch.cat([targets[idx], targets.new_zeros(pad)]))
+        masks.append(torch.cat([torch.ones(len(idx)), torch.zeros(pad)]))
+    return torch.stack(rows), torch.stack(ys), torch.stack(masks), dropped
+
+
+def _patient_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch's patients of each patient's summed loss over their (real) images."""
+    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+    return (ce * mask).sum(1).mean()
+
+
 def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: FinetuneConfig, *,
              noise_multiplier: float | None = None, sample_rate: float | None = None, steps: int | None = None,
              public_size: int | None = None, noise_seed: int | None = None,
-             canaries: GradientCanaries | None = None,
+             canaries: GradientCanaries | None = None, patients: Sequence[str] | None = None,
              insecure_disable_noise_for_tests: bool = False) -> FinetuneResult:
     """Train the head on cached prefix tokens; DP-SGD with Poisson sampling when `cfg.dp`.
 
@@ -351,13 +389,28 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     `steps` derived from `public_size` (a dataset size that may be released), so that nothing about
     the real size shapes the update. Without them, the real size is used (a local, unreleased model).
     `noise_seed` is for tests only: DP randomness otherwise comes from the OS CSPRNG.
+    With `cfg.unit == "patient"`, `patients` names each image's patient and a patient is the record
+    (sampling, clipping, `public_size` and `batch_size` count patients).
     `canaries` plants gradient-space audit canaries; `insecure_disable_noise_for_tests` trains with
     the noise secretly off while everything else (sigma reported, accounting) claims it was on: a
     broken mechanism that the audits must catch, never to be used otherwise.
     """
-    n = len(tokens)
-    if n == 0:
+    if len(tokens) == 0:
         raise FedclipError("no training images: this client's partition is empty")
+    by_patient = cfg.unit == "patient"
+    if cfg.unit not in ("image", "patient"):
+        raise FedclipError(f"unknown unit {cfg.unit!r}; use image or patient")
+    if by_patient:
+        if patients is None:
+            raise FedclipError("patient-level training needs each image's patient id")
+        if cfg.dp and cfg.grad_sample_mode not in ("hooks", "functorch"):
+            raise FedclipError(f"patient-level DP supports grad_sample_mode hooks or functorch, not "
+                               f"{cfg.grad_sample_mode}")
+        ptokens, ptargets, pmask, _ = group_by_patient(tokens, targets, patients, cfg.max_images_per_patient)
+        dataset = TensorDataset(ptokens, ptargets, pmask)
+    else:
+        dataset = TensorDataset(tokens, targets)
+    n = len(dataset)
     size = public_size or n
     t = tasks.task(cfg.task)
     with torch.random.fork_rng():  # initialisation of LoRA adapters without touching the global RNG
@@ -380,7 +433,6 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
         head.register_buffer("adjust", torch.log(torch.tensor(cfg.class_prior, dtype=torch.float32)))
     criterion: nn.Module = nn.CrossEntropyLoss()
     model: nn.Module = head
-    dataset = TensorDataset(tokens, targets)
     if cfg.dp:
         sigma = noise_multiplier if noise_multiplier is not None else noise_for_budget(cfg, size, steps)
         model, opt, criterion, loader = _private(head, opt, dataset, criterion, cfg, sigma=sigma, sample_rate=q,
@@ -399,9 +451,10 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     losses, correct, seen, done = [], 0, 0, 0
     t_loop = time.perf_counter()
     while done < steps:
-        for x, y in loader:
+        for x, y, *rest in loader:
             if done >= steps:
                 break
+            mask = rest[0] if rest else torch.ones(y.shape)
             done += 1
             # Poisson sampling can draw an empty batch: it still takes a (noise-only) step, as the
             # privacy analysis assumes; skipping it would reveal that the batch was empty.
@@ -413,7 +466,10 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
                 opt.step()
             else:
                 logits = model(x)
-                loss = criterion(logits, y) if len(y) else logits.sum() * 0.0
+                if not len(y):
+                    loss = logits.sum() * 0.0
+                else:
+                    loss = _patient_loss(logits, y, mask) if by_patient else criterion(logits, y)
                 loss.backward()
                 opt.step()
             if anchor is not None:
@@ -422,8 +478,8 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
                         p.sub_(cfg.lr * cfg.proximal_mu * (p - a))
             if len(y):
                 losses.append(float(loss.detach()))
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
+                correct += int(((logits.argmax(-1) == y) * mask).sum())
+                seen += int(mask.sum())
     per_step = (time.perf_counter() - t_loop) / max(1, done)
     state = head.open_clip_state()
     vc.model.load_state_dict(state, strict=False)

@@ -110,3 +110,76 @@ def test_logit_adjustment_is_training_only_and_validated(tiny):
         head.train()
         adjusted = head(tokens)
     assert torch.allclose(adjusted - plain, torch.log(torch.tensor([0.9, 0.1])).expand_as(plain), atol=1e-5)
+
+
+WIDTH = models.model_config("visionclip-tiny")["vision_cfg"]["width"]
+
+
+def _patient_case(n_images=(1, 2, 5), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    patients = [f"p{i}" for i, k in enumerate(n_images) for _ in range(k)]
+    tokens = torch.randn(len(patients), 1, WIDTH, generator=gen)
+    targets = torch.randint(0, 2, (len(patients),), generator=gen)
+    return tokens, targets, patients
+
+
+def test_patient_level_dp_equals_a_direct_implementation():
+    """Per-patient clipping through Opacus (a patient is the sample) == explicit per-image gradients summed per
+    patient, clipped, summed, noised with the same noise: one SGD step, to 1e-6."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    from fedclip.finetune import Head
+
+    vc = models.create("visionclip-tiny", seed=1)
+    tokens, targets, patients = _patient_case()
+    cfg = FinetuneConfig(unit="patient", dp=True, batch_size=3, epochs=1, lr=1.0, momentum=0.0, max_grad_norm=0.5,
+                         train_blocks=0)
+    sigma, seed = 0.7, 123
+    result = finetune(models.create("visionclip-tiny", seed=1), tokens, targets, cfg, noise_multiplier=sigma,
+                      sample_rate=1.0, steps=1, public_size=3, noise_seed=seed, patients=patients)
+
+    head = Head(vc, 0, evaluate.class_embeddings(vc, tasks.task(cfg.task)))
+    params = [p for p in head.parameters() if p.requires_grad]
+    summed = [torch.zeros_like(p) for p in params]
+    for who in dict.fromkeys(patients):
+        idx = [i for i, p in enumerate(patients) if p == who]
+        loss = sum(torch.nn.functional.cross_entropy(head(tokens[i:i + 1]), targets[i:i + 1]) for i in idx)
+        grads = torch.autograd.grad(loss, params)
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        factor = (cfg.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+        summed = [s + factor * g for s, g in zip(summed, grads, strict=True)]
+    noise_gen = torch.Generator().manual_seed(seed + 1)  # the noise generator `finetune` seeds from a test seed
+    expected = {}
+    with torch.no_grad():
+        for p, s in zip(params, summed, strict=True):
+            noise = _generate_noise(sigma * cfg.max_grad_norm, s, noise_gen, secure_mode=True)
+            p -= cfg.lr * (s + noise) / 3  # expected batch: q x public size = 3 patients
+    expected["visual.ln_post.weight"], expected["visual.ln_post.bias"] = head.ln_post.weight, head.ln_post.bias
+    expected["visual.proj"] = head.proj.weight.T
+    for k, v in expected.items():
+        assert torch.allclose(result.state[k], v, atol=1e-6), k
+
+
+def test_a_patient_with_many_images_moves_the_update_no_more_than_the_clip_norm():
+    vc = models.create("visionclip-tiny", seed=2)
+    tokens = torch.randn(1, 1, WIDTH).repeat(40, 1, 1)  # one patient, 40 (identical) images
+    targets = torch.zeros(40, dtype=torch.long)
+    before = vc.model.state_dict()["visual.proj"].clone()
+    shift = {}
+    for unit in ("patient", "image"):
+        cfg = FinetuneConfig(unit=unit, dp=True, batch_size=40 if unit == "image" else 1, epochs=1, lr=1.0,
+                             momentum=0.0, max_grad_norm=0.1, train_blocks=0)
+        out = finetune(models.create("visionclip-tiny", seed=2), tokens, targets, cfg, noise_multiplier=0.0,
+                       sample_rate=1.0, steps=1, public_size=1, noise_seed=0, patients=["p"] * 40)
+        shift[unit] = float((out.state["visual.proj"] - before).norm())
+    assert shift["patient"] <= 0.1 * (1 + 1e-5)  # lr x C / expected batch of 1 patient
+    assert shift["image"] > 3 * shift["patient"]  # per image, the same person's 40 images add up
+
+
+def test_patient_level_needs_ids_and_a_per_sample_mode_that_supports_it():
+    tokens, targets, patients = _patient_case()
+    with pytest.raises(FedclipError, match="patient id"):
+        finetune(models.create("visionclip-tiny"), tokens, targets, FinetuneConfig(unit="patient"))
+    with pytest.raises(FedclipError, match="hooks or functorch"):
+        finetune(models.create("visionclip-tiny"), tokens, targets,
+                 FinetuneConfig(unit="patient", grad_sample_mode="ew"), patients=patients)
