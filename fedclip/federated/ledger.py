@@ -66,6 +66,7 @@ class LedgerEntry:
     time: float
     prev: str  # hash of the previous entry (GENESIS for the first)
     hash: str  # sha256 of this entry without this field
+    grouping: str | None = None  # what a record is: "image", or how images were grouped into patients
 
 
 def _digest(fields: dict) -> str:
@@ -184,7 +185,8 @@ class PrivacyLedger:
         return after
 
     def record(self, *, kind: str, round_: int, noise_multiplier: float, sample_rate: float, steps: int,
-               noise_source: str, group_size: int | None = None, public_size: int | None = None) -> LedgerEntry:
+               noise_source: str, group_size: int | None = None, public_size: int | None = None,
+               grouping: str | None = None) -> LedgerEntry:
         """Append a release and make it durable; call inside `locked()` after `check`."""
         if kind not in KINDS:
             raise ValueError(f"unknown ledger entry kind {kind!r}")
@@ -200,7 +202,7 @@ class PrivacyLedger:
             noise_source=noise_source, epsilon_round=epsilon_for([release], self.delta, self.accountant),
             epsilon=eps, group_size=group_size if patient else None,
             patient_epsilon=patient[0] if patient else None, patient_delta=patient[1] if patient else None,
-            public_size=public_size, time=time.time(), prev=old[-1].hash if old else GENESIS,
+            public_size=public_size, time=time.time(), prev=old[-1].hash if old else GENESIS, grouping=grouping,
         )
         entry = LedgerEntry(**body, hash=_digest(body))
         io.append_line(self.path, json.dumps(asdict(entry), allow_nan=True))

@@ -5,7 +5,7 @@ policy=PATH` points elsewhere), or a per-hospital table of `fedclip federate --p
 simulation. The run config only *asks* (`dp`, `epsilon`, `delta`, `unit`); `negotiate` grants the
 request when it asks for no less privacy than the policy, and otherwise refuses with a reason the
 server can log. Defaults are the safe choice: DP required, epsilon at most 8, delta at most 1e-5,
-image-level unit, no answers to evaluation requests, no deterministic noise.
+the patient as the unit of privacy, no answers to evaluation requests, no deterministic noise.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ class NodePolicy:
     dp_required: bool = True
     max_epsilon: float = 8.0  # lifetime budget on one dataset (fingerprint), over every run
     delta: float = 1e-5  # the largest delta the node accepts
-    unit: str = "image"  # image | patient: what one neighbouring dataset differs by
+    unit: str = "patient"  # patient | image: what one neighbouring dataset differs by
+    # patient unit, an image without a patient_id: "refuse" the round, or count it as its own patient
+    # ("own-patient": right only if no other image of that person is in the data; the ledger says so)
+    images_without_patient: str = "refuse"
     accountant: str = "rdp"  # rdp | prv: recomputes the whole lifetime history
     answer_evaluate: bool = False  # answer evaluation requests (noised, charged) or refuse them
     evaluate_noise: float = 20.0  # std of the Gaussian noise on the released (correct, count) pair
@@ -44,6 +47,8 @@ class NodePolicy:
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
             raise FedclipError(f"policy unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if self.images_without_patient not in ("refuse", "own-patient"):
+            raise FedclipError("policy images_without_patient must be refuse or own-patient")
         if self.max_epsilon <= 0 or not 0 < self.delta < 1:
             raise FedclipError("policy needs max_epsilon > 0 and 0 < delta < 1")
         if self.dataset_size is not None and self.dataset_size < 1:
@@ -69,9 +74,6 @@ def negotiate(policy: NodePolicy, *, dp: bool, epsilon: float, delta: float, uni
         return Grant(False, float("inf"), 0.0, unit, policy.accountant)
     if unit != policy.unit:
         raise Refusal(f"refused: the run asked for unit={unit}; the node's policy protects unit={policy.unit}")
-    if unit == "patient":
-        raise Refusal("refused: patient-level DP-SGD is not available in this version; "
-                      "the node can offer unit=image (its ledger states the implied patient-level epsilon)")
     if epsilon > policy.max_epsilon:
         raise Refusal(f"refused: the run asked for epsilon={epsilon:g}; the node's policy allows at most "
                       f"{policy.max_epsilon:g}")

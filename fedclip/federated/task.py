@@ -70,7 +70,7 @@ class FederateConfig:
     dp: bool = True
     epsilon: float = 8.0  # lifetime budget on the node's dataset (every run on it spends from it)
     delta: float = 1e-5
-    unit: str = "image"  # the unit of privacy: image (patient-level DP-SGD is not built yet)
+    unit: str = "patient"  # the unit of privacy: patient (batch_size then counts patients) or image
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "hooks"
     client_eval: bool = False  # ask nodes to evaluate the global model (only policies that allow it answer)
@@ -83,7 +83,8 @@ class FederateConfig:
                               optimizer=self.optimizer, dp=grant.dp,
                               epsilon=grant.epsilon, delta=grant.delta, rounds=self.rounds,
                               max_grad_norm=self.max_grad_norm, accountant=grant.accountant,
-                              grad_sample_mode=self.grad_sample_mode, class_prior=self.class_prior, seed=self.seed)
+                              grad_sample_mode=self.grad_sample_mode, class_prior=self.class_prior, seed=self.seed,
+                              unit=grant.unit)
 
 
 def to_run_config(cfg: FederateConfig) -> dict[str, Any]:
@@ -251,6 +252,21 @@ def _most_images_per_patient(records: list[Record]) -> int | None:
     return max(Counter(ids).values())
 
 
+def patient_ids(node: Node, records: list[Record]) -> tuple[list[str], str]:
+    """Each record's patient, and how they were grouped (for the ledger); refuses missing ids unless the
+    node's policy says each such image is its own patient."""
+    ids = [str(r.meta.get("patient_id") or "") for r in records]
+    missing = sum(not i for i in ids)
+    if not missing:
+        return ids, "patient_id"
+    if node.policy.images_without_patient != "own-patient":
+        raise Refusal(f"refused: {missing} image(s) have no patient_id, so patient-level privacy cannot be "
+                      "guaranteed; add patient ids, or set images_without_patient = \"own-patient\" in the "
+                      "node's policy if no one has several of them")
+    return [i or f"image:{r.filepath}" for i, r in zip(ids, records, strict=True)], \
+        f"patient_id; {missing} image(s) without one counted as their own patient (node policy)"
+
+
 def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], arrays: dict[str, torch.Tensor],
                  round_: int, proximal_mu: float = 0.0) -> ClientRound:
     """One local round: policy, lock, budget, DP fine-tuning, durable ledger entry, then the update."""
@@ -265,18 +281,26 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
     vc = load_global(cfg, arrays)
     tokens, targets = TOKENS.get(vc, records, root, cfg)
     ft = replace(cfg.finetune_config(grant), proximal_mu=proximal_mu)
+    units, patients, grouping = len(records), None, "image"
+    if grant.unit == "patient":
+        try:
+            ids, grouping = patient_ids(node, records)
+        except Refusal as e:
+            return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
+        keep, _ = tasks.labelled([r.labels for r in records], cfg.task)
+        units, patients = len(set(ids)), [ids[i] for i in keep]
     with ledger.locked():
         strings = {keys.UNIT: grant.unit, keys.NEIGHBOURING: NEIGHBOURING, keys.ACCOUNTANT: grant.accountant,
                    keys.DATASET_ID: node.register(dataset, records)}
         if not grant.dp:  # the policy allows it; the lifetime ledger still says that this data went out raw
             entry = ledger.record(kind="no-dp", round_=round_, noise_multiplier=math.inf, sample_rate=1.0, steps=1,
                                   noise_source="none")
-            result = finetune(vc, tokens, targets, ft)
+            result = finetune(vc, tokens, targets, ft, patients=patients)
             node.log(round=round_, dataset=dataset, train_loss=result.loss, train_accuracy=result.accuracy, dp=False)
-            return ClientRound(result.state, {**base, keys.NUM_EXAMPLES: float(len(records)),
+            return ClientRound(result.state, {**base, keys.NUM_EXAMPLES: float(units),
                                               keys.UNIT_WEIGHT: 1.0, keys.EPSILON: entry.epsilon}, strings)
         try:
-            size = _public_size(node, ledger, len(records), round_)
+            size = _public_size(node, ledger, units, round_)  # images or patients, as the unit
             q = min(1.0, cfg.batch_size / size)
             steps = steps_per_round(ft, size)
             rounds_left = max(1, cfg.rounds - round_ + 1)
@@ -290,9 +314,10 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
             return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent(),
                                       keys.EPSILON_BUDGET: grant.epsilon}, {**strings, keys.REASON: str(e)})
         result = finetune(vc, tokens, targets, ft, noise_multiplier=sigma, sample_rate=q, steps=steps,
-                          public_size=size, noise_seed=node.noise_seed(round_, 2))
+                          public_size=size, noise_seed=node.noise_seed(round_, 2), patients=patients)
         entry = ledger.record(kind="train", round_=round_, noise_multiplier=sigma, sample_rate=q, steps=steps,
-                              noise_source=node.noise_source, group_size=_most_images_per_patient(records))
+                              noise_source=node.noise_source, group_size=_most_images_per_patient(records),
+                              grouping=grouping)
     # durable BEFORE the update leaves this node; loss and accuracy on private batches stay here
     node.log(round=round_, dataset=dataset, train_loss=result.loss, train_accuracy=result.accuracy,
              epsilon=entry.epsilon)
@@ -306,6 +331,8 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
                     arrays: dict[str, torch.Tensor], round_: int) -> ClientRound:
     """Accuracy of the sent weights on this node's data, only if its policy answers, noised and charged.
 
+    With the patient as unit, "correct" sums each patient's fraction of correct images and "count" counts
+    patients, so one patient moves each coordinate by at most 1 too.
     The released pair (correct, count) moves by at most 1 in each coordinate when one image is added
     or removed (L2 sensitivity sqrt 2): Gaussian noise of std `evaluate_noise` on each is a Gaussian
     release with noise multiplier evaluate_noise / sqrt 2. The server may send any weights (a crafted
@@ -330,13 +357,20 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
         vc = load_global(cfg, arrays)
         keep, y = tasks.labelled([r.labels for r in records], cfg.task)
         feats = evaluate.image_embeddings(vc, [records[i].path(root) for i in keep])
-        correct = float((evaluate.zero_shot_scores(vc, feats, tasks.task(cfg.task)).argmax(1)
-                         == y).sum())
+        hits = evaluate.zero_shot_scores(vc, feats, tasks.task(cfg.task)).argmax(1) == y
+        if grant.unit == "patient":
+            ids, _ = patient_ids(node, [records[i] for i in keep])
+            by: dict[str, list[bool]] = {}
+            for i, h in zip(ids, hits, strict=True):
+                by.setdefault(i, []).append(bool(h))
+            correct, count = sum(sum(v) / len(v) for v in by.values()), len(by)
+        else:
+            correct, count = float(hits.sum()), len(keep)
         noisy_correct = correct + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 3))
-        noisy_count = len(keep) + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 4))
+        noisy_count = count + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 4))
         entry = ledger.record(kind="evaluate", round_=round_, noise_multiplier=multiplier, sample_rate=1.0, steps=1,
                               noise_source=node.noise_source)
-    node.log(round=round_, evaluate_correct=correct, evaluate_count=len(keep))
+    node.log(round=round_, evaluate_correct=correct, evaluate_count=count)
     return ClientRound(None, {**base, keys.NUM_EXAMPLES: float(max(1, round(noisy_count))), keys.UNIT_WEIGHT: 1.0,
                               keys.ACCURACY: min(1.0, max(0.0, noisy_correct / max(1.0, noisy_count))),
                               keys.EPSILON: entry.epsilon},

@@ -108,7 +108,7 @@ def test_client_evaluation_is_off_by_default_refused_without_policy_and_charged_
     ({"dp": False}, "requires DP"),
     ({"epsilon": 16.0}, "allows at most 8"),
     ({"delta": 1e-3}, "allows at most 1e-05"),
-    ({"unit": "patient"}, "protects unit=image"),
+    ({"unit": "image"}, "protects unit=patient"),
 ])
 def test_a_run_asking_for_less_privacy_than_the_policy_is_refused_by_the_node(federation, tmp_path, ask, reason):
     base, cfg, _ = federation
@@ -147,7 +147,7 @@ def test_a_fresh_out_on_the_same_data_continues_the_lifetime_spend(federation, t
 def test_resume_with_changed_privacy_settings_is_refused_naming_them(federation):
     base, cfg, _ = federation
     assert resume_point(cfg, resume=True) == 2
-    for field, value in [("epsilon", 4.0), ("delta", 1e-6), ("unit", "patient"), ("partitioning", "iid"),
+    for field, value in [("epsilon", 4.0), ("delta", 1e-6), ("unit", "image"), ("partitioning", "iid"),
                          ("dp", False), ("batch_size", 32), ("seed", 1)]:
         with pytest.raises(FedclipError, match=f"changed {field}"):
             resume_point(replace(cfg, **{field: value}), resume=True)
@@ -189,10 +189,11 @@ def test_a_failing_node_tells_the_server_nothing_but_that_it_failed(federation, 
 def test_empty_poisson_batches_take_noise_only_steps_in_every_grad_sample_mode(federation, tmp_path):
     base, cfg, _ = federation
     nc = {"partition-id": 0}
-    for mode in ("hooks", "ew"):
-        # one image per expected batch over ~60: many steps draw an empty batch
-        run = replace(cfg, grad_sample_mode=mode, batch_size=1, local_epochs=1)
-        result = client_train(run, _node(tmp_path / mode, dataset_size=60), nc, _arrays(cfg), 1)
+    for unit, mode in (("image", "hooks"), ("image", "ew"), ("patient", "hooks")):
+        # one record per expected batch over ~60: many steps draw an empty batch
+        run = replace(cfg, grad_sample_mode=mode, batch_size=1, local_epochs=1, unit=unit)
+        node = _node(tmp_path / f"{unit}-{mode}", dataset_size=60, unit=unit)
+        result = client_train(run, node, nc, _arrays(cfg), 1)
         assert result.update is not None and result.metrics[keys.STEPS] == 60
 
 
@@ -207,5 +208,38 @@ def test_simulated_policies_are_per_hospital_and_unknown_keys_or_hospitals_are_e
     path.write_text("[policy]\nmax_epsilno = 2.0\n")
     with pytest.raises(FedclipError, match="max_epsilno"):
         load_simulated(path, 3)
-    with pytest.raises(Refusal, match="patient-level DP-SGD is not available"):
-        negotiate(NodePolicy(unit="patient"), dp=True, epsilon=1.0, delta=1e-6, unit="patient")
+    assert negotiate(NodePolicy(), dp=True, epsilon=1.0, delta=1e-6, unit="patient").unit == "patient"
+
+
+def test_patient_level_is_the_default_and_its_ledger_says_so(federation):
+    base, cfg, result = federation
+    for i in range(3):
+        ledger = _ledger(_node(base / "nodes", f"client-{i}"))
+        train = [e for e in ledger if e["kind"] == "train"]
+        assert {e["unit"] for e in ledger} == {"patient"} and {e["grouping"] for e in train} == {"patient_id"}
+        assert all(e["patient_epsilon"] is None for e in train)  # no group-privacy figure needed: it is per patient
+        size = next(e["public_size"] for e in ledger if e["kind"] == "dataset-size")
+        assert size >= 1  # ~15 patients (60 images / 4) + N(0, 20^2), once: small nodes should declare theirs
+    assert {c[keys.UNIT] for r in result["rounds"][1:] for c in r["clients"]} == {"patient"}
+
+
+def test_images_without_patient_ids_are_refused_or_counted_as_their_own_patient(federation, tmp_path):
+    from fedclip.data.records import read_metadata, write_metadata
+
+    base, cfg, _ = federation
+    rows = read_metadata(cfg.data)
+    for r in rows[:5]:
+        r.meta["patient_id"] = ""
+    data = tmp_path / "data"
+    write_metadata(data, [type(r)(str(r.path(cfg.data)), r.caption, r.labels, r.meta) for r in rows])
+    run = replace(cfg, data=data)
+    refused = client_train(run, _node(tmp_path / "a"), {"partition-id": 0}, _arrays(cfg), 1)
+    reasons = [refused.strings.get(keys.REASON, "")]
+    node = _node(tmp_path / "b", images_without_patient="own-patient")
+    ok = client_train(run, node, {"partition-id": 0}, _arrays(cfg), 1)
+    if refused.update is None:  # partition 0 holds some of the id-less images
+        assert "have no patient_id" in reasons[0]
+        assert ok.update is not None
+        assert "counted as their own patient" in [e for e in _ledger(node) if e["kind"] == "train"][0]["grouping"]
+    else:  # the id-less images went to other partitions: nothing to refuse here
+        assert ok.update is not None
