@@ -82,8 +82,8 @@ def _verdict(doc: dict[str, Any]) -> str:
 def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
     level, data, target = doc["level"], doc["data"], doc["target"]
     s = Section(f"Membership inference — {_label(doc, redact)}")
-    dp = "trained with DP" if target.get("dp") else ("trained without DP" if target.get("dp") is False
-                                                      else "pretrained (no DP)")
+    dp = (f"trained with {target.get('unit') or 'image'}-level DP" if target.get("dp")
+          else ("trained without DP" if target.get("dp") is False else "pretrained (no DP)"))
     who = (f"{data['n_members']} member and {data['n_nonmembers']} non-member images"
            + (f" of {data['n_patients']} patients" if data.get("n_patients") else ""))
     unit = ("a patient counts as a member if any of their images trained the model" if level == "patient"
