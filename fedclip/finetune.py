@@ -450,36 +450,39 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
     losses, correct, seen, done = [], 0, 0, 0
     t_loop = time.perf_counter()
-    while done < steps:
-        for x, y, *rest in loader:
-            if done >= steps:
-                break
-            mask = rest[0] if rest else torch.ones(y.shape)
-            done += 1
-            # Poisson sampling can draw an empty batch: it still takes a (noise-only) step, as the
-            # privacy analysis assumes; skipping it would reveal that the batch was empty.
-            opt.zero_grad()  # before the forward pass: expanded weights accumulate during it
-            if len(y) == 0 and cfg.dp and cfg.grad_sample_mode == "ew":
-                # expanded weights cannot run a batch of 0; an empty per-sample gradient is the same step
-                for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
-                opt.step()
-            else:
-                logits = model(x)
-                if not len(y):
-                    loss = logits.sum() * 0.0
+    with warnings.catch_warnings():
+        # a frozen prefix means no input requires grad: PyTorch says so on every backward pass
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        while done < steps:
+            for x, y, *rest in loader:
+                if done >= steps:
+                    break
+                mask = rest[0] if rest else torch.ones(y.shape)
+                done += 1
+                # Poisson sampling can draw an empty batch: it still takes a (noise-only) step, as the
+                # privacy analysis assumes; skipping it would reveal that the batch was empty.
+                opt.zero_grad()  # before the forward pass: expanded weights accumulate during it
+                if len(y) == 0 and cfg.dp and cfg.grad_sample_mode == "ew":
+                    # expanded weights cannot run a batch of 0; an empty per-sample gradient is the same step
+                    for p in params:
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                    opt.step()
                 else:
-                    loss = _patient_loss(logits, y, mask) if by_patient else criterion(logits, y)
-                loss.backward()
-                opt.step()
-            if anchor is not None:
-                with torch.no_grad():
-                    for p, a in zip(params, anchor, strict=True):
-                        p.sub_(cfg.lr * cfg.proximal_mu * (p - a))
-            if len(y):
-                losses.append(float(loss.detach()))
-                correct += int(((logits.argmax(-1) == y) * mask).sum())
-                seen += int(mask.sum())
+                    logits = model(x)
+                    if not len(y):
+                        loss = logits.sum() * 0.0
+                    else:
+                        loss = _patient_loss(logits, y, mask) if by_patient else criterion(logits, y)
+                    loss.backward()
+                    opt.step()
+                if anchor is not None:
+                    with torch.no_grad():
+                        for p, a in zip(params, anchor, strict=True):
+                            p.sub_(cfg.lr * cfg.proximal_mu * (p - a))
+                if len(y):
+                    losses.append(float(loss.detach()))
+                    correct += int(((logits.argmax(-1) == y) * mask).sum())
+                    seen += int(mask.sum())
     per_step = (time.perf_counter() - t_loop) / max(1, done)
     state = head.open_clip_state()
     vc.model.load_state_dict(state, strict=False)

@@ -11,7 +11,6 @@ Imports stay light at module level: in deployment every message starts a fresh p
 from __future__ import annotations
 
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +71,7 @@ def _guarded(handler: Callable[[Message, Context, Node], ClientRound], simulated
         except FedclipError as e:
             return _reply(msg, ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e).splitlines()[0]}))
         try:
-            with warnings.catch_warnings():
-                # printed by every client every round otherwise: a frozen prefix means no input needs grad
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                return _reply(msg, handler(msg, context, node))
+            return _reply(msg, handler(msg, context, node))
         except policylib.Refusal as e:
             return _reply(msg, ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)}))
         except Exception as e:  # noqa: BLE001 - whatever it is, its text stays on the node
