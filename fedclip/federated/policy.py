@@ -32,9 +32,10 @@ class NodePolicy:
     max_epsilon: float = 8.0  # lifetime budget on one dataset (fingerprint), over every run
     delta: float = 1e-5  # the largest delta the node accepts
     unit: str = "patient"  # patient | image: what one neighbouring dataset differs by
-    # patient unit, an image without a patient_id: "refuse" the round, or count it as its own patient
-    # ("own-patient": right only if no other image of that person is in the data; the ledger says so)
-    images_without_patient: str = "refuse"
+    # patient unit, an image without a patient_id: "exclude" it from training (a per-record choice: DP
+    # holds), count it as its "own-patient" (right only if nobody has several), or "refuse" the round
+    # (which tells the server that some image lacks an id); the ledger records which
+    images_without_patient: str = "exclude"
     accountant: str = "rdp"  # rdp | prv: recomputes the whole lifetime history
     answer_evaluate: bool = False  # answer evaluation requests (noised, charged) or refuse them
     evaluate_noise: float = 20.0  # std of the Gaussian noise on the released (correct, count) pair
@@ -47,8 +48,8 @@ class NodePolicy:
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
             raise FedclipError(f"policy unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        if self.images_without_patient not in ("refuse", "own-patient"):
-            raise FedclipError("policy images_without_patient must be refuse or own-patient")
+        if self.images_without_patient not in ("exclude", "own-patient", "refuse"):
+            raise FedclipError("policy images_without_patient must be exclude, own-patient or refuse")
         if self.max_epsilon <= 0 or not 0 < self.delta < 1:
             raise FedclipError("policy needs max_epsilon > 0 and 0 < delta < 1")
         if self.dataset_size is not None and self.dataset_size < 1:

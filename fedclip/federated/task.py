@@ -253,18 +253,24 @@ def _most_images_per_patient(records: list[Record]) -> int | None:
 
 
 def patient_ids(node: Node, records: list[Record]) -> tuple[list[str], str]:
-    """Each record's patient, and how they were grouped (for the ledger); refuses missing ids unless the
-    node's policy says each such image is its own patient."""
+    """Each record's patient ("" for an image excluded from training), and how they were grouped (for the ledger).
+
+    An image without a patient id is, by the node's policy: excluded (default: a per-record decision, so
+    the DP guarantee holds for the rest), its own patient, or a reason to refuse the round — which tells
+    the server one bit about the data (that some image lacks an id), so its count stays in the node's log.
+    """
     ids = [str(r.meta.get("patient_id") or "") for r in records]
     missing = sum(not i for i in ids)
     if not missing:
         return ids, "patient_id"
-    if node.policy.images_without_patient != "own-patient":
-        raise Refusal(f"refused: {missing} image(s) have no patient_id, so patient-level privacy cannot be "
-                      "guaranteed; add patient ids, or set images_without_patient = \"own-patient\" in the "
-                      "node's policy if no one has several of them")
-    return [i or f"image:{r.filepath}" for i, r in zip(ids, records, strict=True)], \
-        f"patient_id; {missing} image(s) without one counted as their own patient (node policy)"
+    node.log(images_without_patient_id=missing, policy=node.policy.images_without_patient)
+    if node.policy.images_without_patient == "refuse":
+        raise Refusal("refused: some images have no patient_id, so patient-level privacy cannot be guaranteed "
+                      "(the node's policy says refuse; its log has the count)")
+    if node.policy.images_without_patient == "own-patient":
+        return [i or f"image:{r.filepath}" for i, r in zip(ids, records, strict=True)], \
+            f"patient_id; {missing} image(s) without one counted as their own patient (node policy)"
+    return ids, f"patient_id; {missing} image(s) without one excluded from training (node policy)"
 
 
 def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], arrays: dict[str, torch.Tensor],
@@ -288,7 +294,9 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
         except Refusal as e:
             return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
         keep, _ = tasks.labelled([r.labels for r in records], cfg.task)
-        units, patients = len(set(ids)), [ids[i] for i in keep]
+        trained = [j for j, i in enumerate(keep) if ids[i]]  # images excluded for lack of an id drop out
+        tokens, targets = tokens[trained], targets[trained]
+        units, patients = len({i for i in ids if i}), [ids[keep[j]] for j in trained]
     with ledger.locked():
         strings = {keys.UNIT: grant.unit, keys.NEIGHBOURING: NEIGHBOURING, keys.ACCOUNTANT: grant.accountant,
                    keys.DATASET_ID: node.register(dataset, records)}
@@ -362,7 +370,8 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
             ids, _ = patient_ids(node, [records[i] for i in keep])
             by: dict[str, list[bool]] = {}
             for i, h in zip(ids, hits, strict=True):
-                by.setdefault(i, []).append(bool(h))
+                if i:
+                    by.setdefault(i, []).append(bool(h))
             correct, count = sum(sum(v) / len(v) for v in by.values()), len(by)
         else:
             correct, count = float(hits.sum()), len(keep)

@@ -223,23 +223,22 @@ def test_patient_level_is_the_default_and_its_ledger_says_so(federation):
     assert {c[keys.UNIT] for r in result["rounds"][1:] for c in r["clients"]} == {"patient"}
 
 
-def test_images_without_patient_ids_are_refused_or_counted_as_their_own_patient(federation, tmp_path):
+def test_images_without_patient_ids_are_excluded_counted_or_refused_as_the_policy_says(federation, tmp_path):
     from fedclip.data.records import read_metadata, write_metadata
 
     base, cfg, _ = federation
     rows = read_metadata(cfg.data)
-    for r in rows[:5]:
+    for r in rows[::5]:  # every hospital (partition) gets images without an id, and keeps others with one
         r.meta["patient_id"] = ""
     data = tmp_path / "data"
     write_metadata(data, [type(r)(str(r.path(cfg.data)), r.caption, r.labels, r.meta) for r in rows])
-    run = replace(cfg, data=data)
-    refused = client_train(run, _node(tmp_path / "a"), {"partition-id": 0}, _arrays(cfg), 1)
-    reasons = [refused.strings.get(keys.REASON, "")]
-    node = _node(tmp_path / "b", images_without_patient="own-patient")
-    ok = client_train(run, node, {"partition-id": 0}, _arrays(cfg), 1)
-    if refused.update is None:  # partition 0 holds some of the id-less images
-        assert "have no patient_id" in reasons[0]
-        assert ok.update is not None
-        assert "counted as their own patient" in [e for e in _ledger(node) if e["kind"] == "train"][0]["grouping"]
-    else:  # the id-less images went to other partitions: nothing to refuse here
-        assert ok.update is not None
+    run, nc = replace(cfg, data=data), {"partition-id": 0, "num-partitions": 3}
+    refused = client_train(run, _node(tmp_path / "a", images_without_patient="refuse"), nc, _arrays(cfg), 1)
+    assert refused.update is None and "some images have no patient_id" in refused.strings[keys.REASON]
+    assert not any(ch.isdigit() for ch in refused.strings[keys.REASON])  # the count stays on the node
+    own = _node(tmp_path / "b", images_without_patient="own-patient")
+    assert client_train(run, own, nc, _arrays(cfg), 1).update is not None
+    assert "counted as their own patient" in [e for e in _ledger(own) if e["kind"] == "train"][0]["grouping"]
+    excluded = _node(tmp_path / "c")  # the default policy
+    assert client_train(run, excluded, nc, _arrays(cfg), 1).update is not None
+    assert "excluded from training" in [e for e in _ledger(excluded) if e["kind"] == "train"][0]["grouping"]
