@@ -174,7 +174,13 @@ class PrivacyLedger:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def check(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
-        """Epsilon after a planned release; raises `BudgetExhausted` if it would exceed the budget."""
+        """Epsilon after a planned release; raises `BudgetExhausted` if it would exceed the budget (or if the
+        ledger was kept for another unit of privacy: per-image and per-patient spends do not compose)."""
+        other = {e.unit for e in self.entries()} - {self.unit}
+        if other:
+            raise BudgetExhausted(f"node {self.client}: the lifetime ledger of this dataset is kept per {other.pop()}; "
+                                  f"a per-{self.unit} release would not compose with it — the node's privacy "
+                                  "officer must decide how to continue (e.g. a new dataset version)")
         history = self.history()
         after = epsilon_for([*history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         if after > self.budget * (1 + 1e-6):

@@ -188,3 +188,11 @@ def test_epsilon_of_nothing_is_zero_of_raw_release_infinite_and_unknown_accounta
     assert epsilon_for([(math.inf, 1.0, 1)], 1e-5, "rdp") == math.inf
     with pytest.raises(Exception, match="unknown accountant"):
         epsilon_for([(1.0, 0.1, 1)], 1e-5, "moments")
+
+
+def test_a_ledger_kept_for_one_unit_refuses_releases_for_another(tmp_path):
+    _record(_ledger(tmp_path / "c.jsonl"), 1, 1.0, 0.1, 10)
+    per_patient = PrivacyLedger(tmp_path / "c.jsonl", client="c", dataset="f" * 64, budget=100.0, delta=1e-5,
+                                unit="patient")
+    with pytest.raises(BudgetExhausted, match="kept per image; a per-patient release would not compose"):
+        per_patient.check(noise_multiplier=1.0, sample_rate=0.1, steps=10)
