@@ -185,9 +185,10 @@ class PrivacyLedger:
         after = epsilon_for([*history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         if after > self.budget * (1 + 1e-6):
             before = epsilon_for(history, self.delta, self.accountant)
+            # this message reaches the server: no dataset fingerprint in it (a hash of the data is not private)
             raise BudgetExhausted(
                 f"node {self.client}: the next release would raise epsilon from {before:.3f} to {after:.3f}, past "
-                f"its lifetime budget of {self.budget:g} (delta={self.delta:g}) on dataset {self.dataset[:12]}")
+                f"its lifetime budget of {self.budget:g} (delta={self.delta:g}) on this dataset")
         return after
 
     def record(self, *, kind: str, round_: int, noise_multiplier: float, sample_rate: float, steps: int,

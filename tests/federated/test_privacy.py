@@ -102,6 +102,8 @@ def test_client_evaluation_is_off_by_default_refused_without_policy_and_charged_
     assert keys.ACCURACY in client_evaluate(low_budget, tight, nc, _arrays(cfg), 1).metrics
     after = client_evaluate(low_budget, tight, nc, _arrays(cfg), 2)
     assert after.metrics[keys.REFUSED] and "past its lifetime budget" in after.strings[keys.REASON]
+    fingerprint = _ledger(tight)[0]["dataset"]
+    assert fingerprint[:8] not in after.strings[keys.REASON]  # the refusal reaches the server: no hash of the data
 
 
 @pytest.mark.parametrize("ask, reason", [
