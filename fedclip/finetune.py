@@ -276,6 +276,15 @@ def secure_seed() -> int:
     return secrets.randbits(63)
 
 
+def gaussian_noise(std: float, *, seed: int | None = None) -> float:
+    """One draw of DP noise outside DP-SGD (a noised count): the same float-safe sampler as the training's
+    noise (Opacus' secure-mode sum of four Gaussians), from a fresh CSPRNG seed unless a test passes one."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    gen = torch.Generator().manual_seed(secure_seed() if seed is None else seed)
+    return float(_generate_noise(std, torch.zeros(1), generator=gen, secure_mode=True))
+
+
 def _private(head: nn.Module, opt: torch.optim.Optimizer, dataset: TensorDataset, criterion: nn.Module,
              cfg: FinetuneConfig, *, sigma: float, sample_rate: float, expected_batch_size: float,
              noise_seed: int | None) -> tuple[nn.Module, Any, nn.Module, DataLoader]:

@@ -30,9 +30,9 @@ from fedclip.federated.policy import NEIGHBOURING, Grant, NodePolicy, Refusal, n
 from fedclip.finetune import (
     FinetuneConfig,
     finetune,
+    gaussian_noise,
     load_pixels,
     prefix_tokens,
-    secure_seed,
     steps_per_round,
     trained_keys,
 )
@@ -222,11 +222,6 @@ class ClientRound:
     strings: dict[str, str]
 
 
-def _gaussian(std: float, seed: int | None) -> float:
-    gen = torch.Generator().manual_seed(secure_seed() if seed is None else seed)
-    return float(torch.normal(0.0, std, (1,), generator=gen))
-
-
 def _public_size(node: Node, ledger: PrivacyLedger, n: int, round_: int) -> int:
     """The dataset size this node may release: declared in its policy, or released once with noise.
 
@@ -239,7 +234,7 @@ def _public_size(node: Node, ledger: PrivacyLedger, n: int, round_: int) -> int:
         return released
     sigma = node.policy.size_noise  # a count: sensitivity 1 under add/remove-one
     ledger.check(noise_multiplier=sigma, sample_rate=1.0, steps=1)
-    size = max(1, round(n + _gaussian(sigma, node.noise_seed(round_, 1))))
+    size = max(1, round(n + gaussian_noise(sigma, seed=node.noise_seed(round_, 1))))
     ledger.record(kind="dataset-size", round_=round_, noise_multiplier=sigma, sample_rate=1.0, steps=1,
                   noise_source=node.noise_source, public_size=size)
     return size
@@ -375,8 +370,8 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
             correct, count = sum(sum(v) / len(v) for v in by.values()), len(by)
         else:
             correct, count = float(hits.sum()), len(keep)
-        noisy_correct = correct + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 3))
-        noisy_count = count + _gaussian(node.policy.evaluate_noise, node.noise_seed(round_, 4))
+        noisy_correct = correct + gaussian_noise(node.policy.evaluate_noise, seed=node.noise_seed(round_, 3))
+        noisy_count = count + gaussian_noise(node.policy.evaluate_noise, seed=node.noise_seed(round_, 4))
         entry = ledger.record(kind="evaluate", round_=round_, noise_multiplier=multiplier, sample_rate=1.0, steps=1,
                               noise_source=node.noise_source)
     node.log(round=round_, evaluate_correct=correct, evaluate_count=count)
