@@ -176,12 +176,13 @@ class PrivacyLedger:
     def check(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """Epsilon after a planned release; raises `BudgetExhausted` if it would exceed the budget (or if the
         ledger was kept for another unit of privacy: per-image and per-patient spends do not compose)."""
-        other = {e.unit for e in self.entries()} - {self.unit}
+        entries = self.entries()
+        other = {e.unit for e in entries} - {self.unit}
         if other:
             raise BudgetExhausted(f"node {self.client}: the lifetime ledger of this dataset is kept per {other.pop()}; "
                                   f"a per-{self.unit} release would not compose with it — the node's privacy "
                                   "officer must decide how to continue (e.g. a new dataset version)")
-        history = self.history()
+        history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
         after = epsilon_for([*history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         if after > self.budget * (1 + 1e-6):
             before = epsilon_for(history, self.delta, self.accountant)

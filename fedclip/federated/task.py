@@ -109,12 +109,12 @@ def from_run_config(run_config: dict[str, Any]) -> FederateConfig:
 
 
 # ------------------------------------------------------------------------------------------ client
-def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[str, list[Record], Path]:
+def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[list[Record], Path]:
     """This node's hospital: its own dataset dir (deployment) or a partition of the shared one (simulation)."""
     pid = int(node_config.get("partition-id", 0))
     if "data-dir" in node_config:  # a real hospital serves its own data
         root = Path(str(node_config["data-dir"]))
-        return f"node-{pid}", read_metadata(root), root
+        return read_metadata(root), root
     if cfg.data is None:
         raise FedclipError("no client data: pass --data (simulation) or node-config data-dir=... (deployment)")
     records = read_metadata(cfg.data)
@@ -131,7 +131,7 @@ def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[st
         parts = partitioning.dirichlet(records, num, cfg.alpha, tasks.task(cfg.task).target, cfg.seed)
     else:
         raise FedclipError(f"unknown partitioning {cfg.partitioning!r}; use hospital, iid or dirichlet")
-    return f"client-{pid}", [records[i] for i in parts[pid]], cfg.data
+    return [records[i] for i in parts[pid]], cfg.data
 
 
 class TokenCache:
@@ -143,18 +143,20 @@ class TokenCache:
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self.entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.entries: dict[str, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
 
-    def get(self, vc: models.VisionClip, records: list[Record], root: Path,
-            cfg: FederateConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        keep, y = tasks.labelled([r.labels for r in records], cfg.task)
+    def get(self, vc: models.VisionClip, records: list[Record], root: Path, cfg: FederateConfig,
+            dataset: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """(indices of the records labelled for the task, their prefix tokens, their targets), `dataset`
+        being the records' fingerprint."""
         weights = models.read_checkpoint_config(cfg.checkpoint)["weights_sha256"]
-        key = f"{weights}|{cfg.train_blocks}|{cfg.task}|{root}|{fingerprint(records)}"
+        key = f"{weights}|{cfg.train_blocks}|{cfg.task}|{root}|{dataset}"
         if key not in self.entries:
+            keep, y = tasks.labelled([r.labels for r in records], cfg.task)
             pixels = load_pixels(vc, [records[i].path(root) for i in keep])
             if len(self.entries) >= self.size:
                 self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = (prefix_tokens(vc, pixels, cfg.train_blocks), torch.from_numpy(y))
+            self.entries[key] = (keep, prefix_tokens(vc, pixels, cfg.train_blocks), torch.from_numpy(y))
         return self.entries[key]
 
 
@@ -272,7 +274,7 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
                  round_: int, proximal_mu: float = 0.0) -> ClientRound:
     """One local round: policy, lock, budget, DP fine-tuning, durable ledger entry, then the update."""
     base = {keys.ROUND: float(round_), keys.PARTITION: float(node_config.get("partition-id", 0))}
-    _, records, root = client_records(cfg, node_config)
+    records, root = client_records(cfg, node_config)
     dataset = fingerprint(records)
     try:
         grant = negotiate(node.policy, dp=cfg.dp, epsilon=cfg.epsilon, delta=cfg.delta, unit=cfg.unit)
@@ -280,7 +282,7 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
         return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
     ledger = node.ledger(dataset, grant)
     vc = load_global(cfg, arrays)
-    tokens, targets = TOKENS.get(vc, records, root, cfg)
+    keep, tokens, targets = TOKENS.get(vc, records, root, cfg, dataset)
     ft = replace(cfg.finetune_config(grant), proximal_mu=proximal_mu)
     units, patients, grouping = len(records), None, "image"
     if grant.unit == "patient":
@@ -288,7 +290,6 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
             ids, grouping = patient_ids(node, records)
         except Refusal as e:
             return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
-        keep, _ = tasks.labelled([r.labels for r in records], cfg.task)
         trained = [j for j, i in enumerate(keep) if ids[i]]  # images excluded for lack of an id drop out
         tokens, targets = tokens[trained], targets[trained]
         units, patients = len({i for i in ids if i}), [ids[keep[j]] for j in trained]
@@ -345,7 +346,7 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
     if not node.policy.answer_evaluate:
         return ClientRound(None, {**base, keys.REFUSED: 1.0},
                            {keys.REASON: "refused: the node's policy does not answer evaluation requests"})
-    _, records, root = client_records(cfg, node_config)
+    records, root = client_records(cfg, node_config)
     try:
         grant = negotiate(node.policy, dp=True, epsilon=cfg.epsilon, delta=cfg.delta, unit=cfg.unit)
     except Refusal as e:
