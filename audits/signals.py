@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedclip import evaluate, tasks
+from fedclip import evaluate
 from fedclip.data.images import load_rgb
-from fedclip.finetune import FinetuneConfig, Head
+from fedclip.finetune import FinetuneConfig, build_head
 from fedclip.models import VisionClip
 
 
@@ -24,7 +24,7 @@ from fedclip.models import VisionClip
 def head_signals(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor,
                  cfg: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
     """(logit margin, probability of the true class) of each record under the head of `cfg` on `vc`."""
-    head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, tasks.task(cfg.task)), cfg.lora_rank)
+    head = build_head(vc, cfg)
     head.eval()
     logp = torch.cat([torch.log_softmax(head(chunk), 1) for chunk in tokens.split(512)]).double()
     y = targets.long()

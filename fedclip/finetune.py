@@ -355,9 +355,9 @@ def _add_canaries(opt: Any, params: list[torch.Tensor], canaries: GradientCanari
 
 
 def group_by_patient(tokens: torch.Tensor, targets: torch.Tensor, patients: Sequence[str],
-                     cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                     cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One row per patient: their images' tokens and targets padded to the largest count (at most `cap`),
-    a mask of the real ones, and how many images the cap left out.
+    and a mask of the real ones.
 
     With a patient as Opacus' sample, per-sample clipping *is* per-patient clipping: the patient's
     gradient, summed over their images, is clipped to the norm bound as a whole — however many images
@@ -369,15 +369,14 @@ def group_by_patient(tokens: torch.Tensor, targets: torch.Tensor, patients: Sequ
     for i, p in enumerate(patients):
         order.setdefault(str(p), []).append(i)
     width = min(cap, max(len(v) for v in order.values()))
-    rows, ys, masks, dropped = [], [], [], 0
+    rows, ys, masks = [], [], []
     for idx in order.values():
-        dropped += max(0, len(idx) - cap)
         idx = idx[:cap]
         pad = width - len(idx)
         rows.append(torch.cat([tokens[idx], tokens.new_zeros((pad, *tokens.shape[1:]))]))
         ys.append(torch.cat([targets[idx], targets.new_zeros(pad)]))
         masks.append(torch.cat([torch.ones(len(idx)), torch.zeros(pad)]))
-    return torch.stack(rows), torch.stack(ys), torch.stack(masks), dropped
+    return torch.stack(rows), torch.stack(ys), torch.stack(masks)
 
 
 def _patient_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -415,16 +414,14 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
         if cfg.dp and cfg.grad_sample_mode not in ("hooks", "functorch"):
             raise FedclipError(f"patient-level DP supports grad_sample_mode hooks or functorch, not "
                                f"{cfg.grad_sample_mode}")
-        ptokens, ptargets, pmask, _ = group_by_patient(tokens, targets, patients, cfg.max_images_per_patient)
+        ptokens, ptargets, pmask = group_by_patient(tokens, targets, patients, cfg.max_images_per_patient)
         dataset = TensorDataset(ptokens, ptargets, pmask)
     else:
         dataset = TensorDataset(tokens, targets)
     n = len(dataset)
     size = public_size or n
     t = tasks.task(cfg.task)
-    with torch.random.fork_rng():  # initialisation of LoRA adapters without touching the global RNG
-        torch.manual_seed(cfg.seed)
-        head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
+    head = build_head(vc, cfg)
     params = [p for p in head.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
@@ -499,10 +496,14 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
                           float(np.mean(losses)) if losses else float("nan"), correct / max(1, seen), per_step)
 
 
-def head_vector(vc: VisionClip, cfg: FinetuneConfig) -> torch.Tensor:
-    """The trained parameters of `cfg`'s head on `vc`, flattened in the order `GradientCanaries` uses."""
-    t = tasks.task(cfg.task)
+def build_head(vc: VisionClip, cfg: FinetuneConfig) -> Head:
+    """`cfg`'s head on `vc`, against the task's class-prompt embeddings; LoRA adapters are initialised from
+    `cfg.seed` without touching the global RNG."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        head = Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, t), cfg.lora_rank)
-    return torch.cat([p.detach().flatten() for p in head.parameters() if p.requires_grad])
+        return Head(vc, cfg.train_blocks, evaluate.class_embeddings(vc, tasks.task(cfg.task)), cfg.lora_rank)
+
+
+def head_vector(vc: VisionClip, cfg: FinetuneConfig) -> torch.Tensor:
+    """The trained parameters of `cfg`'s head on `vc`, flattened in the order `GradientCanaries` uses."""
+    return torch.cat([p.detach().flatten() for p in build_head(vc, cfg).parameters() if p.requires_grad])
