@@ -78,17 +78,7 @@ def load(cls: type[T], section: str, path: str | Path | None = None, overrides: 
     """File table `[section]`, then `section.key=value` overrides, then explicit keyword values."""
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            doc = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FedclipError(f"config file {path} not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise FedclipError(f"config file {path} is not valid TOML: {e}") from None
-        unknown = sorted(set(doc) - set(SECTIONS))
-        if unknown:
-            raise FedclipError(f"config file {path} has unknown section(s) [{'], ['.join(unknown)}]; "
-                               f"known: {', '.join(SECTIONS)}")
-        values.update(doc.get(section, {}))
+        values.update(read_section(path, section))
     for item in overrides:
         key, sep, value = item.partition("=")
         sect, _, name = key.partition(".")
@@ -119,4 +109,16 @@ def write(path: str | Path, sections: Mapping[str, Any]) -> Path:
 
 
 def read_section(path: str | Path, section: str) -> dict[str, Any]:
-    return tomllib.loads(Path(path).read_text()).get(section, {})
+    """Table `[section]` of a fedclip TOML file (empty if absent); a missing or invalid file, or an unknown
+    table in it, is an error naming the file."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FedclipError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FedclipError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise FedclipError(f"config file {path} has unknown section(s) [{'], ['.join(unknown)}]; "
+                           f"known: {', '.join(SECTIONS)}")
+    return doc.get(section, {})

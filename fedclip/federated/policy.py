@@ -10,7 +10,6 @@ the patient as the unit of privacy, no answers to evaluation requests, no determ
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,12 +93,7 @@ def load_simulated(path: str | Path | None, clients: int) -> list[NodePolicy]:
     """One policy per simulated hospital: `[policy]` for all, `[policy.client-N]` overriding one."""
     if path is None:
         return [NodePolicy()] * clients
-    try:
-        table: dict[str, Any] = tomllib.loads(Path(path).read_text()).get("policy", {})
-    except FileNotFoundError:
-        raise FedclipError(f"policy file {path} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FedclipError(f"policy file {path} is not valid TOML: {e}") from None
+    table: dict[str, Any] = cfglib.read_section(path, "policy")
     common = {k: v for k, v in table.items() if not isinstance(v, dict)}
     per_client = {k: v for k, v in table.items() if isinstance(v, dict)}
     unknown = sorted(set(per_client) - {f"client-{i}" for i in range(clients)})
