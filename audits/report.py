@@ -139,7 +139,7 @@ def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
             s.tables.append(("the most exposed members (highest scores)", ["record", "patient", "hospital", "score"],
                              [[Path(r["record"]).name, r["patient_id"], r["hospital"], f"{float(r['score']):.3f}"]
                               for r in top]))
-            thumbs = _thumbnails(doc, rows)
+            thumbs = _thumbnails(doc, top)
             if thumbs:
                 s.figures.append(("The most exposed members (highest scores), with their file names.", thumbs))
     return s
@@ -162,13 +162,13 @@ def _read_scores(audit_dir: Path) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(fh) if r["record"]]
 
 
-def _thumbnails(doc: dict[str, Any], rows: list[dict[str, str]], k: int = 6) -> bytes | None:
-    top = sorted((r for r in rows if int(r["member"]) == 1), key=lambda r: -float(r["score"]))[:k]
-    roots = [Path(doc["data"]["members"])]
+def _thumbnails(doc: dict[str, Any], top: list[dict[str, str]]) -> bytes | None:
+    """The images of the most exposed members (their scores.csv rows), where they can still be found."""
+    root = Path(doc["data"]["members"])
     paths = []
     for r in top:
         p = Path(r["record"])
-        p = p if p.is_absolute() else roots[0] / p
+        p = p if p.is_absolute() else root / p
         if p.exists():
             paths.append((p, r))
     if not paths:
