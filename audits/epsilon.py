@@ -42,6 +42,7 @@ from fedclip.finetune import (
     prefix_tokens,
     steps_per_round,
 )
+from fedclip.run import RunDir
 
 RESULTS_FILE = "results.json"
 SCORES_FILE = "scores.csv"
@@ -188,13 +189,13 @@ def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, floa
     from fedclip import config as cfglib
     from fedclip.audits.mia import finetune_settings
 
-    run = Path(run)
-    if not (run / "config.toml").exists():
-        raise AuditError(f"{run} holds no config.toml; pass a federation's run dir (fedclip federate --out)")
-    fed = cfglib.read_section(run / "config.toml", "federate")
+    run = RunDir(Path(run))
+    if not run.config.exists():
+        raise AuditError(f"{run.root} holds no config.toml; pass a federation's run dir (fedclip federate --out)")
+    fed = cfglib.read_section(run.config, "federate")
     if not fed.get("checkpoint") or not fed.get("data"):
-        raise AuditError(f"{run}/config.toml names no checkpoint or data; pass --checkpoint and --data")
-    ledger = run / "ledger.json"
+        raise AuditError(f"{run.config} names no checkpoint or data; pass --checkpoint and --data")
+    ledger = run.ledger_summary
     eps = [e["epsilon"] for e in json.loads(ledger.read_text()) if e.get("node") != "server"
            and "epsilon" in e] if ledger.exists() else []
     return Path(fed["checkpoint"]), Path(fed["data"]), finetune_settings(fed), max(eps) if eps else None

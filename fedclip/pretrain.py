@@ -32,7 +32,7 @@ from fedclip.data.records import fingerprint, manifest_text, read_metadata
 from fedclip.data.torchdata import RecordDataset, StepBatchSampler, SynthDataset, train_transform
 from fedclip.errors import FedclipError
 from fedclip.progress import progress_bar
-from fedclip.run import LAST, MEMBERS_FILE
+from fedclip.run import LAST, MEMBERS_FILE, RunDir
 from fedclip.synth import CohortSpec
 
 
@@ -139,10 +139,10 @@ def save(run: Path, tag: str, vc: models.VisionClip, opt, sched, scaler, step: i
     """Checkpoint `tag` (model + train state) and point `last` at the newest state."""
     state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler else None, "rng": train_state.rng_state()}
-    ckpt = models.save_checkpoint(vc, run / "checkpoints" / tag, provenance={**provenance, "steps": step},
+    ckpt = models.save_checkpoint(vc, RunDir(run).checkpoint(tag), provenance={**provenance, "steps": step},
                                   train_state=state)
     if tag != LAST:
-        models.copy_checkpoint(ckpt, run / "checkpoints" / LAST)
+        models.copy_checkpoint(ckpt, RunDir(run).checkpoint())
     return ckpt
 
 
@@ -154,8 +154,8 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     torch.manual_seed(cfg.seed)
 
     start = 0
-    last = run / "checkpoints" / LAST
-    if not resume and (run / "checkpoints").exists() and any((run / "checkpoints").iterdir()):
+    last = RunDir(run).checkpoint()
+    if not resume and last.parent.exists() and any(last.parent.iterdir()):
         raise FedclipError(f"{run} already has checkpoints; pass --resume to continue, or a new --out")
     if resume:
         if not (last / "train_state").is_dir():
@@ -182,13 +182,13 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
         start = int(state["step"])
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        cfglib.write(run / "config.toml", {"pretrain": cfg})
+        cfglib.write(RunDir(run).config, {"pretrain": cfg})
         if records is not None:  # which records trained this model, for the audits
             manifest = manifest_text(records)
-            io.write_text(run / MEMBERS_FILE, manifest)
+            io.write_text(RunDir(run).members, manifest)
             source.update(data_fingerprint=fingerprint(records), members=MEMBERS_FILE,
                           members_sha256=hashlib.sha256(manifest.encode()).hexdigest())
-        runlog.trim(run / "metrics.jsonl", "step", start)
+        runlog.trim(RunDir(run).metrics, "step", start)
 
     model: torch.nn.Module = vc.model
     if cfg.compile:
@@ -202,7 +202,7 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     provenance = {"stage": "pretrain", **source, "world_size": world, "config": _config_record(cfg)}
 
     model.train()
-    metrics_file = open(run / "metrics.jsonl", "a") if rank == 0 else None
+    metrics_file = open(RunDir(run).metrics, "a") if rank == 0 else None
     loss_value, t_last, seen = float("nan"), time.perf_counter(), 0
     t_start = t_last
     try:

@@ -24,6 +24,7 @@ from fedclip.federated import keys, strategies
 from fedclip.federated.task import FederateConfig, from_run_config, load_global, server_evaluate
 from fedclip.finetune import trained_keys
 from fedclip.progress import progress_bar
+from fedclip.run import RunDir
 
 STRATEGY_FIELDS = ("strategy", "proximal_mu", "server_lr", "trim_beta", "num_malicious", "server_dp",
                    "server_dp_noise", "server_dp_clip", "server_dp_delta", "train_blocks", "task", "clients")
@@ -45,7 +46,7 @@ def _settings(cfg: FederateConfig) -> dict[str, Any]:
 
 def resume_point(cfg: FederateConfig, resume: bool) -> int:
     """The last completed round to continue from (0: a new run); refuses a changed run or a silent overwrite."""
-    state_path = Path(cfg.out) / "state.json"
+    state_path = RunDir(Path(cfg.out)).state
     if not state_path.exists():
         return 0
     if not resume:
@@ -66,8 +67,9 @@ class Recorder:
     def __init__(self, cfg: FederateConfig, vc: models.VisionClip, start: int) -> None:
         self.cfg, self.vc, self.start = cfg, vc, start
         self.out = Path(cfg.out)
+        self.run = RunDir(self.out)
         self.eval_records = read_metadata(cfg.eval_data) if cfg.eval_data else []
-        self.ledger_path = self.out / "ledger.json"
+        self.ledger_path = self.run.ledger_summary
         self.ledger: list[dict[str, Any]] = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() \
             else []
         self.pending: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
@@ -83,7 +85,7 @@ class Recorder:
             if self.eval_records else {}
         if server_round == 0:
             if self.start == 0:
-                runlog.append(self.out / "metrics.jsonl", {"round": 0, "time": time.time(), "server": metrics})
+                runlog.append(self.run.metrics, {"round": 0, "time": time.time(), "server": metrics})
             return MetricRecord(metrics) if metrics else None
         replies, central = self.pending.pop(round_, ([], None))
         for r in replies:
@@ -91,16 +93,16 @@ class Recorder:
                                 **{k.replace("-", "_"): r[k] for k in SUMMARY_KEYS if k in r}})
         if central is not None:
             self.ledger.append({"round": round_, "node": "server", "status": "central-dp", **central})
-        ckpt = models.save_checkpoint(self.vc, self.out / "checkpoints" / f"round-{round_:03d}", provenance={
+        ckpt = models.save_checkpoint(self.vc, self.run.checkpoint(f"round-{round_:03d}"), provenance={
             "stage": "federate", "round": round_, "settings": _settings(self.cfg),
             "federate": json.loads(json.dumps(asdict(self.cfg), default=str)),  # the base checkpoint and settings
             "epsilon_per_node": {str(r["node"]): r.get(keys.EPSILON) for r in replies},
             **({"central_epsilon": central["epsilon"]} if central else {})})
-        models.copy_checkpoint(ckpt, self.out / "checkpoints" / "last")
-        runlog.append(self.out / "metrics.jsonl", {"round": round_, "time": time.time(), "server": metrics,
+        models.copy_checkpoint(ckpt, self.run.checkpoint())
+        runlog.append(self.run.metrics, {"round": round_, "time": time.time(), "server": metrics,
                                                    "clients": replies, **({"central": central} if central else {})})
         io.write_json(self.ledger_path, self.ledger)
-        io.write_json(self.out / "state.json", {"round": round_, "settings": _settings(self.cfg)})  # last: done
+        io.write_json(self.run.state, {"round": round_, "settings": _settings(self.cfg)})  # last: done
         spent = [r[keys.EPSILON] for r in replies if keys.EPSILON in r]
         shown: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in replies)}
         if spent:
@@ -119,8 +121,8 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
     vc = load_global(cfg, None)
     keys_ = trained_keys(vc, cfg.train_blocks)
     if start:
-        runlog.trim(out / "metrics.jsonl", "round", start)
-        last = models.load_checkpoint(out / "checkpoints" / "last").model.state_dict()
+        runlog.trim(RunDir(out).metrics, "round", start)
+        last = models.load_checkpoint(RunDir(out).checkpoint()).model.state_dict()
         vc.model.load_state_dict({k: last[k] for k in keys_}, strict=False)
     if start >= cfg.rounds:
         return {"rounds": start, "resumed_from": start}

@@ -21,6 +21,7 @@ from fedclip.federated import strategies
 from fedclip.federated.client_app import SimulatedNodes, make_client_app
 from fedclip.federated.server_app import make_server_app, resume_point
 from fedclip.federated.task import FederateConfig
+from fedclip.run import RunDir
 
 
 def default_state_root() -> Path:
@@ -77,12 +78,12 @@ def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = N
 
 
 def summary(out: str | Path) -> dict[str, Any]:
-    out = Path(out)
-    if not (out / "state.json").exists():
+    run = RunDir(Path(out))
+    if not run.state.exists():
         raise FedclipError(f"the federation in {out} completed no round; see the log above for the cause")
-    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    return {"state": json.loads((out / "state.json").read_text()), "rounds": rounds,
-            "ledger": json.loads((out / "ledger.json").read_text()) if (out / "ledger.json").exists() else []}
+    rounds = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
+    return {"state": json.loads(run.state.read_text()), "rounds": rounds,
+            "ledger": json.loads(run.ledger_summary.read_text()) if run.ledger_summary.exists() else []}
 
 
 def node_ledgers(state_root: Path, clients: int) -> dict[str, list[dict[str, Any]]]:
