@@ -59,11 +59,15 @@ def _best(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _label(doc: dict[str, Any], redact: bool) -> str:
-    if doc["kind"] == "mia":
+    if doc.get("label"):
+        return doc["label"]
+    if doc["kind"] in ("mia", "exposure", "dejavu"):
         name = Path(doc["target"]["checkpoint"])
-        return doc.get("label") or (f"target {doc['target']['weights_sha256'][:8]}" if redact
-                                    else f"{name.parent.parent.name}/{name.name}")
-    return doc.get("label") or f"{doc['threat']} {doc['method']} ε audit"
+        return (f"target {doc['target']['weights_sha256'][:8]}" if redact
+                else f"{name.parent.parent.name}/{name.name}")
+    if doc["kind"] == "copying":
+        return "synthetic set" if redact else Path(doc["data"]["synthetic"]).name
+    return f"{doc['threat']} {doc['method']} ε audit"
 
 
 def _verdict(doc: dict[str, Any]) -> str:
@@ -209,6 +213,76 @@ def epsilon_section(doc: dict[str, Any], redact: bool) -> Section:
     return s
 
 
+def copying_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
+    data, share, ct, flags = doc["data"], doc["dcr"]["share_closer_to_train"], doc["three_sample_test"], doc["flags"]
+    s = Section(f"Data copying — {_label(doc, redact)}")
+    answer = ("the synthetic set copies training records: " + "; ".join(doc["verdict"]["reasons"])
+              if doc["verdict"]["copies"] else "no evidence that the synthetic set copies its training patients")
+    s.paragraphs.append(
+        f"What was tested: whether {data['n_synthetic']} synthetic images reproduce any of the {data['n_train']} "
+        f"images their generator was fitted on, against {data['n_holdout']} images of patients it never saw, "
+        f"in {doc['embedding']}. The answer: {answer}.")
+    if doc["verdict"].get("caution"):
+        s.paragraphs.append(f"Caution: {doc['verdict']['caution']}.")
+    c_t = f"{ct['c_t']:.2f}" if ct["c_t"] is not None else "n/a (no cell had enough synthetic images)"
+    rows = [["share of synthetic images closer to train than to holdout (1/2 if no copying)",
+             f"{share['share']:.3f} [{share['ci'][0]:.3f}, 1], p = {share['p_value']:.2g}"],
+            ["C_T, Meehan et al. 2020 (<< 0 copying, ~0 fine, >> 0 underfitting)",
+             f"{c_t} over {ct['cells_used']} of {ct['k']} cells"],
+            ["near-copies flagged", f"{flags['flagged']} of {data['n_synthetic']} ({flags['rate']:.2%})"],
+            ["flag rule", flags["rule"]],
+            ["median distance: synthetic to train / to holdout / holdout to train",
+             f"{doc['dcr']['synthetic_to_train']['median']:.3f} / {doc['dcr']['synthetic_to_holdout']['median']:.3f}"
+             f" / {doc['dcr']['holdout_to_train']['median']:.3f}"]]
+    s.tables.append(("copying figures", ["quantity", "value"], rows))
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    hist = doc["histogram"]
+    bins = np.histogram_bin_edges(hist["synthetic_to_train"] + hist["holdout_to_train"], 40)
+    ax.hist(hist["holdout_to_train"], bins=bins, alpha=0.6, density=True, label="holdout (fresh patients)")
+    ax.hist(hist["synthetic_to_train"], bins=bins, alpha=0.6, density=True, label="synthetic")
+    ax.axvline(flags["threshold"], color="k", ls=":", lw=0.8, label="flag threshold")
+    ax.set(xlabel="distance to the nearest training image", ylabel="density", title="distance to closest record")
+    ax.legend(fontsize=7)
+    s.figures.append(("Distance to the closest training image: a copying generator puts synthetic images left of "
+                      "the fresh patients.", _png(fig)))
+    pairs = _copy_pairs(doc, audit_dir) if not redact else None
+    if pairs:
+        s.figures.append(("The closest synthetic-training pairs (synthetic left, training image right), most "
+                          "suspicious first.", pairs))
+    return s
+
+
+def _copy_pairs(doc: dict[str, Any], audit_dir: Path, n: int = 4) -> bytes | None:
+    import csv
+
+    from fedclip.audits.copying import COPIES_FILE
+
+    path = audit_dir / COPIES_FILE
+    if not path.exists():
+        return None
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))[:n]
+    found = []
+    for r in rows:
+        a, b = Path(r["synthetic"]), Path(r["nearest_train"])
+        a = a if a.is_absolute() else Path(doc["data"]["synthetic"]) / a
+        b = b if b.is_absolute() else Path(doc["data"]["train"]) / b
+        if a.exists() and b.exists():
+            found.append((a, b, r))
+    if not found:
+        return None
+    fig, axes = plt.subplots(len(found), 2, figsize=(3.2, 1.7 * len(found)), squeeze=False)
+    for (a, b, r), (left, right) in zip(found, axes, strict=True):
+        for ax, p in ((left, a), (right, b)):
+            with Image.open(p) as im:
+                ax.imshow(im.convert("RGB"))
+            ax.axis("off")
+        flag = " flagged" if r["flagged"] == "1" else ""
+        left.set_title(f"{a.name}{flag}", fontsize=6)
+        right.set_title(f"{b.name}, d = {float(r['distance']):.3f}", fontsize=6)
+    return _png(fig)
+
+
 def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
     s = Section("Models side by side")
     rows = []
@@ -217,9 +291,13 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
             attack, e = _best(d)
             rows.append([_label(d, redact), d["target"]["stage"], "yes" if d["target"].get("dp") else "no",
                          _eps_text(d["target"].get("ledger_epsilon")), attack, _ci(e, "auc"), _ci(e, "tpr@0.01")])
-        else:
+        elif d["kind"] == "epsilon":
             rows.append([_label(d, redact), "DP fine-tuning", "yes", f"{d['theoretical']['epsilon']:.2f}",
                          f"ε_lb {d['epsilon_lb']:.2f}", "-", "-"])
+        elif d["kind"] == "copying":
+            ct = d["three_sample_test"]["c_t"]
+            rows.append([_label(d, redact), "synthetic data", "-", "-", "copying",
+                         f"C_T {ct:.2f}" if ct is not None else "C_T n/a", f"flagged {d['flags']['rate']:.1%}"])
     s.tables.append(("one row per audit; strongest attack per model", ["model", "stage", "DP", "ledger ε",
                                                                       "attack", "AUC [CI]", "TPR@1% [CI]"], rows))
     mias = [d for d in docs if d["kind"] == "mia"]
@@ -251,10 +329,11 @@ def _redact(doc: Any) -> Any:
     if isinstance(doc, dict):
         out = {}
         for k, v in doc.items():
-            if k in ("checkpoint", "members", "nonmembers", "population", "manifest", "base", "source") \
+            if k in ("checkpoint", "members", "nonmembers", "population", "manifest", "base", "source", "synthetic",
+                     "train", "holdout", "public", "reference", "run", "embedding") \
                     and isinstance(v, str | dict):
                 out[k] = REDACTED
-            elif k == "roc":
+            elif k in ("roc", "histogram"):
                 out[k] = v
             else:
                 out[k] = _redact(v)
@@ -329,6 +408,18 @@ def _pdf(title: str, sections: list[Section]) -> bytes:
     return bytes(pdf.output())
 
 
+def section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
+    """The report section of one audit, by its kind."""
+    kind = doc["kind"]
+    if kind == "mia":
+        return mia_section(doc, audit_dir, redact)
+    if kind == "epsilon":
+        return epsilon_section(doc, redact)
+    if kind == "copying":
+        return copying_section(doc, audit_dir, redact)
+    raise ValueError(f"unknown audit kind {kind!r}")
+
+
 def render(audit_dirs: list[str | Path], out: str | Path, *, redact: bool = False,
            title: str | None = None) -> dict[str, Path]:
     """report.html, report.pdf and report.json for one audit, or a comparison of several."""
@@ -336,7 +427,7 @@ def render(audit_dirs: list[str | Path], out: str | Path, *, redact: bool = Fals
     docs = [load_results(d) for d in dirs]
     sections = [_comparison(docs, redact)] if len(docs) > 1 else []
     for d, doc in zip(dirs, docs, strict=True):
-        sections.append(mia_section(doc, d, redact) if doc["kind"] == "mia" else epsilon_section(doc, redact))
+        sections.append(section(doc, d, redact))
     title = title or ("fedclip privacy audit" if len(docs) == 1 else "fedclip privacy audit: models compared")
     title += f" — {datetime.now(UTC):%Y-%m-%d}"
     out = Path(out)

@@ -319,7 +319,8 @@ def study(
     console.print(f"results: {out / 'results.json'}")
 
 
-audit_app = typer.Typer(no_args_is_help=True, help="Privacy audits: membership inference, empirical epsilon.")
+audit_app = typer.Typer(no_args_is_help=True, help="Privacy audits: membership inference, empirical epsilon, "
+                        "canary exposure, deja-vu memorization, data copying.")
 app.add_typer(audit_app, name="audit")
 
 
@@ -410,6 +411,36 @@ def audit_epsilon(
     if doc["epsilon_lb"] > th["epsilon"]:
         console.print("[bold red]the lower bound exceeds the claimed epsilon: the mechanism leaks more than stated[/]")
     console.print(f"results: {out / 'results.json'}")
+
+
+@audit_app.command("copying")
+def audit_copying(
+    synthetic: Annotated[Path, typer.Option(help="Dataset dir of the synthetic images to audit.")],
+    train: Annotated[Path, typer.Option(help="Dataset dir the generator was fitted on (its training patients).")],
+    holdout: Annotated[Path, typer.Option(help="Dataset dir of other patients from the same population.")],
+    embed: Annotated[str, typer.Option(
+        help="pixels (model-free, aligned over small shifts/rotations) or a checkpoint dir.")] = "pixels",
+    alpha: Annotated[float, typer.Option(help="Flag rate a fresh patient would have at most.")] = 0.005,
+    seed: Annotated[int, typer.Option(help="The auditor's seed: k-means cells, equal-size subsample.")] = 0,
+    out: Annotated[Path, typer.Option(help="Audit dir (results.json, copies.csv).")] = Path("runs/audit-copying"),
+) -> None:
+    """Does a synthetic set copy its generator's training patients? DCR, Meehan's C_T, suspected copies."""
+    from fedclip.audits.copying import CopyingConfig, run_copying
+
+    try:
+        doc = run_copying(synthetic, train, holdout, CopyingConfig(embed=embed, alpha=alpha, seed=seed), out)
+    except FedclipError as e:
+        _fail(e)
+    share, ct, flags = doc["dcr"]["share_closer_to_train"], doc["three_sample_test"]["c_t"], doc["flags"]
+    console.print(f"closer to train than to holdout: {share['share']:.1%} of {share['n']} (p = {share['p_value']:.2g} "
+                  f"against 1/2); C_T = " + (f"{ct:.2f}" if ct is not None else "n/a")
+                  + f"; flagged as near-copies: {flags['flagged']} ({flags['rate']:.1%})")
+    verdict = doc["verdict"]
+    console.print("[bold red]the synthetic set copies training records:[/] " + escape("; ".join(verdict["reasons"]))
+                  if verdict["copies"] else "no evidence of copying")
+    if verdict["caution"]:
+        console.print(f"[yellow]caution:[/] {escape(verdict['caution'])}")
+    console.print(f"results: {out / 'results.json'}, suspected copies: {out / 'copies.csv'}")
 
 
 @app.command()

@@ -170,11 +170,14 @@ def _texture_bank(size: int) -> tuple[np.ndarray, ...]:
 
 @lru_cache(maxsize=8)
 def _tessellation_bank(size: int) -> tuple[np.ndarray, ...]:
-    """Ridge networks standing for the large choroidal vessels a thin myopic retina lets through."""
+    """Ridge networks standing for the large choroidal vessels a thin myopic retina lets through, twice the
+    image's size: each eye sees its own window of one (`_background`). With one fixed field per image, every
+    myopic eye of every patient carried one of four identical patterns — near-duplicates that the copying
+    audit flags."""
     rng = np.random.default_rng(4321)
     out = []
     for _ in range(4):
-        n = _smooth_noise(rng, size, 0.025)
+        n = _smooth_noise(rng, 2 * size, 0.0125)
         out.append(np.exp(-(n / 0.7) ** 2).astype(np.float32))
     return tuple(out)
 
@@ -205,7 +208,8 @@ def _background(anatomy: EyeAnatomy, size: int, base: np.ndarray) -> np.ndarray:
     """Fundus colour x shade, as one C-level multiply (PIL's multiply computes a * b / 255)."""
     shade = _shade(size, anatomy.texture_index % 8)
     if anatomy.tessellation > 0.2:  # myopic eyes only: the full-image float path is fine for them
-        ridge = _tessellation_bank(size)[anatomy.texture_index % 4]
+        oy, ox = (anatomy.vessel_seed >> 4) % size, (anatomy.vessel_seed >> 16) % size  # this eye's window
+        ridge = _tessellation_bank(size)[anatomy.texture_index % 4][oy:oy + size, ox:ox + size]
         s = np.asarray(shade, np.float32) * (1.0 - 0.3 * anatomy.tessellation * (1.0 - ridge))[..., None]
         shade = Image.fromarray(np.clip(s, 0, 255).astype(np.uint8))
     colour = tuple(int(min(255.0, c * 255.0 / _SHADE_SCALE)) for c in base)
