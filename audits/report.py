@@ -252,6 +252,46 @@ def copying_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Secti
     return s
 
 
+def exposure_section(doc: dict[str, Any], redact: bool) -> Section:
+    s = Section(f"Canary exposure — {_label(doc, redact)}")
+    mem = doc["memorised_at_repeats"]
+    answer = (f"the model memorised the secrets of canaries repeated {', '.join(mem)} times: it ranks them above "
+              "what it gives never-trained controls" if mem else
+              "no planted canary's secret is exposed beyond the never-trained controls")
+    s.paragraphs.append(
+        f"What was tested: whether the model memorised rare training records. {doc['n_planted']} canaries (unique "
+        f"synthetic patients whose caption carries a random secret) were planted in pretraining, repeated a "
+        f"varying number of times; {doc['n_controls']} controls were drawn the same way but never trained on. "
+        f"Exposure is log2 of the secret space ({doc['space']:,}) minus log2 of the secret's rank: "
+        f"{doc['max_exposure']:.1f} bits means ranked first, about 1.4 bits means chance. The answer: {answer}. "
+        f"Method: {doc['method']}.")
+    for w in doc.get("warnings", []):
+        s.paragraphs.append(f"Caution: {w}.")
+    names = ["target"] + (["reference"] if doc.get("reference") else [])
+    rows = []
+    for r, g in doc["by_repeats"].items():
+        gap = g.get("gap_to_controls")
+        rows.append(["controls" if r == "0" else r, str(g["target"]["n"]),
+                     *[f"{g[n]['mean']:.2f} [{g[n]['ci'][0]:.2f}, {g[n]['ci'][1]:.2f}]" for n in names],
+                     f"{gap['gap']:.2f} [{gap['ci'][0]:.2f}, {gap['ci'][1]:.2f}]" if gap else "-"])
+    ci = int(doc["config"]["confidence"] * 100)
+    s.tables.append((f"mean exposure in bits by repeat count ({ci}% bootstrap CIs)",
+                     ["repeats", "canaries", *names, "target - controls"], rows))
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    reps = [r for r in doc["by_repeats"] if r != "0"]
+    x = np.arange(len(reps))
+    for k, n in enumerate(names):
+        ax.bar(x + (k - 0.5 * (len(names) - 1)) * 0.35, [doc["by_repeats"][r][n]["mean"] for r in reps], 0.35,
+               label=n)
+    ax.axhline(doc["by_repeats"]["0"]["target"]["mean"], color="k", ls=":", lw=0.8, label="controls (target)")
+    ax.set_xticks(x, reps)
+    ax.set(xlabel="times each canary was repeated", ylabel="exposure (bits)", title="canary exposure")
+    ax.legend(fontsize=7)
+    s.figures.append(("Exposure of planted canaries by repeat count; the dotted line is never-trained controls.",
+                      _png(fig)))
+    return s
+
+
 def _copy_pairs(doc: dict[str, Any], audit_dir: Path, n: int = 4) -> bytes | None:
     import csv
 
@@ -294,6 +334,13 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
         elif d["kind"] == "epsilon":
             rows.append([_label(d, redact), "DP fine-tuning", "yes", f"{d['theoretical']['epsilon']:.2f}",
                          f"ε_lb {d['epsilon_lb']:.2f}", "-", "-"])
+        elif d["kind"] == "exposure":
+            top = max((r for r in d["by_repeats"] if r != "0"), key=int, default="0")
+            g = d["by_repeats"][top]
+            gap = g.get("gap_to_controls", {"gap": 0.0, "ci": [0.0, 0.0]})
+            rows.append([_label(d, redact), d["target"]["stage"], "-", "-", f"exposure ×{top}",
+                         f"{g['target']['mean']:.2f} bits", f"vs controls {gap['gap']:+.2f} [{gap['ci'][0]:.2f}, "
+                         f"{gap['ci'][1]:.2f}]"])
         elif d["kind"] == "copying":
             ct = d["three_sample_test"]["c_t"]
             rows.append([_label(d, redact), "synthetic data", "-", "-", "copying",
@@ -417,6 +464,8 @@ def section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
         return epsilon_section(doc, redact)
     if kind == "copying":
         return copying_section(doc, audit_dir, redact)
+    if kind == "exposure":
+        return exposure_section(doc, redact)
     raise ValueError(f"unknown audit kind {kind!r}")
 
 

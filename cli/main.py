@@ -128,6 +128,10 @@ def pretrain(
     save_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for initialisation, data order, augmentation.")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")] = None,
+    canaries: Annotated[int | None, typer.Option(
+        help="Plant N canaries with secret codes (and N never-trained controls) for `audit exposure`.")] = None,
+    canary_repeats: Annotated[str | None, typer.Option(
+        help="Times each planted canary is repeated, cycling: e.g. 1,4,16 (the default).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with a [pretrain] table.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: pretrain.NAME=VALUE (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
@@ -141,7 +145,8 @@ def pretrain(
         file = config if config is not None else (out / "config.toml" if resume else None)
         cfg = cfglib.load(PretrainConfig, "pretrain", file, set_ or (), data=data, synth=synth, model=model,
                           steps=steps, batch_size=batch_size, lr=lr, workers=workers, precision=precision,
-                          save_every=save_every, seed=seed, init=init)
+                          save_every=save_every, seed=seed, init=init, canaries=canaries,
+                          canary_repeats=canary_repeats)
         result = run_pretrain(cfg, out, resume=resume)
     except FedclipError as e:
         _fail(e)
@@ -410,6 +415,40 @@ def audit_epsilon(
                   f" {th['accountant']})" + (f"; ledger ε {ledger_eps:.3f}" if ledger_eps else ""))
     if doc["epsilon_lb"] > th["epsilon"]:
         console.print("[bold red]the lower bound exceeds the claimed epsilon: the mechanism leaks more than stated[/]")
+    console.print(f"results: {out / 'results.json'}")
+
+
+@audit_app.command("exposure")
+def audit_exposure(
+    target: Annotated[Path, typer.Option(help="Checkpoint pretrained with --canaries.")],
+    run: Annotated[Path, typer.Option(help="Its pretraining run dir (canaries.csv, canaries/).")],
+    reference: Annotated[Path | None, typer.Option(
+        help="A checkpoint that never saw the canaries (same architecture), scored on the same canaries.")] = None,
+    candidates: Annotated[int, typer.Option(help="Secrets ranked per canary (the true one included).")] = 1000,
+    seed: Annotated[int, typer.Option(help="The auditor's seed: candidate secrets, bootstrap.")] = 0,
+    out: Annotated[Path, typer.Option(help="Audit dir (results.json, exposure.csv).")] = Path("runs/audit-exposure"),
+) -> None:
+    """Canary exposure (Secret Sharer): how well the model ranks each planted canary's secret, by repeat count."""
+    from fedclip.audits.exposure import ExposureConfig, run_exposure
+
+    try:
+        doc = run_exposure(target, run, reference, ExposureConfig(candidates=candidates, seed=seed), out)
+    except FedclipError as e:
+        _fail(e)
+    table = Table(title=f"canary exposure, bits (max {doc['max_exposure']:.1f}; ~1.4 when nothing is memorised)")
+    names = ["target"] + (["reference"] if reference else [])
+    for col in ("repeats", "canaries", *[f"{n} [95% CI]" for n in names], "target - controls [95% CI]"):
+        table.add_column(col)
+    for r, g in doc["by_repeats"].items():
+        gap = g.get("gap_to_controls")
+        table.add_row("controls (never trained)" if r == "0" else r, str(g["target"]["n"]),
+                      *[f"{g[n]['mean']:.2f} [{g[n]['ci'][0]:.2f}, {g[n]['ci'][1]:.2f}]" for n in names],
+                      f"{gap['gap']:.2f} [{gap['ci'][0]:.2f}, {gap['ci'][1]:.2f}]" if gap else "-")
+    console.print(table)
+    for w in doc["warnings"]:
+        console.print(f"[yellow]caution:[/] {escape(w)}")
+    console.print(("[bold red]the model memorised canaries repeated " + ", ".join(doc["memorised_at_repeats"])
+                   + " times[/]") if doc["memorised_at_repeats"] else "no canary exposed beyond the controls")
     console.print(f"results: {out / 'results.json'}")
 
 

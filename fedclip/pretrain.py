@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader
 
 from fedclip import config as cfglib
 from fedclip import io, models, runlog, train_state
-from fedclip.data.records import fingerprint, manifest_text, read_metadata
-from fedclip.data.torchdata import RecordDataset, StepBatchSampler, SynthDataset, train_transform
+from fedclip.data import canaries
+from fedclip.data.records import Record, fingerprint, manifest_text, read_metadata
+from fedclip.data.torchdata import Concat, RecordDataset, StepBatchSampler, SynthDataset, train_transform
 from fedclip.errors import FedclipError
 from fedclip.progress import progress_bar
 from fedclip.run import LAST, MEMBERS_FILE, RunDir
@@ -56,6 +57,8 @@ class PretrainConfig:
     save_every: int = 0  # also checkpoint every N steps (0: only at the end)
     augment: bool = True
     device: str = "auto"
+    canaries: int = 0  # plant N canaries (and N never-trained controls) for `fedclip audit exposure`
+    canary_repeats: tuple[int, ...] = (1, 4, 16)  # each planted canary is repeated one of these times (cycling)
 
 
 def parse_synth(text: str) -> tuple[CohortSpec, int]:
@@ -123,16 +126,34 @@ def _autocast(cfg: PretrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def _dataset(cfg: PretrainConfig, vc: models.VisionClip):
+def _dataset(cfg: PretrainConfig, vc: models.VisionClip, planted: list[Record]):
+    """The training set, its provenance, and the records on disk that train the model (for members.csv)."""
     tf = train_transform(vc.image_size, cfg.augment)
     if (cfg.data is None) == (cfg.synth is None):
         raise FedclipError("pass exactly one of --data DIR (a dataset dir) or --synth SPEC (a generator stream)")
     if cfg.data is not None:
-        records = read_metadata(cfg.data)
+        records = read_metadata(cfg.data) + planted
         return RecordDataset(records, cfg.data, tf, vc.tokenizer), {"data": str(cfg.data)}, records
     spec, n = parse_synth(cfg.synth)
-    # a generator stream's members are (spec, indices 0..n-1): recorded by the spec, no manifest needed
-    return SynthDataset(spec, n, tf, vc.tokenizer), {"synth": cfg.synth}, None
+    # a generator stream's members are (spec, indices 0..n-1): recorded by the spec; only canaries are listed
+    stream = SynthDataset(spec, n, tf, vc.tokenizer)
+    if not planted:
+        return stream, {"synth": cfg.synth}, None
+    return Concat([stream, RecordDataset(planted, ".", tf, vc.tokenizer)]), {"synth": cfg.synth}, planted
+
+
+def _canaries(cfg: PretrainConfig, run: Path, vc: models.VisionClip, rank: int, world: int, resume: bool
+              ) -> tuple[list[Record], dict[str, Any]]:
+    """Plant the run's canaries (or, on resume, read the ones it planted) as repeated training records."""
+    if cfg.canaries <= 0:
+        return [], {}
+    if rank == 0 and not (resume and (run / canaries.CANARIES_FILE).exists()):
+        canaries.plant(run, cfg.canaries, cfg.canary_repeats, size=vc.image_size, seed=cfg.seed)
+    if world > 1:
+        dist.barrier()
+    planted = canaries.read(run)
+    digest = hashlib.sha256((run / canaries.CANARIES_FILE).read_bytes()).hexdigest()
+    return canaries.training_records(run, planted), {"canaries": canaries.CANARIES_FILE, "canaries_sha256": digest}
 
 
 def save(run: Path, tag: str, vc: models.VisionClip, opt, sched, scaler, step: int, provenance: dict) -> Path:
@@ -166,7 +187,11 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     else:
         vc = models.create(cfg.model, seed=cfg.seed)
     vc.model.to(device)
-    dataset, source, records = _dataset(cfg, vc)
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+    planted, canary_source = _canaries(cfg, run, vc, rank, world, resume)
+    dataset, source, records = _dataset(cfg, vc, planted)
+    source.update(canary_source)
 
     opt = torch.optim.AdamW(param_groups(vc.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
                             fused=device.type in ("cuda", "cpu"))
@@ -181,10 +206,9 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
         train_state.set_rng_state(state["rng"])
         start = int(state["step"])
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
         cfglib.write(RunDir(run).config, {"pretrain": cfg})
-        if records is not None:  # which records trained this model, for the audits
-            manifest = manifest_text(records)
+        if records is not None:  # which records trained this model, for the audits (each canary once)
+            manifest = manifest_text(list({r.filepath: r for r in records}.values()))
             io.write_text(RunDir(run).members, manifest)
             source.update(data_fingerprint=fingerprint(records), members=MEMBERS_FILE,
                           members_sha256=hashlib.sha256(manifest.encode()).hexdigest())

@@ -105,6 +105,22 @@ class SynthDataset(ImageTextDataset):
         return Image.fromarray(s.image), s.caption
 
 
+class Concat(ImageTextDataset):
+    """Several image-text datasets as one (a dataset dir or generator stream plus planted canaries)."""
+
+    def __init__(self, parts: Sequence[ImageTextDataset]) -> None:
+        super().__init__(parts[0].transform, parts[0].tokenizer)
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def item(self, index: int) -> tuple[Image.Image, str]:
+        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[k].item(index - int(self.starts[k]))
+
+
 class StepBatchSampler(Sampler[list[Key]]):
     """Batches for steps `start..steps-1`; this rank's share of each global batch.
 
