@@ -292,6 +292,27 @@ def exposure_section(doc: dict[str, Any], redact: bool) -> Section:
     return s
 
 
+def dejavu_section(doc: dict[str, Any], redact: bool) -> Section:
+    s = Section(f"Déjà-vu memorization — {_label(doc, redact)}")
+    g, ba, data = doc["gap"], doc["balanced_accuracy"], doc["data"]
+    answer = (f"the target recalls what its training captions no longer say: balanced accuracy {ba['target']:.3f} "
+              f"against {ba['reference']:.3f} for a model that never saw these records" if doc["memorised"] else
+              f"no memorization beyond the reference (gap {g['gap']:+.3f}, CI {g['ci'][0]:+.3f} to {g['ci'][1]:+.3f})")
+    s.paragraphs.append(
+        f"What was tested: whether the model remembers its training pairs beyond what it learnt about fundus "
+        f"images in general. Each of {data['n_members']} training captions was stripped of what it says about "
+        f"{doc['attribute']}; the model retrieved public images with the stripped caption ({data['n_public']} "
+        f"public images) and the hidden {doc['label']} label was predicted from them. The answer: {answer}. "
+        f"Method: {doc['method']}.")
+    ci = int(doc["config"]["confidence"] * 100)
+    s.tables.append((f"{doc['label']} predicted from the stripped caption ({ci}% paired bootstrap CI)",
+                     ["model", "balanced accuracy", "gap (target - reference)", "confidently right only on target"],
+                     [["target", f"{ba['target']:.3f}", f"{g['gap']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]",
+                       str(doc["confident_and_right_only_on_target"])],
+                      ["reference", f"{ba['reference']:.3f}", "-", "-"]]))
+    return s
+
+
 def _copy_pairs(doc: dict[str, Any], audit_dir: Path, n: int = 4) -> bytes | None:
     import csv
 
@@ -341,6 +362,10 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
             rows.append([_label(d, redact), d["target"]["stage"], "-", "-", f"exposure ×{top}",
                          f"{g['target']['mean']:.2f} bits", f"vs controls {gap['gap']:+.2f} [{gap['ci'][0]:.2f}, "
                          f"{gap['ci'][1]:.2f}]"])
+        elif d["kind"] == "dejavu":
+            g = d["gap"]
+            rows.append([_label(d, redact), d["target"]["stage"], "-", "-", f"déjà-vu ({d['attribute']})",
+                         f"gap {g['gap']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]", "-"])
         elif d["kind"] == "copying":
             ct = d["three_sample_test"]["c_t"]
             rows.append([_label(d, redact), "synthetic data", "-", "-", "copying",
@@ -466,6 +491,8 @@ def section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
         return copying_section(doc, audit_dir, redact)
     if kind == "exposure":
         return exposure_section(doc, redact)
+    if kind == "dejavu":
+        return dejavu_section(doc, redact)
     raise ValueError(f"unknown audit kind {kind!r}")
 
 

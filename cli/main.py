@@ -452,6 +452,34 @@ def audit_exposure(
     console.print(f"results: {out / 'results.json'}")
 
 
+@audit_app.command("dejavu")
+def audit_dejavu(
+    target: Annotated[Path, typer.Option(help="CLIP checkpoint trained on --members.")],
+    reference: Annotated[Path, typer.Option(help="Same-architecture checkpoint that never saw --members.")],
+    members: Annotated[Path, typer.Option(help="Dataset dir of image-caption pairs that trained the target.")],
+    public: Annotated[Path, typer.Option(help="Dataset dir of labelled images neither model trained on.")],
+    attribute: Annotated[str, typer.Option(help="What the captions are stripped of: dr or a condition.")] = "dr",
+    k: Annotated[int, typer.Option(help="Public neighbours retrieved per stripped caption.")] = 10,
+    seed: Annotated[int, typer.Option(help="The auditor's seed: bootstrap.")] = 0,
+    out: Annotated[Path, typer.Option(help="Audit dir (results.json, dejavu.csv).")] = Path("runs/audit-dejavu"),
+) -> None:
+    """Deja-vu memorization: does a stripped training caption still retrieve images with the hidden attribute?"""
+    from fedclip.audits.dejavu import DejavuConfig, run_dejavu
+
+    try:
+        doc = run_dejavu(target, reference, members, public, DejavuConfig(attribute=attribute, k=k, seed=seed), out)
+    except FedclipError as e:
+        _fail(e)
+    g, ba = doc["gap"], doc["balanced_accuracy"]
+    console.print(f"{doc['label']} predicted from {k} public neighbours of the stripped caption: balanced accuracy "
+                  f"target {ba['target']:.3f}, reference {ba['reference']:.3f}; gap {g['gap']:+.3f} "
+                  f"[{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]; confidently right only on the target: "
+                  f"{doc['confident_and_right_only_on_target']} of {doc['data']['n_members']}")
+    console.print("[bold red]deja-vu memorization: the target recalls what its captions no longer say[/]"
+                  if doc["memorised"] else "no deja-vu memorization beyond the reference")
+    console.print(f"results: {out / 'results.json'}")
+
+
 @audit_app.command("copying")
 def audit_copying(
     synthetic: Annotated[Path, typer.Option(help="Dataset dir of the synthetic images to audit.")],
