@@ -126,20 +126,17 @@ def _autocast(cfg: PretrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def _dataset(cfg: PretrainConfig, vc: models.VisionClip, planted: list[Record]):
+def _dataset(cfg: PretrainConfig, vc: models.VisionClip):
     """The training set, its provenance, and the records on disk that train the model (for members.csv)."""
     tf = train_transform(vc.image_size, cfg.augment)
     if (cfg.data is None) == (cfg.synth is None):
         raise FedclipError("pass exactly one of --data DIR (a dataset dir) or --synth SPEC (a generator stream)")
     if cfg.data is not None:
-        records = read_metadata(cfg.data) + planted
+        records = read_metadata(cfg.data)
         return RecordDataset(records, cfg.data, tf, vc.tokenizer), {"data": str(cfg.data)}, records
     spec, n = parse_synth(cfg.synth)
-    # a generator stream's members are (spec, indices 0..n-1): recorded by the spec; only canaries are listed
-    stream = SynthDataset(spec, n, tf, vc.tokenizer)
-    if not planted:
-        return stream, {"synth": cfg.synth}, None
-    return Concat([stream, RecordDataset(planted, ".", tf, vc.tokenizer)]), {"synth": cfg.synth}, planted
+    # a generator stream's members are (spec, indices 0..n-1): recorded by the spec, no manifest needed
+    return SynthDataset(spec, n, tf, vc.tokenizer), {"synth": cfg.synth}, None
 
 
 def _canaries(cfg: PretrainConfig, run: Path, vc: models.VisionClip, rank: int, world: int, resume: bool
@@ -187,11 +184,12 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     else:
         vc = models.create(cfg.model, seed=cfg.seed)
     vc.model.to(device)
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
+    dataset, source, records = _dataset(cfg, vc)  # bad data fails here, before anything is written
     planted, canary_source = _canaries(cfg, run, vc, rank, world, resume)
-    dataset, source, records = _dataset(cfg, vc, planted)
-    source.update(canary_source)
+    if planted:  # listed in members.csv (a generator stream then lists only its canaries)
+        dataset = Concat([dataset, RecordDataset(planted, ".", dataset.transform, vc.tokenizer)])
+        records = (records or []) + planted
+        source.update(canary_source)
 
     opt = torch.optim.AdamW(param_groups(vc.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
                             fused=device.type in ("cuda", "cpu"))
@@ -206,6 +204,7 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
         train_state.set_rng_state(state["rng"])
         start = int(state["step"])
     if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
         cfglib.write(RunDir(run).config, {"pretrain": cfg})
         if records is not None:  # which records trained this model, for the audits (each canary once)
             manifest = manifest_text(list({r.filepath: r for r in records}.values()))
