@@ -43,7 +43,6 @@ from fedclip.progress import progress_bar
 
 COPIES_FILE = "copies.csv"
 PIXELS = "pixels"
-PIXEL_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -95,11 +94,10 @@ def pixel_embedding(paths: Sequence[str | Path], *, aligned: bool = False) -> np
     return out if aligned else out[:, 0]
 
 
-def model_embedding(checkpoint: str | Path, paths: Sequence[str | Path]) -> np.ndarray:
-    """Unit image embeddings of a fedclip checkpoint."""
+def model_embedding(vc: models.VisionClip, paths: Sequence[str | Path]) -> np.ndarray:
+    """Unit image embeddings of a fedclip model."""
     from fedclip import evaluate
 
-    vc = models.load_checkpoint(checkpoint)
     return evaluate.image_embeddings(vc, list(paths)).numpy().astype(np.float64)
 
 
@@ -194,10 +192,10 @@ def run_copying(synthetic: str | Path, train: str | Path, holdout: str | Path, c
     """Embed the three sets, score copying, write results.json and copies.csv into `out`."""
     roots = Path(synthetic), Path(train), Path(holdout)
     syn, tr, ho = (read_metadata(r) for r in roots)
-    for name, recs in (("synthetic", syn), ("train", tr), ("holdout", ho)):
+    for name, root, recs in zip(("synthetic", "train", "holdout"), roots, (syn, tr, ho), strict=True):
         if len(recs) < 2:
-            raise AuditError(f"the {name} set {roots[('synthetic', 'train', 'holdout').index(name)]} has "
-                             f"{len(recs)} image(s); the copying audit needs at least 2 in each set")
+            raise AuditError(f"the {name} set {root} has {len(recs)} image(s); the copying audit needs at least 2 "
+                             "in each set")
     shared = sorted({r.meta.get("patient_id") for r in tr} & {r.meta.get("patient_id") for r in ho} - {None, ""})
     if shared:
         raise AuditError(f"train and holdout share {len(shared)} patient(s) ({', '.join(map(str, shared[:5]))}); "
@@ -215,7 +213,8 @@ def run_copying(synthetic: str | Path, train: str | Path, holdout: str | Path, c
                  f"standardised, unit vectors; queries aligned over {len(ROTATIONS) * len(SHIFTS) ** 2} small "
                  "shifts and rotations")
     else:
-        s, t, h = (model_embedding(cfg.embed, p) for p in paths)
+        vc = models.load_checkpoint(cfg.embed)
+        s, t, h = (model_embedding(vc, p) for p in paths)
         h_views = h
         space = f"image embeddings of checkpoint {cfg.embed}"
     d_train, i_train = nearest(s, t)

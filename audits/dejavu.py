@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from fedclip import __version__, evaluate, io, models
+from fedclip.audits.metrics import percentile_interval
 from fedclip.audits.mia import RESULTS_FILE, AuditError
 from fedclip.data.records import read_metadata
 from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_FINDINGS, DR_GRADE_PHRASES
@@ -95,9 +96,8 @@ def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int, seed
         if y[idx].min() == y[idx].max():
             continue
         gaps.append(balanced_accuracy_score(y[idx], a[idx]) - balanced_accuracy_score(y[idx], b[idx]))
-    lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
     return {"gap": float(balanced_accuracy_score(y, a) - balanced_accuracy_score(y, b)),
-            "ci": [float(np.quantile(gaps, lo)), float(np.quantile(gaps, hi))]}
+            "ci": percentile_interval(gaps, confidence)}
 
 
 def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, public: str | Path,

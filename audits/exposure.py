@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fedclip import __version__, evaluate, io, models
+from fedclip.audits.metrics import percentile_interval
 from fedclip.audits.mia import RESULTS_FILE, AuditError
 from fedclip.data import canaries as canary_lib
 from fedclip.progress import progress_bar
@@ -71,15 +72,12 @@ def canary_exposures(vc: models.VisionClip, run: Path, canaries: list[canary_lib
 
 def _mean_ci(x: np.ndarray, cfg: ExposureConfig, rng: np.random.Generator) -> dict[str, Any]:
     boots = [rng.choice(x, len(x)).mean() for _ in range(cfg.n_boot)]
-    lo, hi = (1 - cfg.confidence) / 2, 1 - (1 - cfg.confidence) / 2
-    return {"mean": float(x.mean()), "ci": [float(np.quantile(boots, lo)), float(np.quantile(boots, hi))],
-            "n": len(x)}
+    return {"mean": float(x.mean()), "ci": percentile_interval(boots, cfg.confidence), "n": len(x)}
 
 
 def _gap_ci(a: np.ndarray, b: np.ndarray, cfg: ExposureConfig, rng: np.random.Generator) -> dict[str, Any]:
     boots = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(cfg.n_boot)]
-    lo, hi = (1 - cfg.confidence) / 2, 1 - (1 - cfg.confidence) / 2
-    return {"gap": float(a.mean() - b.mean()), "ci": [float(np.quantile(boots, lo)), float(np.quantile(boots, hi))]}
+    return {"gap": float(a.mean() - b.mean()), "ci": percentile_interval(boots, cfg.confidence)}
 
 
 def run_exposure(target: str | Path, run: str | Path, reference: str | Path | None, cfg: ExposureConfig,

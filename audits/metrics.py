@@ -29,6 +29,12 @@ def point(member: np.ndarray, score: np.ndarray, fprs: Sequence[float] = FPRS) -
     return out
 
 
+def percentile_interval(draws: Sequence[float] | np.ndarray, confidence: float) -> list[float]:
+    """The central `confidence` interval of bootstrap draws (percentile method)."""
+    lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
+    return [float(np.quantile(draws, lo)), float(np.quantile(draws, hi))]
+
+
 def summarise(member: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray, *, n_boot: int = 1000,
               seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
     """AUC and TPR@FPR with percentile bootstrap CIs (members and non-members resampled separately)."""
@@ -44,8 +50,7 @@ def summarise(member: Sequence[int] | np.ndarray, score: Sequence[float] | np.nd
         idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
         for k, v in point(member[idx], score[idx]).items():
             boots[k].append(v)
-    lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
-    out["ci"] = {k: [float(np.quantile(v, lo)), float(np.quantile(v, hi))] for k, v in boots.items()}
+    out["ci"] = {k: percentile_interval(v, confidence) for k, v in boots.items()}
     out["ci_level"] = confidence
     return out
 
