@@ -52,6 +52,10 @@ class MiaConfig:
     gamma: float = 1.0  # RMIA
     offline_a: float = 0.3  # RMIA offline
     views: int = 1  # CLIP targets: augmented views averaged into the signal
+    # training: the members trained the target (checked against its member manifest); generator: they
+    # reached it only through a synthetic corpus fitted to them (a synthetic-data model audited against the
+    # cohort its generator learned from), so no manifest can list them
+    members_via: str = "training"
 
 
 class AuditError(FedclipError):
@@ -88,12 +92,17 @@ def check_manifest(target: Path, provenance: dict[str, Any], members: list[Recor
                          "inside its run dir")
     if hashlib.sha256(path.read_bytes()).hexdigest() != provenance.get("members_sha256"):
         raise AuditError(f"{path} does not match the SHA-256 in the checkpoint's provenance; it was altered")
-    listed = {row["filepath"] for row in read_manifest(path)}
-    missing = [r.filepath for r in members if r.filepath not in listed]
+    # a record is known by its path *and* patient: two dataset dirs both hold images/0000/00000000.png
+    listed = {(row["filepath"], row.get("patient_id", "")) for row in read_manifest(path)}
+
+    def key(r: Record) -> tuple[str, str]:
+        return r.filepath, str(r.meta.get("patient_id", ""))
+
+    missing = [r.filepath for r in members if key(r) not in listed]
     if missing:
         raise AuditError(f"{len(missing)} member(s) are not in the target's manifest {path} (e.g. {missing[0]}); "
                          "pass as members only records that trained the target")
-    wrong = [r.filepath for r in nonmembers if r.filepath in listed]
+    wrong = [r.filepath for r in nonmembers if key(r) in listed]
     if wrong:
         raise AuditError(f"{len(wrong)} non-member(s) are in the target's manifest {path} (e.g. {wrong[0]}); "
                          "they trained the target")
@@ -129,7 +138,13 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
     mem, non = read_metadata(roots[0]), read_metadata(roots[1])
     pop = read_metadata(roots[2]) if roots[2] else []
     check_sets(mem, non, pop)
-    manifest = check_manifest(target, provenance, mem, non)
+    if cfg.members_via == "generator":
+        manifest = {"checked": False, "warning": "the members reached the target only through the synthetic corpus "
+                    "its generator drew from their statistics; no manifest lists them"}
+    elif cfg.members_via == "training":
+        manifest = check_manifest(target, provenance, mem, non)
+    else:
+        raise AuditError(f"members_via {cfg.members_via!r}: use training or generator")
     warnings = [manifest["warning"]] if "warning" in manifest else []
     confound = confound_check(mem, non, roots[:2], cfg.seed)
     if confound.get("confounded"):

@@ -59,8 +59,8 @@ def _best(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _label(doc: dict[str, Any], redact: bool) -> str:
-    if doc.get("label"):
-        return doc["label"]
+    if doc.get("report_label"):
+        return doc["report_label"]
     if doc["kind"] in ("mia", "exposure", "dejavu"):
         name = Path(doc["target"]["checkpoint"])
         return (f"target {doc['target']['weights_sha256'][:8]}" if redact
@@ -496,18 +496,25 @@ def section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
     raise ValueError(f"unknown audit kind {kind!r}")
 
 
-def render(audit_dirs: list[str | Path], out: str | Path, *, redact: bool = False,
-           title: str | None = None) -> dict[str, Path]:
-    """report.html, report.pdf and report.json for one audit, or a comparison of several."""
+def render(audit_dirs: list[str | Path], out: str | Path, *, redact: bool = False, title: str | None = None,
+           lead: list[Section] | None = None, labels: list[str] | None = None,
+           extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """report.html, report.pdf and report.json for one audit, or a comparison of several.
+
+    `lead` sections come first (a study's headline), `labels` name the audits (else the checkpoint's run
+    and tag), `extra` goes into report.json beside the audits.
+    """
     dirs = [Path(d) for d in audit_dirs]
     docs = [load_results(d) for d in dirs]
-    sections = [_comparison(docs, redact)] if len(docs) > 1 else []
+    if labels is not None:
+        docs = [{**d, "report_label": label} for d, label in zip(docs, labels, strict=True)]
+    sections = list(lead or []) + ([_comparison(docs, redact)] if len(docs) > 1 else [])
     for d, doc in zip(dirs, docs, strict=True):
         sections.append(section(doc, d, redact))
     title = title or ("fedclip privacy audit" if len(docs) == 1 else "fedclip privacy audit: models compared")
     title += f" — {datetime.now(UTC):%Y-%m-%d}"
     out = Path(out)
-    summary = {"title": title, "fedclip_version": __version__, "redacted": redact,
+    summary = {"title": title, "fedclip_version": __version__, "redacted": redact, **(extra or {}),
                "audits": [_redact(d) if redact else d for d in docs]}
     return {"html": io.write_text(out / "report.html", _html(title, sections)),
             "pdf": io.write_bytes(out / "report.pdf", _pdf(title, sections)),

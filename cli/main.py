@@ -3,6 +3,7 @@ a `FedclipError` becomes a one-line message and exit code 2, never a traceback."
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -296,34 +297,6 @@ def _ledger_cells(e: dict) -> list[str]:
             e["noise_source"], patient]
 
 
-@app.command()
-def study(
-    out: Annotated[Path, typer.Option(help="Study dir (data, both runs, results.json).")] = Path("runs/visionclip"),
-    config: Annotated[Path | None, typer.Option(help="TOML file with a [study] table.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: study.NAME=VALUE (repeatable).")] = None,
-) -> None:
-    """VisionCLIP comparison: synthetic-data vs private-cohort pretraining, zero-shot on an external hospital."""
-    from fedclip import config as cfglib
-    from fedclip.experiments.visionclip import StudyConfig, run
-
-    try:
-        cfg = cfglib.load(StudyConfig, "study", config, set_ or ())
-        cfglib.write(out / "config.toml", {"study": cfg})
-        results = run(cfg, out)
-    except FedclipError as e:
-        _fail(e)
-    table = Table(title=f"zero-shot balanced accuracy on {cfg.external_hospital} (external)")
-    for col in ("task", "synthetic", "private", "ratio", "untrained"):
-        table.add_column(col)
-    by = {name: {r["task"]: r for r in rs} for name, rs in results["models"].items()}
-    for t in cfg.tasks:
-        ratio = results["ratio_synthetic_over_private"][t]
-        table.add_row(t, *(f"{by[m][t]['balanced_accuracy']:.3f}" for m in ("synthetic", "private")),
-                      f"{ratio:.2f}", f"{by['untrained'][t]['balanced_accuracy']:.3f}")
-    console.print(table)
-    console.print(f"results: {out / 'results.json'}")
-
-
 audit_app = typer.Typer(no_args_is_help=True, help="Privacy audits: membership inference, empirical epsilon, "
                         "canary exposure, deja-vu memorization, data copying.")
 app.add_typer(audit_app, name="audit")
@@ -545,38 +518,59 @@ def compare(
     console.print(f"wrote {paths['html']}, {paths['pdf']}, {paths['json']}")
 
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
-    n: Annotated[int, typer.Option(help="Training images to generate (three hospitals).")] = 1500,
-    steps: Annotated[int, typer.Option(help="Pretraining steps.")] = 150,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 2,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+experiment_app = typer.Typer(no_args_is_help=True, help="Studies: synthetic vs real, with and without DP, quality "
+                             "and leakage in one report.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("list")
+def experiment_list() -> None:
+    """The shipped studies, one line each."""
+    from fedclip.experiments.study import shipped
+
+    for name, line in shipped().items():
+        console.print(f"[bold]{name}[/]  {escape(line)}")
+
+
+@experiment_app.command("run")
+def experiment_run(
+    study: Annotated[str, typer.Argument(help="A shipped study (fedclip experiment list) or a TOML file.")],
+    out: Annotated[Path | None, typer.Option(help="Study dir (default runs/<name>).")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Rerun from this stage: data, synthesize, pretrain, "
+                                              "evaluate, federate, audit, report.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: study.NAME=VALUE (repeatable).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Flower's and Ray's own log lines too.")] = False,
 ) -> None:
-    """Quickstart: synthesize, pretrain visionclip-tiny, evaluate zero-shot, federate with DP."""
-    from fedclip.experiments.demo import DemoConfig, run
+    """Run a study end to end; finished stages are skipped, an interrupted one resumes."""
+    from fedclip.experiments.headline import CONSOLE_HEADER, table_rows
+    from fedclip.experiments.study import Study, load
+
+    def event(kind: str, stage, seconds: float) -> None:  # noqa: ANN001
+        if kind == "skip":
+            console.print(f"[dim]{stage.name}: done earlier, skipped[/]")
+        elif kind == "start":
+            console.print(f"[bold]{stage.name}[/]: {escape(stage.describe)}")
+        else:
+            console.print(f"[dim]{stage.name}: {seconds:.0f} s[/]")
 
     try:
-        result = run(DemoConfig(out=out, n=n, steps=steps, rounds=rounds, n_external=max(48, n // 5), n_sites=n))
+        cfg = load(study, tuple(set_ or ()))
+        root = out or Path("runs") / Path(study).stem
+        outputs = Study(cfg, root, verbose=verbose).run(start_from=from_, on_event=event)
     except FedclipError as e:
         _fail(e)
-    table = Table(title="zero-shot on an external hospital (lakeshore): balanced accuracy")
-    for col in ("task", "untrained", "pretrained on synthetic data"):
+    doc = json.loads(Path(outputs["report"]["results"]).read_text())
+    table = Table(title=f"{doc['task']}: quality at {doc['external_hospital']} (external) and at the hospitals; "
+                  "leakage of the private cohort (patient level)")
+    for col in CONSOLE_HEADER:
         table.add_column(col)
-    before = {r["task"]: r for r in result["zero_shot"]["untrained"]}
-    for r in result["zero_shot"]["pretrained"]:
-        table.add_row(r["task"], f"{before[r['task']]['balanced_accuracy']:.3f}", f"{r['balanced_accuracy']:.3f}")
-    console.print(f"data: {result['data']} (external: {result['external']})\ncheckpoint: {result['checkpoint']}")
+    for row in table_rows(doc, compact=True):
+        table.add_row(*row)
     console.print(table)
-    fed = Table(title="DP federated fine-tuning at the external hospital's 3 sites (referable DR)")
-    for col in ("round", "balanced acc.", "epsilon per client"):
-        fed.add_column(col)
-    for r in result["federated"]["rounds"]:
-        eps = ", ".join(f"{c['epsilon']:.2f}" for c in r.get("clients", []) if "epsilon" in c) or "-"
-        fed.add_row(str(r["round"]), f"{r['server'].get('balanced-accuracy', float('nan')):.3f}", eps)
-    console.print(fed)
-    if json_out:
-        io.write_json(json_out, result)
+    r = doc["ratios"]
+    console.print(f"synthetic ÷ real external balanced accuracy: "
+                  f"{r['synthetic_over_private_external_balanced_accuracy']:.2f}")
+    console.print(f"report: {outputs['report']['pdf']} (also .html, .json); results: {outputs['report']['results']}")
 
 
 def main() -> None:  # pragma: no cover - console-script shim for `python -m fedclip.cli.main`

@@ -22,7 +22,7 @@ from fedclip.errors import FedclipError
 
 T = TypeVar("T")
 
-SECTIONS = ("pretrain", "federate", "study", "demo", "policy")
+SECTIONS = ("pretrain", "federate", "study", "policy")
 """The tables a fedclip TOML file may hold (one per command; `policy` is a hospital's own)."""
 
 

@@ -262,9 +262,11 @@ def noise_for_budget(cfg: FinetuneConfig, n: int, steps_per_round: int) -> float
 
     if cfg.noise_multiplier is not None:
         return cfg.noise_multiplier
-    return float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta,
-                                      sample_rate=min(1.0, cfg.batch_size / n),
-                                      steps=cfg.rounds * steps_per_round, accountant=cfg.accountant))
+    with warnings.catch_warnings():  # the search probes tiny noise levels; see accounting.epsilon_for
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        return float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta,
+                                          sample_rate=min(1.0, cfg.batch_size / n),
+                                          steps=cfg.rounds * steps_per_round, accountant=cfg.accountant))
 
 
 def steps_per_round(cfg: FinetuneConfig, n: int) -> int:

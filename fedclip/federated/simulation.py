@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,22 +61,50 @@ def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = N
     from flwr.simulation import run_simulation
 
     cfg = _absolute(cfg)
-    preflight(cfg, resume)
+    with _quiet_flower(verbose):  # preflight builds the strategy, which logs
+        preflight(cfg, resume)
     nodes = SimulatedNodes(Path(state_root or default_state_root()).resolve(),
                            policies or [policylib.NodePolicy()] * cfg.clients)
     if len(nodes.policies) != cfg.clients:
         raise FedclipError(f"{len(nodes.policies)} node policies for {cfg.clients} clients")
     cpus = num_cpus or os.cpu_count() or 1
-    if not verbose:  # Flower logs every message at INFO; the progress bar and the summary say what matters
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    if not verbose:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences Ray's GPU-env FutureWarning
-    run_simulation(
-        server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg, nodes),
-        num_supernodes=cfg.clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": cpus, "include_dashboard": False}},
-    )
+    # Flower 1.42 deprecates run_simulation for `flwr run`, which has no in-process form: it starts a
+    # SuperLink and imports the apps from a FAB by name. The study and `fedclip federate` hand the engine
+    # app objects built here (node policies, state dirs), so the in-process engine is the right tool.
+    with _quiet_flower(verbose):
+        run_simulation(
+            server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg, nodes),
+            num_supernodes=cfg.clients,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                            "init_args": {"num_cpus": cpus, "include_dashboard": False}},
+        )
     return {**summary(cfg.out), "nodes": node_ledgers(nodes.state_root, cfg.clients)}
+
+
+class _FlowerNoise(logging.Filter):
+    """Flower's INFO chatter and the warnings that say nothing to a fedclip user (the deprecation above;
+    `fraction_evaluate` = 0 is fedclip's deliberate choice: nodes do not answer evaluation by default)."""
+
+    NOISE = ("DEPRECATED FEATURE", "fraction_evaluate is set to 0.0", "deprecated feature")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and not any(n in record.getMessage() for n in self.NOISE)
+
+
+@contextmanager
+def _quiet_flower(verbose: bool) -> Iterator[None]:
+    """Quiet Flower's logger for the run only (a library call leaves the process's logging as it was)."""
+    if verbose:
+        yield
+        return
+    logger, noise = logging.getLogger("flwr"), _FlowerNoise()
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 def summary(out: str | Path) -> dict[str, Any]:

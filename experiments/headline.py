@@ -1,0 +1,221 @@
+"""A study's headline: per model, the data it saw, its DP epsilon, its quality and its leakage; and the
+three ratios an ethics board asks for. Built from the stages' files, rendered as the report's first page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedclip.audits.report import Section, _png  # noqa: E402
+from fedclip.audits.report import render as render_audits
+
+FORMAT = 1  # of results.json: the report stage reruns when it changes
+
+HEADER = ["model", "pretraining data", "DP ε (ledger, per patient)", "external bal. acc. [95% CI]",
+          "external AUC [95% CI]", "bal. acc. at the hospitals", "MIA AUC [95% CI] (patient)",
+          "MIA TPR@1% FPR [95% CI]", "ε lower bound"]
+CONSOLE_HEADER = ["model", "DP ε", "ext. bal. acc.", "ext. AUC", "at hospitals", "MIA AUC", "TPR@1%", "ε_lb"]
+
+
+def _task_entry(results: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    return next(r for r in results if r["task"] == task)
+
+
+def _metric(entry: Mapping[str, Any], key: str, ci_key: str = "ci95") -> dict[str, Any]:
+    ci = (entry.get(ci_key) or {}).get(key)
+    return {"value": entry.get(key), "ci": list(ci) if ci else None}
+
+
+def _mia(audit_dir: str | None) -> dict[str, Any] | None:
+    if not audit_dir or not (Path(audit_dir) / "results.json").exists():
+        return None
+    doc = json.loads((Path(audit_dir) / "results.json").read_text())
+    level = doc["level"]
+    attack, e = max(((a, x[level]) for a, x in doc["attacks"].items()), key=lambda t: t[1]["auc"])
+    return {"attack": attack, "level": level, "auc": {"value": e["auc"], "ci": e["ci"]["auc"]},
+            "tpr@0.01": {"value": e["tpr@0.01"], "ci": e["ci"]["tpr@0.01"]},
+            "confounded": bool(doc["confound"].get("confounded"))}
+
+
+def _eps_lb(audit_dir: str | None) -> dict[str, Any] | None:
+    if not audit_dir or not (Path(audit_dir) / "results.json").exists():
+        return None
+    doc = json.loads((Path(audit_dir) / "results.json").read_text())
+    return {"epsilon_lb": doc["epsilon_lb"], "theoretical": doc["theoretical"]["epsilon"],
+            "how": f"{doc['threat']} {doc['method']}, {doc['config']['canaries']} canaries, "
+                   f"{doc['config']['confidence']:.0%} confidence"}
+
+
+def build(cfg: Any, up: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's results document (results.json): the headline rows, ratios and the epsilon sweep."""
+    ev = json.loads(Path(up["evaluate"]["results"]).read_text())
+    audits = up["audit"]
+    rows: list[dict[str, Any]] = []
+    corpus = up["synthesize"]["corpus"]
+    for name in ("synthetic", "private"):
+        ext = _task_entry(ev[name]["external_zero_shot"], cfg.task)
+        hosp = _task_entry(ev[name]["hospitals_zero_shot"], cfg.task)
+        rows.append({
+            "model": name, "stage": "pretrained",
+            "data": (f"synthetic corpus ({corpus['n']} images)" if name == "synthetic"
+                     else f"private cohort ({up['data']['members']['n']} images)"),
+            "dp": ("not needed: no patient record trained it" if name == "synthetic" else "none (ε = ∞)"),
+            "dp_short": "-" if name == "synthetic" else "∞",
+            "ledger_epsilon": None,
+            "external": {"balanced_accuracy": _metric(ext, "balanced_accuracy"), "auc": _metric(ext, "auc")},
+            "hospitals_balanced_accuracy": hosp["balanced_accuracy"],
+            "mia": _mia(audits.get(f"mia-{name}")), "epsilon_lb": None,
+        })
+    for name, fed in up["federate"].items():
+        start = fed["rounds"][0].get("balanced-accuracy") if fed["rounds"] else None
+        end = fed["rounds"][-1].get("balanced-accuracy") if fed["rounds"] else None
+        ledger = fed["ledger_epsilon"]
+        rows.append({
+            "model": name, "stage": "federated", "base": fed["model"],
+            "data": f"{fed['model']}, then {'DP ' if fed['dp'] else ''}federated fine-tuning on the members",
+            "dp": _fed_dp(fed, ledger),
+            "dp_short": (f"{ledger:.2f}" if ledger is not None else "-") if fed["dp"] else "∞",
+            "ledger_epsilon": ledger, "requested_epsilon": None if math.isinf(fed["epsilon"]) else fed["epsilon"],
+            "external": {"balanced_accuracy": _metric(fed["external"], "balanced_accuracy"),
+                         "auc": _metric(fed["external"], "auc")},
+            "hospitals_balanced_accuracy": end, "hospitals_start": start,
+            "finetuning_helped": None if start is None or end is None else end >= start,
+            "mia": _mia(audits.get(f"mia-{name}")), "epsilon_lb": _eps_lb(audits.get(f"epsilon-{name}")),
+        })
+    by = {r["model"]: r for r in rows}
+    ratios: dict[str, Any] = {
+        "synthetic_over_private_external_balanced_accuracy":
+            by["synthetic"]["external"]["balanced_accuracy"]["value"]
+            / by["private"]["external"]["balanced_accuracy"]["value"],
+        "mia_auc": {r["model"]: r["mia"]["auc"]["value"] for r in rows if r["mia"]},
+        "epsilon_lb_over_ledger": {r["model"]: r["epsilon_lb"]["epsilon_lb"] / r["ledger_epsilon"]
+                                   for r in rows if r["epsilon_lb"] and r["ledger_epsilon"]},
+    }
+    other = {}
+    for kind in ("copying", "dejavu", "exposure"):
+        path = audits.get(kind)
+        if path and (Path(path) / "results.json").exists():
+            other[kind] = json.loads((Path(path) / "results.json").read_text())
+    return {"kind": "study", "format": FORMAT, "task": cfg.task, "external_hospital": cfg.external_hospital,
+            "hospitals": ", ".join(h.strip() for h in cfg.hospitals.split(",")), "rows": rows, "ratios": ratios,
+            "privacy_unit": "patient; add/remove-one patient; Opacus RDP accountant via each node's ledger",
+            "summaries": _summaries(other), "config": {k: str(v) for k, v in vars(cfg).items()}}
+
+
+def _fed_dp(fed: Mapping[str, Any], ledger: float | None) -> str:
+    if not fed["dp"]:
+        return "none (ε = ∞)"
+    text = f"{ledger:.2f}" if ledger is not None else "-"
+    # the real-data model's pretraining saw the members without DP: the fine-tuning's epsilon bounds only
+    # what fine-tuning adds
+    return text + (" (fine-tuning; pretraining ε = ∞)" if fed["model"] == "private" else "")
+
+
+def _summaries(other: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    if "copying" in other:
+        d = other["copying"]
+        out["copying"] = ("the synthetic corpus copies training patients: " + "; ".join(d["verdict"]["reasons"])
+                          if d["verdict"]["copies"] else
+                          f"no evidence that the synthetic corpus copies a member (C_T "
+                          f"{d['three_sample_test']['c_t']:.2f}, {d['flags']['flagged']} near-copy flags)")
+    if "dejavu" in other:
+        d = other["dejavu"]
+        g = d["gap"]
+        out["dejavu"] = (f"déjà-vu ({d['attribute']}): real-data model vs synthetic-data model gap {g['gap']:+.3f} "
+                         f"[{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]" + (" — memorised" if d["memorised"] else ""))
+    if "exposure" in other:
+        d = other["exposure"]
+        out["exposure"] = ("canaries exposed at repeats " + ", ".join(d["memorised_at_repeats"])
+                           if d["memorised_at_repeats"] else "no canary exposed beyond the controls")
+    return out
+
+
+def _ci_text(m: Mapping[str, Any] | None) -> str:
+    if not m or m.get("value") is None:
+        return "-"
+    ci = m.get("ci")
+    return f"{m['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def table_rows(doc: Mapping[str, Any], compact: bool = False) -> list[list[str]]:
+    """The headline rows as text; `compact` (the console) leaves out the data column and the CIs."""
+    out = []
+    for r in doc["rows"]:
+        mia = r["mia"]
+        hosp, start = r["hospitals_balanced_accuracy"], r.get("hospitals_start")
+        ci = _ci_text if not compact else (lambda m: "-" if not m or m.get("value") is None else f"{m['value']:.3f}")
+        row = [
+            r["model"], r["data"], r["dp"], ci(r["external"]["balanced_accuracy"]), ci(r["external"]["auc"]),
+            ("-" if hosp is None else f"{hosp:.3f}") + (f" (from {start:.3f})" if start is not None and not compact
+                                                        else ""),
+            ci(mia["auc"]) + (f" {mia['attack']}" if not compact else "") if mia else "-",
+            ci(mia["tpr@0.01"]) if mia else "-",
+            f"{r['epsilon_lb']['epsilon_lb']:.2f}" if r["epsilon_lb"] else "-",
+        ]
+        out.append([row[0], r["dp_short"], *row[3:]] if compact else row)
+    return out
+
+
+def _sweep_figure(doc: Mapping[str, Any]) -> bytes | None:
+    fed = [r for r in doc["rows"] if r["stage"] == "federated"]
+    if len({r.get("requested_epsilon") for r in fed}) < 2:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.2))
+    for base in sorted({r["base"] for r in fed}):
+        rs = sorted((r for r in fed if r["base"] == base), key=lambda r: r["requested_epsilon"] or math.inf)
+        x = [r["requested_epsilon"] or 32.0 for r in rs]  # no DP drawn at the right edge
+        left.plot(x, [r["hospitals_balanced_accuracy"] for r in rs], "o-", label=f"{base}: at the hospitals")
+        left.plot(x, [r["external"]["balanced_accuracy"]["value"] for r in rs], "s--", label=f"{base}: external")
+        right.plot(x, [r["mia"]["auc"]["value"] if r["mia"] else math.nan for r in rs], "o-", label=f"{base}: MIA AUC")
+        right.plot(x, [r["epsilon_lb"]["epsilon_lb"] / 10 if r["epsilon_lb"] else math.nan for r in rs], "^:",
+                   label=f"{base}: ε_lb / 10")
+    for ax, title in ((left, "balanced accuracy"), (right, "leakage")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ledger ε per patient (rightmost: no DP)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
+    return _png(fig)
+
+
+def headline_section(cfg: Any, doc: Mapping[str, Any]) -> Section:
+    s = Section("Headline: synthetic vs real pretraining, with and without DP federated fine-tuning")
+    r = doc["ratios"]
+    s.paragraphs.append(
+        f"Task: {doc['task']}. External hospital: {doc['external_hospital']} (a camera never trained on). Private "
+        f"cohort at {doc['hospitals']}: members trained the real-data model, fitted the synthetic corpus's generator "
+        "and fine-tuned the federated models; held-out patients of the same hospitals never trained anything and are "
+        "the membership audits' non-members. Privacy unit: " + doc["privacy_unit"] + ".")
+    eps = ", ".join(f"{k} {v:.2f}" for k, v in r["epsilon_lb_over_ledger"].items()) or "-"
+    s.paragraphs.append(
+        f"Synthetic ÷ real external balanced accuracy: {r['synthetic_over_private_external_balanced_accuracy']:.2f}. "
+        "MIA AUC (patient level): " + ", ".join(f"{k} {v:.3f}" for k, v in r["mia_auc"].items())
+        + f". ε lower bound ÷ ledger ε: {eps}.")
+    for row in doc["rows"]:
+        if row.get("finetuning_helped") is False:
+            s.paragraphs.append(
+                f"{row['model']}: federated fine-tuning ended below its zero-shot start at the hospitals "
+                f"({row['hospitals_balanced_accuracy']:.3f} vs {row['hospitals_start']:.3f}); see the ε sweep and "
+                "docs/experiments.md for where it starts to help.")
+    s.paragraphs += [f"{k}: {v}." for k, v in doc["summaries"].items()]
+    s.tables.append(("one row per model; CIs are 95% bootstrap intervals; the real-data model's pretraining had "
+                     "no DP, so DP fine-tuning bounds only what the fine-tuning adds", HEADER, table_rows(doc)))
+    png = _sweep_figure(doc)
+    if png:
+        s.figures.append(("Utility and leakage against the ledger's ε (ε_lb drawn at 1/10 scale).", png))
+    return s
+
+
+def render(cfg: Any, doc: Mapping[str, Any], audits: Mapping[str, str], out: Path) -> dict[str, Path]:
+    dirs = [Path(p) for p in audits.values()]
+    return render_audits(dirs, out, title="fedclip study: synthetic vs real data, with and without DP",
+                         lead=[headline_section(cfg, doc)], labels=list(audits), extra={"study": doc})

@@ -1,0 +1,95 @@
+"""Stages chained through a run dir: a finished stage is skipped on re-run, a changed one reruns.
+
+    RUN/stages/<name>.json   {"key": ..., "done": false}                      while it runs
+                             {"key": ..., "done": true, "outputs": {...}}      once it finished
+
+A stage's key hashes its slice of the resolved config together with the *outputs* of the stages it
+reads (which carry their fingerprints: data SHA-256, checkpoint weights SHA-256). So a changed
+setting reruns that stage, and a downstream stage reruns only when what it reads changed.
+
+Ctrl-C leaves the stage record at `done: false` with its key: the next run resumes it, and the stage's
+own steps skip what they had finished (exports resume, pretraining continues from its checkpoint,
+audits with a results file are kept). A stage whose key changed since it started (or since it
+finished), or that `--from` names or follows, has its directories removed first: nothing stale is
+mixed into new results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedclip import io
+from fedclip.errors import FedclipError
+
+STAGES_DIR = "stages"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Mapping[str, dict[str, Any]]], dict[str, Any]]  # upstream outputs -> this stage's outputs
+    settings: Mapping[str, Any]  # the part of the config this stage depends on
+    reads: tuple[str, ...] = ()  # stages whose outputs it uses
+    dirs: tuple[Path, ...] = ()  # what it writes (removed before it reruns from scratch)
+    describe: str = ""
+
+
+def stage_key(settings: Mapping[str, Any], upstream: Mapping[str, Any]) -> str:
+    blob = json.dumps({"settings": settings, "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _clear(paths: Sequence[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def run_stages(root: Path, stages: Sequence[Stage], *, start_from: str | None = None,
+               on_event: Callable[[str, Stage, float], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Run `stages` in order in `root`; returns every stage's outputs (finished earlier or now).
+
+    `on_event(kind, stage, seconds)` is told "skip", "start" and "done" (for the console).
+    """
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate stage names in {names}")
+    if start_from is not None and start_from not in names:
+        raise FedclipError(f"--from {start_from}: no such stage; the stages are {', '.join(names)}")
+    first_forced = names.index(start_from) if start_from is not None else len(names)
+    done: dict[str, dict[str, Any]] = {}
+    for i, s in enumerate(stages):
+        missing = [r for r in s.reads if r not in done]
+        if missing:
+            raise ValueError(f"stage {s.name} reads {missing}, which do not run before it")
+        key = stage_key(s.settings, {r: done[r] for r in s.reads})
+        record_path = root / STAGES_DIR / f"{s.name}.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        forced = i >= first_forced
+        if record and record.get("done") and record.get("key") == key and not forced:
+            done[s.name] = record["outputs"]
+            if on_event:
+                on_event("skip", s, 0.0)
+            continue
+        if forced or (record and record.get("key") != key):
+            _clear(s.dirs)
+        io.write_json(record_path, {"key": key, "done": False})
+        if on_event:
+            on_event("start", s, 0.0)
+        t0 = time.perf_counter()
+        outputs = s.run(done)
+        seconds = time.perf_counter() - t0
+        io.write_json(record_path, {"key": key, "done": True, "seconds": round(seconds, 1), "outputs": outputs})
+        done[s.name] = outputs
+        if on_event:
+            on_event("done", s, seconds)
+    return done

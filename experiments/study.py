@@ -1,0 +1,396 @@
+"""The main job: synthetic vs real pretraining, with and without DP federated fine-tuning, quality and
+leakage measured on the same private cohort, in one report.
+
+    data        a private cohort at the training hospitals: members (they train) and held-out patients
+                (never train), the hospitals' own test patients, an external hospital (another camera)
+    synthesize  the Med-AIGC step: generator statistics estimated on the members, a synthetic corpus drawn
+    pretrain    a synthetic-data model and a real-data model, pretrained identically
+    evaluate    zero-shot and linear probe on the external hospital, zero-shot at the hospitals
+    federate    DP fine-tuning of each model across the hospitals on Flower's simulation engine, one
+                federation per (model, epsilon), each with its own fictional hospitals (policies, ledgers)
+    audit       membership inference of every model against the cohort (members vs held-out patients),
+                epsilon lower bounds of the DP federations, copying of the synthetic corpus, deja-vu,
+                canary exposure where canaries were planted
+    report      one report (HTML, PDF, JSON) whose first table is the headline
+
+Every stage reads and writes the study dir (`experiments.runner`): a finished stage is skipped on re-run,
+an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fedclip import config as cfglib
+from fedclip import evaluate, io, models
+from fedclip.data.records import METADATA_FILE, fingerprint, read_metadata
+from fedclip.errors import FedclipError
+from fedclip.experiments import headline
+from fedclip.experiments.runner import Stage, run_stages
+from fedclip.run import RunDir
+
+STUDIES_DIR = Path(__file__).parent / "studies"
+SECTION = "study"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    description: str = ""
+    # --- data: a generated cohort ...
+    hospitals: str = "riverside,northgate,summit"  # the private cohort's hospitals (one federation client each)
+    external_hospital: str = "lakeshore"  # another camera profile, never trained on
+    n_members: int = 1200  # images of patients who train (the real-data model, the generator fit, federation)
+    n_holdout: int = 1200  # images of patients who never train the audited models: the audits' non-members
+    # (and the data of the reference model that deja-vu and exposure compare against)
+    n_test: int = 400  # the hospitals' own test patients: where federated fine-tuning is judged
+    n_external: int = 400
+    size: int = 64
+    # ... or the user's own dataset dirs (any of them replaces the generated set; `fedclip data import`)
+    private_data: Path | None = None
+    holdout_data: Path | None = None
+    test_data: Path | None = None
+    external_data: Path | None = None
+    synthetic_data: Path | None = None  # e.g. SynFundus-1M: then no generator is fitted
+    # --- synthesize
+    n_synthetic: int = 0  # 0: as many images as the members
+    # --- pretrain (both models alike)
+    model: str = "visionclip-tiny"
+    steps: int = 150
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 15
+    precision: str = "auto"
+    canaries: int = 0  # planted in the real-data model's pretraining, for the exposure audit
+    canary_repeats: tuple[int, ...] = (1, 4, 16)
+    # --- evaluate
+    tasks: tuple[str, ...] = ("referable_dr", "dr_grade", "amd", "dme")
+    probe: bool = True  # also a linear probe on the external hospital (representation vs zero-shot calibration)
+    # --- federate
+    federate_models: tuple[str, ...] = ("synthetic", "private")
+    epsilons: tuple[float, ...] = (8.0,)  # per patient, per hospital; inf: without DP
+    task: str = "referable_dr"
+    rounds: int = 3
+    local_epochs: int = 3
+    fed_batch_size: int = 256
+    fed_lr: float = 1.0
+    train_blocks: int = 0
+    class_prior: tuple[float, ...] | None = None  # public class prevalence (logit-adjusted loss)
+    # --- audit
+    mia_attacks: tuple[str, ...] = ("loss", "lira")  # federated models; pretrained (CLIP) ones get the loss attack
+    mia_refs: int = 4
+    epsilon_canaries: int = 500
+    copying: bool = True
+    dejavu: bool = True
+    # --- run
+    workers: int = 2
+    seed: int = 0  # the study's data and initialisation; never DP noise or sampling
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.federate_models) - {"synthetic", "private"})
+        if unknown:
+            raise FedclipError(f"study.federate_models: {', '.join(unknown)} is not a model; use synthetic, private")
+        if any(e <= 0 for e in self.epsilons):
+            raise FedclipError("study.epsilons must be positive (inf for no DP)")
+        if min(self.n_members, self.n_holdout, self.n_test, self.n_external) < 8:
+            raise FedclipError("study.n_members, n_holdout, n_test and n_external need at least 8 images each")
+
+
+# ----------------------------------------------------------------------------------------- studies
+def shipped() -> dict[str, str]:
+    """Shipped studies: name -> their one-line description."""
+    out = {}
+    for path in sorted(STUDIES_DIR.glob("*.toml")):
+        out[path.stem] = str(cfglib.read_section(path, SECTION).get("description", ""))
+    return out
+
+
+def study_file(name_or_path: str) -> Path:
+    """A shipped study by name, or a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise FedclipError(f"study file {path} not found")
+        return path
+    path = STUDIES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise FedclipError(f"no shipped study {name_or_path!r}; choose one of {', '.join(shipped())} or pass a "
+                           "TOML file")
+    return path
+
+
+def load(name_or_path: str, overrides: tuple[str, ...] = ()) -> StudyConfig:
+    return cfglib.load(StudyConfig, SECTION, study_file(name_or_path), overrides)
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _eps_name(eps: float) -> str:
+    return "nodp" if math.isinf(eps) else f"eps{eps:g}"
+
+
+def federation_names(cfg: StudyConfig) -> list[tuple[str, str, float]]:
+    """(run name, model, epsilon) of every federation the study runs."""
+    return [(f"{m}-{_eps_name(e)}", m, e) for m in cfg.federate_models for e in cfg.epsilons]
+
+
+def _dataset(path: Path) -> dict[str, Any]:
+    records = read_metadata(path)
+    return {"dir": str(path), "n": len(records), "fingerprint": fingerprint(records)}
+
+
+def _checkpoint(path: Path) -> dict[str, Any]:
+    return {"checkpoint": str(path), "weights_sha256": models.read_checkpoint_config(path).get("weights_sha256")}
+
+
+def _exported(spec: Any, out: Path, n: int, workers: int) -> Path:
+    from fedclip.data.synthetic import export
+
+    if not (out / METADATA_FILE).exists():
+        export(spec, out, n, workers=workers)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- stages
+class Study:
+    """The stages of one study in one dir; `run()` chains them."""
+
+    def __init__(self, cfg: StudyConfig, root: str | Path, verbose: bool = False) -> None:
+        self.cfg, self.root, self.verbose = cfg, Path(root), verbose
+
+    def private_spec(self):  # noqa: ANN201 - CohortSpec, imported lazily (the generator pulls in numpy/PIL)
+        from fedclip.synth import CohortSpec
+
+        return CohortSpec(seed=self.cfg.seed + 100, size=self.cfg.size, hospital=self.cfg.hospitals)
+
+    # 1 ------------------------------------------------------------------------------------------
+    def data(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        from fedclip.synth import CohortSpec
+
+        c, d = self.cfg, self.root / "data"
+        base = self.private_spec()
+        made = {
+            "members": (c.private_data, base, c.n_members),
+            "holdout": (c.holdout_data, replace(base, seed=c.seed + 101), c.n_holdout),
+            "test": (c.test_data, replace(base, seed=c.seed + 102), c.n_test),
+            "external": (c.external_data, CohortSpec(seed=c.seed + 300, size=c.size, hospital=c.external_hospital),
+                         c.n_external),
+        }
+        return {name: _dataset(Path(given) if given else _exported(spec, d / name, n, c.workers))
+                for name, (given, spec, n) in made.items()}
+
+    # 2 ------------------------------------------------------------------------------------------
+    def synthesize(self, up: Mapping[str, Any]) -> dict[str, Any]:
+        from fedclip.synth import patient
+        from fedclip.synth.estimate import estimate, synthetic_spec
+
+        c = self.cfg
+        if c.synthetic_data is not None:
+            return {"corpus": _dataset(Path(c.synthetic_data)), "generator": None}
+        if c.private_data is not None:
+            raise FedclipError("study.private_data is your own cohort: fitting the generator to it is not supported; "
+                               "pass study.synthetic_data as well (e.g. SynFundus-1M, fedclip data import)")
+        spec = self.private_spec()
+        # the members' patients: what a data custodian measures on each (labels, grades, anatomy); only
+        # aggregate statistics reach the generator (docs/architecture.md, "Med-AIGC")
+        cohort = [patient(spec, i) for i in range(-(-c.n_members // spec.images_per_patient))]
+        stats = estimate(cohort)
+        io.write_json(self.root / "synthetic" / "cohort_statistics.json", asdict(stats))
+        synth = synthetic_spec(stats, seed=c.seed + 200, size=c.size, visits=spec.visits)
+        corpus = _exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or up["data"]["members"]["n"],
+                           c.workers)
+        return {"corpus": _dataset(corpus), "generator": {"statistics": str(self.root / "synthetic" /
+                                                                             "cohort_statistics.json")}}
+
+    # 3 ------------------------------------------------------------------------------------------
+    def pretrain(self, up: Mapping[str, Any]) -> dict[str, Any]:
+        from fedclip.pretrain import PretrainConfig, pretrain
+
+        c = self.cfg
+        data = {"synthetic": up["synthesize"]["corpus"]["dir"], "private": up["data"]["members"]["dir"]}
+        if c.dejavu or c.canaries:
+            # deja-vu and exposure compare the real-data model with one trained alike on *other* patients of
+            # the same hospitals: what it knows about a member, the population teaches; the rest is memory
+            data["reference"] = up["data"]["holdout"]["dir"]
+        out = {}
+        for name, data_dir in data.items():
+            run = self.root / "pretrain" / name
+            pcfg = PretrainConfig(model=c.model, data=Path(data_dir), steps=c.steps,
+                                  batch_size=min(c.batch_size, up["data"]["members"]["n"]), lr=c.lr, warmup=c.warmup,
+                                  precision=c.precision, workers=c.workers, seed=c.seed,
+                                  canaries=c.canaries if name == "private" else 0, canary_repeats=c.canary_repeats)
+            last = RunDir(run).checkpoint()
+            finished = (last / "config.json").exists() and \
+                models.read_checkpoint_config(last)["provenance"].get("steps") == c.steps
+            if not finished:
+                cfglib.write(RunDir(run).config, {"pretrain": pcfg})
+                pretrain(pcfg, run, resume=(last / "train_state").exists())
+            out[name] = {"run": str(run), **_checkpoint(last)}
+        return out
+
+    # 4 ------------------------------------------------------------------------------------------
+    def evaluate(self, up: Mapping[str, Any]) -> dict[str, Any]:
+        c = self.cfg
+        path = self.root / "evaluate" / "results.json"
+        if path.exists():
+            return {"results": str(path)}
+        contenders = {"synthetic": models.load_checkpoint(up["pretrain"]["synthetic"]["checkpoint"]),
+                      "private": models.load_checkpoint(up["pretrain"]["private"]["checkpoint"]),
+                      "untrained": models.create(c.model, seed=c.seed)}
+        external, test = up["data"]["external"]["dir"], up["data"]["test"]["dir"]
+        results: dict[str, Any] = {}
+        for name, vc in contenders.items():
+            results[name] = {
+                "external_zero_shot": evaluate.evaluate_dir(vc, external, c.tasks),
+                "external_linear_probe": evaluate.evaluate_dir(vc, external, c.tasks, mode="linear-probe",
+                                                               seed=c.seed) if c.probe else [],
+                "hospitals_zero_shot": evaluate.evaluate_dir(vc, test, (c.task,)),
+            }
+        io.write_json(path, results)
+        return {"results": str(path)}
+
+    # 5 ------------------------------------------------------------------------------------------
+    def federate(self, up: Mapping[str, Any]) -> dict[str, Any]:
+        from fedclip.federated.policy import NodePolicy
+        from fedclip.federated.simulation import simulate
+        from fedclip.federated.task import FederateConfig
+
+        c = self.cfg
+        hospitals = [h.strip() for h in c.hospitals.split(",") if h.strip()]
+        finite = [e for e in c.epsilons if not math.isinf(e)]
+        out = {}
+        for name, model, eps in federation_names(c):
+            dp = not math.isinf(eps)
+            fed = FederateConfig(checkpoint=Path(up["pretrain"][model]["checkpoint"]),
+                                 data=Path(up["data"]["members"]["dir"]), eval_data=Path(up["data"]["test"]["dir"]),
+                                 out=self.root / "federate" / name, clients=len(hospitals), rounds=c.rounds,
+                                 partitioning="hospital", task=c.task, train_blocks=c.train_blocks,
+                                 local_epochs=c.local_epochs, batch_size=c.fed_batch_size, lr=c.fed_lr, dp=dp,
+                                 epsilon=eps if dp else 8.0, class_prior=c.class_prior, seed=c.seed)
+            run = RunDir(fed.out)
+            state = json.loads(run.state.read_text()) if run.state.exists() else {}
+            if state.get("round", 0) < c.rounds:
+                # the study's own fictional hospitals, one set per federation: each federation is an
+                # alternative world in which the consortium fine-tunes that one model (docs/experiments.md)
+                policy = NodePolicy(dp_required=dp, max_epsilon=max(finite, default=8.0))
+                cfglib.write(run.config, {"federate": fed})
+                simulate(fed, resume=run.state.exists(), verbose=self.verbose,
+                         state_root=self.root / "nodes" / name, policies=[policy] * fed.clients)
+            result = _federation_result(fed.out)
+            last = run.checkpoint()
+            ext = evaluate.evaluate_dir(models.load_checkpoint(last), up["data"]["external"]["dir"], (c.task,))[0]
+            out[name] = {"model": model, "epsilon": eps, "dp": dp, "run": str(fed.out), **_checkpoint(last),
+                         **result, "external": ext}
+        return out
+
+    # 6 ------------------------------------------------------------------------------------------
+    def audit(self, up: Mapping[str, Any]) -> dict[str, Any]:
+        from fedclip.audits.copying import CopyingConfig, run_copying
+        from fedclip.audits.dejavu import DejavuConfig, run_dejavu
+        from fedclip.audits.exposure import ExposureConfig, run_exposure
+        from fedclip.audits.mia import MiaConfig, run_mia
+
+        c, a = self.cfg, self.root / "audits"
+        members, holdout = up["data"]["members"]["dir"], up["data"]["holdout"]["dir"]
+        jobs: dict[str, Callable[[Path], Any]] = {}
+        for model in ("synthetic", "private"):
+            via = "generator" if model == "synthetic" else "training"
+            jobs[f"mia-{model}"] = lambda out, m=model, v=via: run_mia(
+                up["pretrain"][m]["checkpoint"], members, holdout, None,
+                MiaConfig(attacks=("loss",), level="patient", seed=c.seed, members_via=v), out)
+        for name, fed in up["federate"].items():
+            attacks = tuple(c.mia_attacks)
+            population = up["data"]["test"]["dir"] if any(x.startswith("rmia") for x in attacks) else None
+            jobs[f"mia-{name}"] = lambda out, f=fed, p=population, at=attacks: run_mia(
+                f["checkpoint"], members, holdout, p, MiaConfig(attacks=at, refs=c.mia_refs, level="patient",
+                                                                 seed=c.seed), out)
+            if fed["dp"]:
+                jobs[f"epsilon-{name}"] = lambda out, f=fed: _epsilon(f, c, out)
+        if c.copying and up["synthesize"]["generator"] is not None:
+            jobs["copying"] = lambda out: run_copying(up["synthesize"]["corpus"]["dir"], members, holdout,
+                                                      CopyingConfig(seed=c.seed), out)
+        if c.dejavu:
+            jobs["dejavu"] = lambda out: run_dejavu(up["pretrain"]["private"]["checkpoint"],
+                                                    up["pretrain"]["reference"]["checkpoint"], members,
+                                                    up["data"]["external"]["dir"], DejavuConfig(seed=c.seed), out)
+        if c.canaries:
+            jobs["exposure"] = lambda out: run_exposure(up["pretrain"]["private"]["checkpoint"],
+                                                        up["pretrain"]["private"]["run"],
+                                                        up["pretrain"]["reference"]["checkpoint"],
+                                                        ExposureConfig(seed=c.seed), out)
+        from fedclip.progress import progress_bar
+
+        with progress_bar("audits", len(jobs)) as advance:
+            for name, job in jobs.items():
+                if not (a / name / "results.json").exists():  # a finished audit of an interrupted stage is kept
+                    job(a / name)
+                advance(1)
+        return {name: str(a / name) for name in jobs}
+
+    # 7 ------------------------------------------------------------------------------------------
+    def report(self, up: Mapping[str, Any]) -> dict[str, Any]:
+        doc = headline.build(self.cfg, up)
+        io.write_json(self.root / "results.json", doc)
+        paths = headline.render(self.cfg, doc, up["audit"], self.root / "report")
+        return {"results": str(self.root / "results.json"), **{k: str(v) for k, v in paths.items()}}
+
+    # --------------------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        c, r = self.cfg, self.root
+        data_keys = ("hospitals", "external_hospital", "n_members", "n_holdout", "n_test", "n_external", "size",
+                     "private_data", "holdout_data", "test_data", "external_data", "seed")
+        pre_keys = ("model", "steps", "batch_size", "lr", "warmup", "precision", "canaries", "canary_repeats", "dejavu",
+                    "seed")
+        fed_keys = ("federate_models", "epsilons", "task", "rounds", "local_epochs", "fed_batch_size", "fed_lr",
+                    "train_blocks", "class_prior", "seed")
+        aud_keys = ("mia_attacks", "mia_refs", "epsilon_canaries", "copying", "dejavu", "seed")
+
+        def pick(keys: tuple[str, ...]) -> dict[str, Any]:
+            return {k: cfglib.to_toml_value(getattr(c, k)) for k in keys}
+
+        return [
+            Stage("data", self.data, pick(data_keys), (), (r / "data",),
+                  "the private cohort (members, held-out patients), the hospitals' test patients, an external "
+                  "hospital"),
+            Stage("synthesize", self.synthesize, pick(("n_synthetic", "synthetic_data", "seed", "size")), ("data",),
+                  (r / "synthetic",), "the Med-AIGC step: generator fitted to the members, a synthetic corpus"),
+            Stage("pretrain", self.pretrain, pick(pre_keys), ("data", "synthesize"), (r / "pretrain",),
+                  "a synthetic-data and a real-data model (and a reference on other patients), pretrained alike"),
+            Stage("evaluate", self.evaluate, pick(("tasks", "task", "probe", "seed")), ("data", "pretrain"),
+                  (r / "evaluate",), "zero-shot and linear probe on the external hospital"),
+            Stage("federate", self.federate, pick(fed_keys), ("data", "pretrain"), (r / "federate", r / "nodes"),
+                  "DP federated fine-tuning of each model across the hospitals"),
+            Stage("audit", self.audit, pick(aud_keys), ("data", "synthesize", "pretrain", "federate"),
+                  (r / "audits",), "membership, epsilon lower bounds, copying, deja-vu, exposure"),
+            Stage("report", self.report, {**pick(("task", "description")), "format": headline.FORMAT},
+                  ("data", "synthesize", "pretrain", "evaluate", "federate", "audit"), (r / "report",),
+                  "the comparison report (HTML, PDF, JSON)"),
+        ]
+
+    def run(self, start_from: str | None = None, on_event: Callable[..., None] | None = None) -> dict[str, Any]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        cfglib.write(self.root / "config.toml", {SECTION: self.cfg})
+        return run_stages(self.root, self.stages(), start_from=start_from, on_event=on_event)
+
+
+def _federation_result(out: Path) -> dict[str, Any]:
+    """Per-round server evaluation at the hospitals' test patients and the nodes' ledger spend."""
+    from fedclip.federated.simulation import summary
+
+    s = summary(out)
+    rounds = [{"round": r["round"], **{k: r["server"][k] for k in ("balanced-accuracy", "auc") if k in r["server"]}}
+              for r in s["rounds"] if "server" in r]
+    eps = [e["epsilon"] for e in s["ledger"] if e.get("node") != "server" and "epsilon" in e]
+    return {"rounds": rounds, "ledger_epsilon": max(eps) if eps else None, "ledger": s["ledger"]}
+
+
+def _epsilon(fed: Mapping[str, Any], c: StudyConfig, out: Path) -> dict[str, Any]:
+    """The one-run white-box bound of what one hospital ran over the whole federation."""
+    from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon, settings_from_run
+
+    base, data, ft, ledger_eps = settings_from_run(fed["run"])
+    return run_epsilon(prepare(base, data, ft), EpsilonConfig(canaries=c.epsilon_canaries, seed=c.seed), out,
+                       source={"run": fed["run"], "data": str(data)}, ledger_epsilon=ledger_eps)
