@@ -22,8 +22,9 @@ test: $(STAMP) lint
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# the quickstart study: synthetic vs real, DP federated fine-tuning, every audit, one report (runs/quickstart)
 demo: $(STAMP)
-	$(VENV)/bin/fedclip demo --out runs/demo
+	$(VENV)/bin/fedclip experiment run quickstart --out runs/quickstart
 
 bench: $(STAMP)
 	$(PY) benchmarks/synth_throughput.py

@@ -58,7 +58,7 @@ def _eps_lb(audit_dir: str | None) -> dict[str, Any] | None:
 def build(cfg: Any, up: Mapping[str, Any]) -> dict[str, Any]:
     """The study's results document (results.json): the headline rows, ratios and the epsilon sweep."""
     ev = json.loads(Path(up["evaluate"]["results"]).read_text())
-    audits = up["audit"]
+    audits = {name: entry["dir"] for name, entry in up["audit"].items()}
     rows: list[dict[str, Any]] = []
     corpus = up["synthesize"]["corpus"]
     for name in ("synthetic", "private"):

@@ -19,6 +19,7 @@ an interrupted one resumes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -236,7 +237,7 @@ class Study:
         c = self.cfg
         path = self.root / "evaluate" / "results.json"
         if path.exists():
-            return {"results": str(path)}
+            return {"results": str(path), "sha256": _sha256(path)}
         contenders = {"synthetic": models.load_checkpoint(up["pretrain"]["synthetic"]["checkpoint"]),
                       "private": models.load_checkpoint(up["pretrain"]["private"]["checkpoint"]),
                       "untrained": models.create(c.model, seed=c.seed)}
@@ -250,7 +251,7 @@ class Study:
                 "hospitals_zero_shot": evaluate.evaluate_dir(vc, test, (c.task,)),
             }
         io.write_json(path, results)
-        return {"results": str(path)}
+        return {"results": str(path), "sha256": _sha256(path)}
 
     # 5 ------------------------------------------------------------------------------------------
     def federate(self, up: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,13 +329,14 @@ class Study:
                 if not (a / name / "results.json").exists():  # a finished audit of an interrupted stage is kept
                     job(a / name)
                 advance(1)
-        return {name: str(a / name) for name in jobs}
+        # each audit's results digest: the report reruns when an audit's results change
+        return {name: {"dir": str(a / name), "sha256": _sha256(a / name / "results.json")} for name in jobs}
 
     # 7 ------------------------------------------------------------------------------------------
     def report(self, up: Mapping[str, Any]) -> dict[str, Any]:
         doc = headline.build(self.cfg, up)
         io.write_json(self.root / "results.json", doc)
-        paths = headline.render(self.cfg, doc, up["audit"], self.root / "report")
+        paths = headline.render(self.cfg, doc, {k: v["dir"] for k, v in up["audit"].items()}, self.root / "report")
         return {"results": str(self.root / "results.json"), **{k: str(v) for k, v in paths.items()}}
 
     # --------------------------------------------------------------------------------------------
@@ -371,9 +373,16 @@ class Study:
         ]
 
     def run(self, start_from: str | None = None, on_event: Callable[..., None] | None = None) -> dict[str, Any]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        stages = self.stages()
+        if start_from is not None and start_from not in [s.name for s in stages]:
+            raise FedclipError(f"--from {start_from}: no such stage; the stages are "
+                               f"{', '.join(s.name for s in stages)}")
         cfglib.write(self.root / "config.toml", {SECTION: self.cfg})
-        return run_stages(self.root, self.stages(), start_from=start_from, on_event=on_event)
+        return run_stages(self.root, stages, start_from=start_from, on_event=on_event)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _federation_result(out: Path) -> dict[str, Any]:

@@ -32,16 +32,6 @@ def test_errors_are_one_line_and_exit_2(tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    res = runner.invoke(app, ["--quiet", "demo", "--out", str(tmp_path / "run"), "--n", "60", "--steps", "3",
-                              "--rounds", "1", "--json", str(tmp_path / "r.json")])
-    assert res.exit_code == 0, res.output
-    assert "referable_dr" in res.output and "epsilon per client" in res.output
-    assert (tmp_path / "run" / "pretrain" / "checkpoints" / "last" / "model.safetensors").is_file()
-    assert (tmp_path / "run" / "federate" / "ledger.json").is_file()
-    assert (tmp_path / "r.json").is_file()
-
-
 def test_eval_and_predict_errors_are_clear(tmp_path, small_dataset):
     from fedclip import models
 

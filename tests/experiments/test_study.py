@@ -1,0 +1,80 @@
+"""Studies through the CLI: the shipped list, bad input, and a shrunken quickstart end to end (slow)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fedclip.cli.main import app
+from fedclip.experiments.study import StudyConfig, load, shipped
+
+runner = CliRunner()
+
+TINY = ["n_members=96", "n_holdout=96", "n_test=48", "n_external=96", "steps=5", "batch_size=16", "warmup=1",
+        "rounds=1", "local_epochs=1", "fed_batch_size=32", "canaries=2", "epsilon_canaries=50", "mia_refs=2",
+        "tasks=referable_dr"]
+
+
+def sets(items):
+    return [x for item in items for x in ("--set", f"study.{item}")]
+
+
+def test_the_shipped_studies_load_and_are_listed():
+    names = shipped()
+    assert set(names) >= {"quickstart", "epsilon_sweep", "paper_scale"}
+    assert all(line for line in names.values())
+    for name in names:
+        assert isinstance(load(name), StudyConfig)
+    assert load("epsilon_sweep").epsilons[-1] == float("inf")
+    res = runner.invoke(app, ["experiment", "list"])
+    assert res.exit_code == 0 and "quickstart" in res.output and "paper_scale" in res.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["atlantis"], "no shipped study 'atlantis'"),
+    (["quickstart", "--set", "study.stepz=3"], "[study] has no setting(s) stepz"),
+    (["quickstart", "--set", "pretrain.steps=3"], "takes study.NAME=VALUE, not section 'pretrain'"),
+    (["quickstart", "--set", "study.epsilons=0"], "study.epsilons must be positive"),
+    (["quickstart", "--set", "study.federate_models=synthetic,public"], "public is not a model"),
+    (["quickstart", "--from", "training"], "--from training: no such stage"),
+])
+def test_bad_study_input_is_one_line_and_exit_2(tmp_path, args, message):
+    res = runner.invoke(app, ["experiment", "run", *args, "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_a_shrunken_quickstart_runs_end_to_end_and_reruns_only_what_changed(tmp_path):
+    out = tmp_path / "study"
+    res = runner.invoke(app, ["--quiet", "experiment", "run", "quickstart", "--out", str(out), *sets(TINY)])
+    assert res.exit_code == 0, res.output
+    flat = "".join(res.output.split())  # rich wraps long lines at the terminal's width
+    assert "synthetic÷realexternalbalancedaccuracy" in flat and "report/report.pdf" in flat
+    assert "DEPRECATED" not in res.output and "fraction_evaluate" not in res.output
+    doc = json.loads((out / "results.json").read_text())
+    rows = {r["model"]: r for r in doc["rows"]}
+    assert set(rows) == {"synthetic", "private", "synthetic-eps8", "private-eps8"}
+    for name in ("synthetic-eps8", "private-eps8"):
+        assert 0 < rows[name]["ledger_epsilon"] <= 8.0  # spent from each study hospital's own ledger
+        assert rows[name]["epsilon_lb"]["epsilon_lb"] <= rows[name]["epsilon_lb"]["theoretical"]
+        assert (out / "nodes" / name / "client-0").is_dir()
+    for r in rows.values():
+        assert 0 <= r["mia"]["auc"]["value"] <= 1 and r["mia"]["level"] == "patient"
+    mia_synthetic = json.loads((out / "audits" / "mia-synthetic" / "results.json").read_text())
+    assert mia_synthetic["config"]["members_via"] == "generator"
+    mia_private = json.loads((out / "audits" / "mia-private" / "results.json").read_text())
+    assert mia_private["manifest"]["checked"]  # members checked against the real-data model's manifest
+    for kind in ("copying", "dejavu", "exposure"):
+        assert kind in doc["summaries"]
+    assert (out / "report" / "report.pdf").read_bytes().startswith(b"%PDF")
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["study"]["rows"] == doc["rows"] and len(report["audits"]) == 9
+
+    res = runner.invoke(app, ["--quiet", "experiment", "run", "quickstart", "--out", str(out), *sets(TINY),
+                              "--set", "study.mia_refs=4"])
+    assert res.exit_code == 0, res.output
+    skipped = [line.split(":")[0] for line in res.output.splitlines() if "done earlier, skipped" in line]
+    assert skipped == ["data", "synthesize", "pretrain", "evaluate", "federate"]
+    lira = json.loads((out / "audits" / "mia-private-eps8" / "results.json").read_text())
+    assert lira["references"]["count"] == 4
