@@ -24,6 +24,8 @@ def test_the_wheel_installs_and_imports_every_module_without_the_source_tree(tmp
     (wheel,) = (tmp_path / "dist").glob("fedclip-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fedclip/model_configs/visionclip-tiny.json" in names
+    studies = {f"fedclip/experiments/studies/{n}.toml" for n in ("quickstart", "epsilon_sweep", "paper_scale")}
+    assert studies <= set(names)
     modules = sorted(n[:-3].replace("/", ".").removesuffix(".__init__") for n in names
                      if n.endswith(".py") and n.startswith("fedclip/"))
     assert {"fedclip.federated.server_app", "fedclip.federated.client_app", "fedclip.cli.main"} <= set(modules)
