@@ -563,7 +563,7 @@ def experiment_run(
     table = Table(title=f"{doc['task']}: quality at {doc['external_hospital']} (external) and at the hospitals; "
                   "leakage of the private cohort (patient level)")
     for col in CONSOLE_HEADER:
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "model")
     for row in table_rows(doc, compact=True):
         table.add_row(*row)
     console.print(table)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedclip.audits.report import Section, _png  # noqa: E402
 from fedclip.audits.report import render as render_audits
 
-FORMAT = 1  # of results.json: the report stage reruns when it changes
+FORMAT = 2  # of results.json: the report stage reruns when it changes
 
 HEADER = ["model", "pretraining data", "DP ε (ledger, per patient)", "external bal. acc. [95% CI]",
           "external AUC [95% CI]", "bal. acc. at the hospitals", "MIA AUC [95% CI] (patient)",
@@ -131,7 +131,8 @@ def _summaries(other: Mapping[str, Any]) -> dict[str, str]:
     if "dejavu" in other:
         d = other["dejavu"]
         g = d["gap"]
-        out["dejavu"] = (f"déjà-vu ({d['attribute']}): real-data model vs synthetic-data model gap {g['gap']:+.3f} "
+        out["dejavu"] = (f"déjà-vu ({d['attribute']}): real-data model vs a reference pretrained alike on held-out "
+                         f"patients, balanced-accuracy gap {g['gap']:+.3f} "
                          f"[{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]" + (" — memorised" if d["memorised"] else ""))
     if "exposure" in other:
         d = other["exposure"]
@@ -206,6 +207,9 @@ def headline_section(cfg: Any, doc: Mapping[str, Any]) -> Section:
                 f"{row['model']}: federated fine-tuning ended below its zero-shot start at the hospitals "
                 f"({row['hospitals_balanced_accuracy']:.3f} vs {row['hospitals_start']:.3f}); see the ε sweep and "
                 "docs/experiments.md for where it starts to help.")
+    s.paragraphs.append(
+        "A federated model's MIA scores its fine-tuned task head (logit margin of the true class), which is what DP "
+        "fine-tuning protects; what its base model's pretraining leaked stays in it and is that base model's row.")
     s.paragraphs += [f"{k}: {v}." for k, v in doc["summaries"].items()]
     s.tables.append(("one row per model; CIs are 95% bootstrap intervals; the real-data model's pretraining had "
                      "no DP, so DP fine-tuning bounds only what the fine-tuning adds", HEADER, table_rows(doc)))
