@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
 
 from fedclip import __version__, evaluate, io, models
 from fedclip.audits.metrics import percentile_interval
 from fedclip.audits.mia import RESULTS_FILE, AuditError
 from fedclip.data.records import read_metadata
+from fedclip.evaluate import balanced_accuracy
 from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_FINDINGS, DR_GRADE_PHRASES
 
 DEJAVU_FILE = "dejavu.csv"
@@ -95,8 +95,8 @@ def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int, seed
         idx = rng.choice(len(y), len(y))
         if y[idx].min() == y[idx].max():
             continue
-        gaps.append(balanced_accuracy_score(y[idx], a[idx]) - balanced_accuracy_score(y[idx], b[idx]))
-    return {"gap": float(balanced_accuracy_score(y, a) - balanced_accuracy_score(y, b)),
+        gaps.append(balanced_accuracy(y[idx], a[idx]) - balanced_accuracy(y[idx], b[idx]))
+    return {"gap": float(balanced_accuracy(y, a) - balanced_accuracy(y, b)),
             "ci": percentile_interval(gaps, confidence)}
 
 
@@ -143,7 +143,7 @@ def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, p
         "reference": str(reference), "data": {"members": str(members), "public": str(public),
                                                "n_members": len(mem), "n_public": len(pub)},
         "config": asdict(cfg), "attribute": cfg.attribute, "label": label,
-        "balanced_accuracy": {n: float(balanced_accuracy_score(y, p)) for n, p in preds.items()},
+        "balanced_accuracy": {n: float(balanced_accuracy(y, p)) for n, p in preds.items()},
         "gap": gap, "confident_and_right_only_on_target": int(confident_right.sum()),
         "memorised": gap["ci"][0] > 0,
         "method": (f"caption stripped of what it says about {cfg.attribute}; its text embedding retrieves the "

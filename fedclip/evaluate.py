@@ -85,14 +85,19 @@ def image_embeddings(vc: VisionClip, images: Iterable[Image.Image | np.ndarray |
 
 
 # --------------------------------------------------------------------------------------- metrics
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in `y` (scikit-learn), without its warning when a prediction names a
+    class absent from `y`: on small or bootstrap samples that is the normal case, not a fault."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y, pred))
+
+
 def metrics(y: np.ndarray, scores: np.ndarray, ordinal: bool = False) -> dict[str, float]:
     """Balanced accuracy (ACA), macro-F1, AUC (one-vs-rest), and quadratic kappa for ordinal tasks."""
     pred = scores.argmax(1)
     labels = np.arange(scores.shape[1])
-    with warnings.catch_warnings():  # a class predicted but absent from y is part of what balanced accuracy scores
-        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
-        balanced = float(balanced_accuracy_score(y, pred))
-    out = {"balanced_accuracy": balanced,
+    out = {"balanced_accuracy": balanced_accuracy(y, pred),
            "macro_f1": float(f1_score(y, pred, average="macro", labels=labels[np.isin(labels, y)],
                                       zero_division=0))}
     present = np.unique(y)
@@ -189,7 +194,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         for c in (0.01, 0.1, 1.0, 10.0, 100.0):
             clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
             clf.fit(train_x[fit_i], train_y[fit_i])
-            score = balanced_accuracy_score(train_y[val_i], clf.predict(train_x[val_i]))
+            score = balanced_accuracy(train_y[val_i], clf.predict(train_x[val_i]))
             if score > best:
                 best_c, best = c, score
     clf = LogisticRegression(C=best_c, class_weight="balanced", max_iter=2000).fit(train_x, train_y)
