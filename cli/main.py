@@ -559,6 +559,9 @@ def experiment_run(
         outputs = Study(cfg, root, verbose=verbose).run(start_from=from_, on_event=event)
     except FedclipError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; run the same command to resume ({root})")
+        raise typer.Exit(130) from None
     doc = json.loads(Path(outputs["report"]["results"]).read_text())
     table = Table(title=f"{doc['task']}: quality at {doc['external_hospital']} (external) and at the hospitals; "
                   "leakage of the private cohort (patient level)")

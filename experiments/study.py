@@ -232,7 +232,6 @@ class Study:
             finished = (last / "config.json").exists() and \
                 models.read_checkpoint_config(last)["provenance"].get("steps") == c.steps
             if not finished:
-                cfglib.write(RunDir(run).config, {"pretrain": pcfg})
                 pretrain(pcfg, run, resume=(last / "train_state").exists())
             out[name] = {"run": str(run), **_checkpoint(last)}
         return out
