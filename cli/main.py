@@ -553,9 +553,9 @@ def experiment_run(
         else:
             console.print(f"[dim]{stage.name}: {seconds:.0f} s[/]")
 
+    root = out or Path("runs") / Path(study).stem
     try:
         cfg = load(study, tuple(set_ or ()))
-        root = out or Path("runs") / Path(study).stem
         outputs = Study(cfg, root, verbose=verbose).run(start_from=from_, on_event=event)
     except FedclipError as e:
         _fail(e)
