@@ -78,7 +78,9 @@ def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = N
             server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg, nodes),
             num_supernodes=cfg.clients,
             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                            "init_args": {"num_cpus": cpus, "include_dashboard": False}},
+                            # workers' own log lines (Opacus' empty-batch note, actor shutdown) stay in Ray's
+                            # session logs unless --verbose; a node's errors reach the server as replies
+                            "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose}},
         )
     return {**summary(cfg.out), "nodes": node_ledgers(nodes.state_root, cfg.clients)}
 

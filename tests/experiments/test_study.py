@@ -84,7 +84,7 @@ def test_a_shrunken_quickstart_runs_end_to_end_and_reruns_only_what_changed(tmp_
 def test_paper_scale_runs_its_own_code_path_with_tiny_sizes(tmp_path):
     """visionclip-base at 224 px input, a trained transformer block, LiRA: only the sizes (images, steps, rounds,
     reference models, canaries) are shrunk. ~8 minutes on 2 CPU cores: the base model's forward passes dominate."""
-    tiny = ["n_members=24", "n_holdout=24", "n_test=16", "n_external=96", "size=64", "steps=2", "batch_size=8",
+    tiny = ["n_members=48", "n_holdout=48", "n_test=16", "n_external=96", "size=64", "steps=2", "batch_size=8",
             "warmup=1", "rounds=1", "fed_batch_size=16", "mia_refs=2", "epsilon_canaries=20", "workers=1",
             "tasks=referable_dr"]
     cfg = load("paper_scale", tuple(f"study.{x}" for x in tiny))
