@@ -41,7 +41,7 @@ class Section:
     figures: list[tuple[str, bytes]] = field(default_factory=list)  # caption, PNG
 
 
-def _png(fig: Any) -> bytes:
+def figure_png(fig: Any) -> bytes:
     buf = stdio.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
@@ -127,7 +127,7 @@ def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
     ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false-positive rate",
            ylabel="true-positive rate", title=f"ROC, {level} level (log-log)")
     ax.legend(fontsize=7)
-    s.figures.append((f"ROC curves at the {level} level; the dotted line is guessing.", _png(fig)))
+    s.figures.append((f"ROC curves at the {level} level; the dotted line is guessing.", figure_png(fig)))
     scores = _read_scores(audit_dir)
     attack, _ = _best(doc)
     rows = [r for r in scores if r["attack"] == attack]
@@ -137,7 +137,7 @@ def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
             ax.hist([float(r["score"]) for r in rows if int(r["member"]) == m], bins=30, alpha=0.6, label=lab)
         ax.set(xlabel=f"{attack} score", ylabel="images", title="score distributions")
         ax.legend(fontsize=7)
-        s.figures.append((f"Scores of the strongest attack ({attack}), image level.", _png(fig)))
+        s.figures.append((f"Scores of the strongest attack ({attack}), image level.", figure_png(fig)))
         if not redact:
             top = sorted((r for r in rows if int(r["member"]) == 1), key=lambda r: -float(r["score"]))[:6]
             s.tables.append(("the most exposed members (highest scores)", ["record", "patient", "hospital", "score"],
@@ -183,7 +183,7 @@ def _thumbnails(doc: dict[str, Any], top: list[dict[str, str]]) -> bytes | None:
             ax.imshow(im.convert("RGB"))
         ax.set_title(f"{Path(r['record']).name}\n{float(r['score']):.2f}", fontsize=6)
         ax.axis("off")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def epsilon_section(doc: dict[str, Any], redact: bool) -> Section:
@@ -244,7 +244,7 @@ def copying_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Secti
     ax.set(xlabel="distance to the nearest training image", ylabel="density", title="distance to closest record")
     ax.legend(fontsize=7)
     s.figures.append(("Distance to the closest training image: a copying generator puts synthetic images left of "
-                      "the fresh patients.", _png(fig)))
+                      "the fresh patients.", figure_png(fig)))
     pairs = _copy_pairs(doc, audit_dir) if not redact else None
     if pairs:
         s.figures.append(("The closest synthetic-training pairs (synthetic left, training image right), most "
@@ -288,7 +288,7 @@ def exposure_section(doc: dict[str, Any], redact: bool) -> Section:
     ax.set(xlabel="times each canary was repeated", ylabel="exposure (bits)", title="canary exposure")
     ax.legend(fontsize=7)
     s.figures.append(("Exposure of planted canaries by repeat count; the dotted line is never-trained controls.",
-                      _png(fig)))
+                      figure_png(fig)))
     return s
 
 
@@ -341,7 +341,7 @@ def _copy_pairs(doc: dict[str, Any], audit_dir: Path, n: int = 4) -> bytes | Non
         flag = " flagged" if r["flagged"] == "1" else ""
         left.set_title(f"{a.name}{flag}", fontsize=6)
         right.set_title(f"{b.name}, d = {float(r['distance']):.3f}", fontsize=6)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
@@ -383,7 +383,7 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
         ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false-positive rate",
                ylabel="true-positive rate", title="strongest attack per model")
         ax.legend(fontsize=6)
-        s.figures.append(("ROC of the strongest attack on each model (log-log).", _png(fig)))
+        s.figures.append(("ROC of the strongest attack on each model (log-log).", figure_png(fig)))
     eps = [d for d in docs if d["kind"] == "epsilon"]
     if eps:
         fig, ax = plt.subplots(figsize=(4.6, 3.0))
@@ -392,7 +392,7 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
         ax.bar(x + 0.2, [d["epsilon_lb"] for d in eps], 0.4, label="ε lower bound")
         ax.set_xticks(x, [_label(d, redact) for d in eps], fontsize=6, rotation=15)
         ax.legend(fontsize=7)
-        s.figures.append(("Empirical lower bounds against the accountant's epsilon.", _png(fig)))
+        s.figures.append(("Empirical lower bounds against the accountant's epsilon.", figure_png(fig)))
     return s
 
 

@@ -8,15 +8,18 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedclip.audits.report import Section, _png  # noqa: E402
-from fedclip.audits.report import render as render_audits
+from fedclip.audits.report import Section, figure_png  # noqa: E402
+from fedclip.audits.report import render as render_audits  # noqa: E402
+
+if TYPE_CHECKING:  # the study module imports this one
+    from fedclip.experiments.study import StudyConfig
 
 FORMAT = 2  # of results.json: the report stage reruns when it changes
 
@@ -55,7 +58,7 @@ def _eps_lb(audit_dir: str | None) -> dict[str, Any] | None:
                    f"{doc['config']['confidence']:.0%} confidence"}
 
 
-def build(cfg: Any, up: Mapping[str, Any]) -> dict[str, Any]:
+def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
     """The study's results document (results.json): the headline rows, ratios and the epsilon sweep."""
     ev = json.loads(Path(up["evaluate"]["results"]).read_text())
     audits = {name: entry["dir"] for name, entry in up["audit"].items()}
@@ -185,10 +188,10 @@ def _sweep_figure(doc: Mapping[str, Any]) -> bytes | None:
         ax.set_xlabel("ledger ε per patient (rightmost: no DP)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=6)
-    return _png(fig)
+    return figure_png(fig)
 
 
-def headline_section(cfg: Any, doc: Mapping[str, Any]) -> Section:
+def headline_section(cfg: StudyConfig, doc: Mapping[str, Any]) -> Section:
     s = Section("Headline: synthetic vs real pretraining, with and without DP federated fine-tuning")
     r = doc["ratios"]
     s.paragraphs.append(
@@ -219,7 +222,7 @@ def headline_section(cfg: Any, doc: Mapping[str, Any]) -> Section:
     return s
 
 
-def render(cfg: Any, doc: Mapping[str, Any], audits: Mapping[str, str], out: Path) -> dict[str, Path]:
+def render(cfg: StudyConfig, doc: Mapping[str, Any], audits: Mapping[str, str], out: Path) -> dict[str, Path]:
     dirs = [Path(p) for p in audits.values()]
     return render_audits(dirs, out, title="fedclip study: synthetic vs real data, with and without DP",
                          lead=[headline_section(cfg, doc)], labels=list(audits), extra={"study": doc})

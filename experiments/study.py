@@ -32,7 +32,7 @@ from fedclip import evaluate, io, models
 from fedclip.data.records import METADATA_FILE, fingerprint, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.experiments import headline
-from fedclip.experiments.runner import Stage, run_stages
+from fedclip.experiments.runner import STAGES_DIR, Stage, run_stages
 from fedclip.run import RunDir
 
 STUDIES_DIR = Path(__file__).parent / "studies"
@@ -383,6 +383,11 @@ class Study:
         if start_from is not None and start_from not in [s.name for s in stages]:
             raise FedclipError(f"--from {start_from}: no such stage; the stages are "
                                f"{', '.join(s.name for s in stages)}")
+        if self.root.is_dir() and not (self.root / STAGES_DIR).is_dir() and \
+                any(p.name != "config.toml" for p in self.root.iterdir()):
+            # a rerun or a change clears a stage's folders (data/, pretrain/, ...): never in someone else's dir
+            raise FedclipError(f"{self.root} is not empty and holds no study; choose a new --out (a study writes "
+                               "data/, pretrain/, federate/, audits/ ... into it)")
         cfglib.write(self.root / "config.toml", {SECTION: self.cfg})
         return run_stages(self.root, stages, start_from=start_from, on_event=on_event)
 

@@ -44,6 +44,14 @@ def test_bad_study_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in res.output and "Traceback" not in res.output
 
 
+def test_a_study_never_writes_into_a_folder_that_is_not_a_study(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.txt").write_text("a user's own file")
+    res = runner.invoke(app, ["experiment", "run", "quickstart", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "is not empty and holds no study" in res.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "mine.txt"]
+
+
 @pytest.mark.slow
 def test_a_shrunken_quickstart_runs_end_to_end_and_reruns_only_what_changed(tmp_path):
     out = tmp_path / "study"

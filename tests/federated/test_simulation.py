@@ -108,6 +108,7 @@ def test_nan_and_wrong_shape_updates_are_rejected_and_the_rest_aggregated(federa
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
+@pytest.mark.slow  # a real process killed mid-run and two Ray simulations: ~70 s, an end-to-end fault test
 def test_a_killed_server_resumes_after_its_last_completed_round(federation, tmp_path):
     base, cfg, _ = federation
     out = tmp_path / "killed"
