@@ -97,3 +97,33 @@ def test_a_pretrained_target_checks_its_member_manifest(cohort, tmp_path):
     (run / "members.csv").write_text((run / "members.csv").read_text() + "x.png,p,h\n")
     with pytest.raises(AuditError, match="altered"):
         run_mia(target, tmp_path / "m1", d["nonmembers"], None, MiaConfig(attacks=("loss",)), tmp_path / "d")
+
+
+def test_the_manifest_check_knows_a_record_by_path_and_patient(tmp_path):
+    """Two dataset dirs both hold images/0000/00000000.png: a non-member from the other dir is not a member."""
+    import hashlib
+
+    from fedclip.audits.mia import check_manifest
+    from fedclip.data.records import Record, manifest_text
+
+    def rec(patient):
+        return Record("images/0000/00000000.png", "a fundus photograph", {}, {"patient_id": patient})
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "last").mkdir(parents=True)
+    text = manifest_text([rec("RIV0-0000000")])
+    (run / "members.csv").write_text(text)
+    provenance = {"members": "members.csv", "members_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    target = run / "checkpoints" / "last"
+    assert check_manifest(target, provenance, [rec("RIV0-0000000")], [rec("RIV1-0000000")])["checked"]
+    with pytest.raises(AuditError, match="1 non-member"):
+        check_manifest(target, provenance, [rec("RIV0-0000000")], [rec("RIV0-0000000")])
+    with pytest.raises(AuditError, match="1 member"):
+        check_manifest(target, provenance, [rec("RIV1-0000000")], [])
+
+
+def test_members_via_is_checked(tmp_path, cohort):
+    root, base, dirs = cohort
+    with pytest.raises(AuditError, match="members_via 'pixels': use training or generator"):
+        run_mia(base, dirs["members"], dirs["nonmembers"], None, MiaConfig(attacks=("loss",), members_via="pixels"),
+                tmp_path / "audit")
