@@ -53,7 +53,7 @@ def _ci(entry: dict[str, Any], key: str) -> str:
     return f"{entry[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _best(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def strongest_attack(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     level = doc["level"]
     return max(((a, e[level]) for a, e in doc["attacks"].items()), key=lambda x: x[1]["auc"])
 
@@ -71,7 +71,7 @@ def _label(doc: dict[str, Any], redact: bool) -> str:
 
 
 def _verdict(doc: dict[str, Any]) -> str:
-    attack, e = _best(doc)
+    attack, e = strongest_attack(doc)
     lo, hi = e["ci"]["auc"]
     how = f"{int(doc['config']['confidence'] * 100)}% confidence interval"
     if lo <= 0.5 <= hi:
@@ -129,7 +129,7 @@ def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
     ax.legend(fontsize=7)
     s.figures.append((f"ROC curves at the {level} level; the dotted line is guessing.", figure_png(fig)))
     scores = _read_scores(audit_dir)
-    attack, _ = _best(doc)
+    attack, _ = strongest_attack(doc)
     rows = [r for r in scores if r["attack"] == attack]
     if rows:
         fig, ax = plt.subplots(figsize=(4.6, 3.0))
@@ -349,7 +349,7 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
     rows = []
     for d in docs:
         if d["kind"] == "mia":
-            attack, e = _best(d)
+            attack, e = strongest_attack(d)
             rows.append([_label(d, redact), d["target"]["stage"], "yes" if d["target"].get("dp") else "no",
                          _eps_text(d["target"].get("ledger_epsilon")), attack, _ci(e, "auc"), _ci(e, "tpr@0.01")])
         elif d["kind"] == "epsilon":
@@ -376,7 +376,7 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
     if mias:
         fig, ax = plt.subplots(figsize=(4.6, 4.0))
         for d in mias:
-            attack, e = _best(d)
+            attack, e = strongest_attack(d)
             ax.plot(np.maximum(e["roc"][0], 1e-4), np.maximum(e["roc"][1], 1e-4),
                     label=f"{_label(d, redact)} ({attack}, AUC {e['auc']:.2f})")
         ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)

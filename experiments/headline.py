@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedclip.audits.report import Section, figure_png  # noqa: E402
+from fedclip.audits.mia import load_results  # noqa: E402
+from fedclip.audits.report import Section, figure_png, strongest_attack  # noqa: E402
 from fedclip.audits.report import render as render_audits  # noqa: E402
 
 if TYPE_CHECKING:  # the study module imports this one
@@ -38,21 +39,23 @@ def _metric(entry: Mapping[str, Any], key: str, ci_key: str = "ci95") -> dict[st
     return {"value": entry.get(key), "ci": list(ci) if ci else None}
 
 
-def _mia(audit_dir: str | None) -> dict[str, Any] | None:
-    if not audit_dir or not (Path(audit_dir) / "results.json").exists():
+def _results(audits: Mapping[str, str], name: str) -> dict[str, Any] | None:
+    """An audit's results.json, or None where the study ran no such audit."""
+    return load_results(audits[name]) if name in audits else None
+
+
+def _mia(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
         return None
-    doc = json.loads((Path(audit_dir) / "results.json").read_text())
-    level = doc["level"]
-    attack, e = max(((a, x[level]) for a, x in doc["attacks"].items()), key=lambda t: t[1]["auc"])
-    return {"attack": attack, "level": level, "auc": {"value": e["auc"], "ci": e["ci"]["auc"]},
+    attack, e = strongest_attack(doc)
+    return {"attack": attack, "level": doc["level"], "auc": {"value": e["auc"], "ci": e["ci"]["auc"]},
             "tpr@0.01": {"value": e["tpr@0.01"], "ci": e["ci"]["tpr@0.01"]},
             "confounded": bool(doc["confound"].get("confounded"))}
 
 
-def _eps_lb(audit_dir: str | None) -> dict[str, Any] | None:
-    if not audit_dir or not (Path(audit_dir) / "results.json").exists():
+def _eps_lb(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
         return None
-    doc = json.loads((Path(audit_dir) / "results.json").read_text())
     return {"epsilon_lb": doc["epsilon_lb"], "theoretical": doc["theoretical"]["epsilon"],
             "how": f"{doc['threat']} {doc['method']}, {doc['config']['canaries']} canaries, "
                    f"{doc['config']['confidence']:.0%} confidence"}
@@ -76,7 +79,7 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
             "ledger_epsilon": None,
             "external": {"balanced_accuracy": _metric(ext, "balanced_accuracy"), "auc": _metric(ext, "auc")},
             "hospitals_balanced_accuracy": hosp["balanced_accuracy"],
-            "mia": _mia(audits.get(f"mia-{name}")), "epsilon_lb": None,
+            "mia": _mia(_results(audits, f"mia-{name}")), "epsilon_lb": None,
         })
     for name, fed in up["federate"].items():
         start = fed["rounds"][0].get("balanced-accuracy") if fed["rounds"] else None
@@ -92,7 +95,8 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
                          "auc": _metric(fed["external"], "auc")},
             "hospitals_balanced_accuracy": end, "hospitals_start": start,
             "finetuning_helped": None if start is None or end is None else end >= start,
-            "mia": _mia(audits.get(f"mia-{name}")), "epsilon_lb": _eps_lb(audits.get(f"epsilon-{name}")),
+            "mia": _mia(_results(audits, f"mia-{name}")),
+            "epsilon_lb": _eps_lb(_results(audits, f"epsilon-{name}")),
         })
     by = {r["model"]: r for r in rows}
     ratios: dict[str, Any] = {
@@ -103,13 +107,9 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
         "epsilon_lb_over_ledger": {r["model"]: r["epsilon_lb"]["epsilon_lb"] / r["ledger_epsilon"]
                                    for r in rows if r["epsilon_lb"] and r["ledger_epsilon"]},
     }
-    other = {}
-    for kind in ("copying", "dejavu", "exposure"):
-        path = audits.get(kind)
-        if path and (Path(path) / "results.json").exists():
-            other[kind] = json.loads((Path(path) / "results.json").read_text())
+    other = {kind: doc for kind in ("copying", "dejavu", "exposure") if (doc := _results(audits, kind)) is not None}
     return {"kind": "study", "format": FORMAT, "task": cfg.task, "external_hospital": cfg.external_hospital,
-            "hospitals": ", ".join(h.strip() for h in cfg.hospitals.split(",")), "rows": rows, "ratios": ratios,
+            "hospitals": ", ".join(cfg.hospital_names), "rows": rows, "ratios": ratios,
             "privacy_unit": "patient; add/remove-one patient; Opacus RDP accountant via each node's ledger",
             "summaries": _summaries(other), "config": {k: str(v) for k, v in vars(cfg).items()}}
 

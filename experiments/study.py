@@ -96,6 +96,10 @@ class StudyConfig:
     workers: int = 2
     seed: int = 0  # the study's data and initialisation; never DP noise or sampling
 
+    @property
+    def hospital_names(self) -> tuple[str, ...]:
+        return tuple(h.strip() for h in self.hospitals.split(",") if h.strip())
+
     def __post_init__(self) -> None:
         unknown = sorted(set(self.federate_models) - {"synthetic", "private"})
         if unknown:
@@ -248,10 +252,11 @@ class Study:
         external, test = up["data"]["external"]["dir"], up["data"]["test"]["dir"]
         results: dict[str, Any] = {}
         for name, vc in contenders.items():
+            feats = evaluate.dir_embeddings(vc, external)  # once for both modes
             results[name] = {
-                "external_zero_shot": evaluate.evaluate_dir(vc, external, c.tasks),
+                "external_zero_shot": evaluate.evaluate_dir(vc, external, c.tasks, feats=feats),
                 "external_linear_probe": evaluate.evaluate_dir(vc, external, c.tasks, mode="linear-probe",
-                                                               seed=c.seed) if c.probe else [],
+                                                               seed=c.seed, feats=feats) if c.probe else [],
                 "hospitals_zero_shot": evaluate.evaluate_dir(vc, test, (c.task,)),
             }
         io.write_json(path, results)
@@ -264,14 +269,13 @@ class Study:
         from fedclip.federated.task import FederateConfig
 
         c = self.cfg
-        hospitals = [h.strip() for h in c.hospitals.split(",") if h.strip()]
         finite = [e for e in c.epsilons if not math.isinf(e)]
         out = {}
         for name, model, eps in federation_names(c):
             dp = not math.isinf(eps)
             fed = FederateConfig(checkpoint=Path(up["pretrain"][model]["checkpoint"]),
                                  data=Path(up["data"]["members"]["dir"]), eval_data=Path(up["data"]["test"]["dir"]),
-                                 out=self.root / "federate" / name, clients=len(hospitals), rounds=c.rounds,
+                                 out=self.root / "federate" / name, clients=len(c.hospital_names), rounds=c.rounds,
                                  partitioning="hospital", task=c.task, train_blocks=c.train_blocks,
                                  local_epochs=c.local_epochs, batch_size=c.fed_batch_size, lr=c.fed_lr,
                                  optimizer=c.fed_optimizer, dp=dp,

@@ -207,15 +207,23 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
             "k_shot": k_shot, **metrics(test_y, scores, ordinal), "ci95": bootstrap_ci(test_y, scores, ordinal, n_boot)}
 
 
+def dir_embeddings(vc: VisionClip, data: str | Path, device: str = "cpu") -> torch.Tensor:
+    """Image features of a dataset dir's records, in order (pass them to `evaluate_dir` for several modes)."""
+    return image_embeddings(vc, [r.path(data) for r in read_metadata(data)], device=device)
+
+
 def evaluate_dir(vc: VisionClip, data: str | Path, task_names: Sequence[str], mode: str = "zero-shot",
-                 k_shot: int | None = None, seed: int = 0, device: str = "cpu", n_boot: int = 200) -> list[dict]:
-    """Evaluate a model on a dataset dir; image features are computed once for all tasks."""
+                 k_shot: int | None = None, seed: int = 0, device: str = "cpu", n_boot: int = 200,
+                 feats: torch.Tensor | None = None) -> list[dict]:
+    """Evaluate a model on a dataset dir; image features are computed once for all tasks (or `feats`, from
+    `dir_embeddings`, are used)."""
     if mode not in ("zero-shot", "linear-probe"):
         raise FedclipError(f"unknown mode {mode!r}; use zero-shot or linear-probe")
     records = read_metadata(data)
     labels = [r.labels for r in records]
     tasks = [task(n) for n in task_names if n != "retrieval"]
-    feats = image_embeddings(vc, [r.path(data) for r in records], device=device)
+    if feats is None:
+        feats = image_embeddings(vc, [r.path(data) for r in records], device=device)
     results = []
     if "retrieval" in task_names:  # image <-> caption recall@k over the whole set
         texts = torch.cat([text_embeddings(vc, [r.caption for r in records[i:i + 256]], device)

@@ -61,19 +61,18 @@ def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = N
     from flwr.simulation import run_simulation
 
     cfg = _absolute(cfg)
-    with _quiet_flower(verbose):  # preflight builds the strategy, which logs
+    with _quiet_flower(verbose):  # from preflight on: it builds the strategy, which logs
         preflight(cfg, resume)
-    nodes = SimulatedNodes(Path(state_root or default_state_root()).resolve(),
-                           policies or [policylib.NodePolicy()] * cfg.clients)
-    if len(nodes.policies) != cfg.clients:
-        raise FedclipError(f"{len(nodes.policies)} node policies for {cfg.clients} clients")
-    cpus = num_cpus or os.cpu_count() or 1
-    if not verbose:
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences Ray's GPU-env FutureWarning
-    # Flower 1.42 deprecates run_simulation for `flwr run`, which has no in-process form: it starts a
-    # SuperLink and imports the apps from a FAB by name. The study and `fedclip federate` hand the engine
-    # app objects built here (node policies, state dirs), so the in-process engine is the right tool.
-    with _quiet_flower(verbose):
+        nodes = SimulatedNodes(Path(state_root or default_state_root()).resolve(),
+                               policies or [policylib.NodePolicy()] * cfg.clients)
+        if len(nodes.policies) != cfg.clients:
+            raise FedclipError(f"{len(nodes.policies)} node policies for {cfg.clients} clients")
+        cpus = num_cpus or os.cpu_count() or 1
+        if not verbose:
+            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences Ray's GPU-env FutureWarning
+        # Flower 1.42 deprecates run_simulation for `flwr run`, which has no in-process form: it starts a
+        # SuperLink and imports the apps from a FAB by name. The study and `fedclip federate` hand the engine
+        # app objects built here (node policies, state dirs), so the in-process engine is the right tool.
         run_simulation(
             server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg, nodes),
             num_supernodes=cfg.clients,
