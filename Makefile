@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedclip-installed
 
-.PHONY: test test-slow demo lint bench clean
+.PHONY: test test-slow demo lint bench flwr-config clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-slow: $(STAMP)
 # the quickstart study: synthetic vs real, DP federated fine-tuning, every audit, one report (runs/quickstart)
 demo: $(STAMP)
 	$(VENV)/bin/fedclip experiment run quickstart --out runs/quickstart
+
+# pyproject's [tool.flwr.app.config] from FederateConfig's defaults (a test checks they agree)
+flwr-config: $(STAMP)
+	$(PY) scripts/flwr_app_config.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/synth_throughput.py

@@ -1,7 +1,7 @@
 """Empirical epsilon: does the DP fine-tuning a federation runs leak no more than its ledger says?
 
 The audited training is what one hospital runs over a whole federation, done in one go:
-`local_epochs x rounds` epochs of DP-SGD on the node's data with the federation's settings, the noise
+`finetune.epochs x rounds` epochs of DP-SGD on the node's data with the federation's settings, the noise
 calibrated for the run's (epsilon, delta) by the same accountant. Its theoretical epsilon (computed
 for exactly that training: sigma, q, steps, delta) is shown next to every lower bound.
 

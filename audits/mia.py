@@ -19,7 +19,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -110,18 +110,16 @@ def check_manifest(target: Path, provenance: dict[str, Any], members: list[Recor
 
 
 def finetune_settings(fed: dict[str, Any]) -> FinetuneConfig:
-    """The fine-tuning one node runs over a whole federation, in one go (from a federation's settings dict)."""
-    defaults = FinetuneConfig()
-    prior = fed.get("class_prior")
-    if isinstance(prior, str):
-        prior = tuple(float(x) for x in prior.strip("()[]").split(",") if x.strip())
-    return FinetuneConfig(task=fed["task"], train_blocks=int(fed["train_blocks"]), lora_rank=int(fed["lora_rank"]),
-                          epochs=int(fed["local_epochs"]) * int(fed["rounds"]), batch_size=int(fed["batch_size"]),
-                          lr=float(fed["lr"]), optimizer=str(fed.get("optimizer", "sgd")), dp=bool(fed["dp"]),
-                          epsilon=float(fed["epsilon"]), delta=float(fed["delta"]), rounds=1,
-                          max_grad_norm=float(fed.get("max_grad_norm", defaults.max_grad_norm)),
-                          grad_sample_mode=str(fed.get("grad_sample_mode", defaults.grad_sample_mode)),
-                          class_prior=tuple(prior) if prior else None)
+    """The fine-tuning one node runs over a whole federation, in one go, from a federation's resolved
+    `[federate]` table (a checkpoint's provenance or a run's config.toml: every default written out)."""
+    from fedclip import config as cfglib
+
+    if not isinstance(fed.get("finetune"), dict) or "rounds" not in fed:
+        raise AuditError("the federation's settings have no [federate.finetune] table: it was run by an older "
+                         "fedclip; federate again with this version to audit it")
+    ft = cfglib.build(FinetuneConfig, fed["finetune"], "federate.finetune")
+    # per image: the reference and canary trainers have no patient grouping (yet); results say "per image"
+    return replace(ft, epochs=ft.epochs * int(fed["rounds"]), rounds=1, unit="image")
 
 
 def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, population: str | Path | None,

@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from fedclip import models
@@ -39,15 +40,15 @@ def main() -> None:
                3 * args.per_hospital, workers=2)
         ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp / "ckpt")
         cfg = FederateConfig(checkpoint=ckpt, data=tmp / "data", out=tmp / "sim", rounds=args.rounds,
-                             client_eval=False, epsilon=50.0)
+                             client_eval=False).with_finetune(epsilon=50.0)
         policies = [NodePolicy(max_epsilon=50.0)] * 3  # the hospitals allow the benchmark's budget
         simulate(cfg, state_root=tmp / "sim-nodes", policies=policies)
         stamps = [json.loads(line)["time"] for line in (tmp / "sim" / "metrics.jsonl").read_text().splitlines()]
         sim_round = statistics.mean(b - a for a, b in zip(stamps[1:-1], stamps[2:], strict=True))
 
-        local_cfg = FederateConfig(**{**cfg.__dict__, "out": tmp / "local"})
+        local_cfg = replace(cfg, out=tmp / "local")
         vc = load_global(local_cfg, None)
-        arrays = {k: vc.model.state_dict()[k] for k in trained_keys(vc, cfg.train_blocks)}
+        arrays = {k: vc.model.state_dict()[k] for k in trained_keys(vc, cfg.finetune.train_blocks)}
         times = []
         for r in range(1, args.rounds + 1):
             start = time.perf_counter()

@@ -10,18 +10,17 @@ non-members and an external hospital; a briefly pretrained visionclip-tiny is fi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from fedclip import config as cfglib  # noqa: E402
 from fedclip import evaluate, models, tasks  # noqa: E402
 from fedclip.audits.mia import MiaConfig, run_mia  # noqa: E402
 from fedclip.data.records import read_metadata  # noqa: E402
@@ -65,12 +64,10 @@ def main() -> None:
                                 unit="patient" if unit == "patient" else "image", rounds=1)
             vc = models.load_checkpoint(base)
             finetune(vc, tokens, torch.from_numpy(y), ft, patients=patients)
-            fed = FederateConfig(checkpoint=base, data=d["members"], dp=dp, epsilon=eps or 8.0, train_blocks=1,
-                                 local_epochs=args.epochs, rounds=1, batch_size=ft.batch_size, lr=1e-3,
-                                 optimizer="adamw", unit=ft.unit)
+            fed = FederateConfig(checkpoint=base, data=d["members"], rounds=1, finetune=ft)
             name = f"{unit}-{eps}"
-            target = models.save_checkpoint(vc, root / name, provenance={"stage": "federate", "federate": json.loads(
-                json.dumps(asdict(fed), default=str))})
+            target = models.save_checkpoint(vc, root / name, provenance={"stage": "federate",
+                                                                            "federate": cfglib.plain(fed)})
             mia = run_mia(target, d["members"], d["nonmembers"], None, MiaConfig(attacks=("loss",), n_boot=300),
                           root / f"audit-{name}")
             util = evaluate.zero_shot(vc, [r.path(root / "external") for r in ext], [r.labels for r in ext],

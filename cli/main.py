@@ -234,8 +234,10 @@ def federate(
     task: Annotated[str | None, typer.Option(help="Fine-tuning task (see `fedclip eval --help`).")] = None,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP-SGD (baseline only).")] = False,
     config: Annotated[Path | None, typer.Option(help="TOML file with a [federate] table.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: federate.NAME=VALUE (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the federation in --out after its last round.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override: federate.NAME=VALUE or federate.finetune.NAME=VALUE (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the federation in --out after its last round, with its config.toml.")] = False,
     state_dir: Annotated[Path | None, typer.Option(
         help="Where the simulated hospitals keep their lifetime ledgers (default $FEDCLIP_HOME/nodes, "
              "~/.fedclip/nodes); outlives --out.")] = None,
@@ -250,16 +252,18 @@ def federate(
     from fedclip.federated.task import FederateConfig
 
     try:
+        if resume and config is None and out is not None and (out / "config.toml").exists():
+            config = out / "config.toml"  # continue with the run's own settings (flags still override)
         cfg = cfglib.load(FederateConfig, "federate", config, set_ or (), checkpoint=checkpoint, data=data,
-                          eval_data=eval_data, out=out, clients=clients, rounds=rounds, epsilon=epsilon,
-                          delta=delta, strategy=strategy, partitioning=partitioning, task=task,
-                          dp=False if no_dp else None)
+                          eval_data=eval_data, out=out, clients=clients, rounds=rounds, strategy=strategy,
+                          partitioning=partitioning, resume=resume or None,
+                          **{"finetune.epsilon": epsilon, "finetune.delta": delta, "finetune.task": task,
+                             "finetune.dp": False if no_dp else None})
         policies = policylib.load_simulated(policy, cfg.clients)
-        summary = simulate(cfg, resume=resume, verbose=verbose, state_root=state_dir, policies=policies)
-        cfglib.write(Path(cfg.out) / "config.toml", {"federate": cfg})
+        summary = simulate(cfg, verbose=verbose, state_root=state_dir, policies=policies)
     except FedclipError as e:
         _fail(e)
-    table = Table(title=f"{cfg.strategy}, {cfg.clients} hospitals, task {cfg.task}")
+    table = Table(title=f"{cfg.strategy}, {cfg.clients} hospitals, task {cfg.finetune.task}")
     for col in ("round", "server balanced acc.", "nodes (status, ε)"):
         table.add_column(col)
     reasons = {}

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,37 @@ from fedclip.data.records import METADATA_FILE, fingerprint, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.experiments import headline
 from fedclip.experiments.runner import STAGES_DIR, Stage, run_stages
+from fedclip.federated.task import FederateConfig, federated_finetune
+from fedclip.pretrain import PretrainConfig
 from fedclip.run import RunDir
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 SECTION = "study"
+
+
+def study_pretrain() -> PretrainConfig:
+    """How both models pretrain by default: quickstart scale (`[study.pretrain]` changes it)."""
+    return PretrainConfig(model="visionclip-tiny", steps=150, batch_size=64, lr=1e-3, warmup=15)
+
+
+def study_federate() -> FederateConfig:
+    """Each federation's settings by default (`[study.federate]`, `[study.federate.finetune]`). Measured on
+    the quickstart (docs/experiments.md): SGD at lr 1.0, or no class prior, drives the DP head to the
+    majority class (balanced accuracy 0.84 -> 0.50); AdamW at 1e-3 with the prior ends above the start.
+    The prior is public: referable DR in about 1 in 10 people with diabetes (a published figure, not the
+    cohort's); set it for another task, or none."""
+    return FederateConfig(rounds=3, finetune=replace(federated_finetune(), optimizer="adamw", lr=1e-3,
+                                                     class_prior=(0.9, 0.1)))
+
+
+PRETRAIN_OWNED = {"data": "the study (members, synthetic corpus, held-out patients)", "synth": "the study",
+                  "init": "the study", "seed": "study.seed"}
+FEDERATE_OWNED = {"checkpoint": "the study (each model's pretrained checkpoint)", "data": "the study",
+                  "eval_data": "the study", "out": "the study", "resume": "the study",
+                  "clients": "study.hospitals", "partitioning": "the study (one client per hospital)",
+                  "seed": "study.seed", "finetune.task": "study.task", "finetune.dp": "study.epsilons",
+                  "finetune.epsilon": "study.epsilons"}
+"""What the study sets in its pretraining and federations itself."""
 
 
 @dataclass(frozen=True)
@@ -59,33 +86,13 @@ class StudyConfig:
     synthetic_data: Path | None = None  # e.g. SynFundus-1M: then no generator is fitted
     # --- synthesize
     n_synthetic: int = 0  # 0: as many images as the members
-    # --- pretrain (both models alike)
-    model: str = "visionclip-tiny"
-    steps: int = 150
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 15
-    precision: str = "auto"
-    canaries: int = 0  # planted in the real-data model's pretraining, for the exposure audit
-    canary_repeats: tuple[int, ...] = (1, 4, 16)
     # --- evaluate
+    task: str = "referable_dr"  # the headline's task, and the federations'
     tasks: tuple[str, ...] = ("referable_dr", "dr_grade", "amd", "dme")
     probe: bool = True  # also a linear probe on the external hospital (representation vs zero-shot calibration)
-    # --- federate
+    # --- federate: one federation per (model, epsilon)
     federate_models: tuple[str, ...] = ("synthetic", "private")
     epsilons: tuple[float, ...] = (8.0,)  # per patient, per hospital; inf: without DP
-    task: str = "referable_dr"
-    rounds: int = 3
-    local_epochs: int = 3
-    fed_batch_size: int = 256
-    # measured on the quickstart (docs/experiments.md): SGD at lr 1.0, or no class prior, drives the DP head to
-    # the majority class (balanced accuracy 0.84 -> 0.50); AdamW at 1e-3 with the prior ends above the start
-    fed_optimizer: str = "adamw"  # sgd | adamw (on the privatized gradients: post-processing)
-    fed_lr: float = 1e-3
-    train_blocks: int = 0
-    # public class prevalence for a logit-adjusted loss: referable DR in about 1 in 10 people with diabetes
-    # (a published figure, not the cohort's); set it for another task, or none
-    class_prior: tuple[float, ...] | None = (0.9, 0.1)
     # --- audit
     mia_attacks: tuple[str, ...] = ("loss", "lira")  # federated models; pretrained (CLIP) ones get the loss attack
     mia_refs: int = 4
@@ -93,8 +100,11 @@ class StudyConfig:
     copying: bool = True
     dejavu: bool = True
     # --- run
-    workers: int = 2
+    workers: int = 2  # processes writing generated images
     seed: int = 0  # the study's data and initialisation; never DP noise or sampling
+    # both models pretrain alike; `pretrain.canaries` go into the real-data model's pretraining only
+    pretrain: PretrainConfig = field(default_factory=study_pretrain)
+    federate: FederateConfig = field(default_factory=study_federate)  # every federation's settings
 
     @property
     def hospital_names(self) -> tuple[str, ...]:
@@ -108,6 +118,8 @@ class StudyConfig:
             raise FedclipError("study.epsilons must be positive (inf for no DP)")
         if min(self.n_members, self.n_holdout, self.n_test, self.n_external) < 8:
             raise FedclipError("study.n_members, n_holdout, n_test and n_external need at least 8 images each")
+        cfglib.refuse_owned(self.pretrain, study_pretrain(), PRETRAIN_OWNED, "study.pretrain")
+        cfglib.refuse_owned(self.federate, study_federate(), FEDERATE_OWNED, "study.federate")
 
 
 # ----------------------------------------------------------------------------------------- studies
@@ -217,24 +229,23 @@ class Study:
 
     # 3 ------------------------------------------------------------------------------------------
     def pretrain(self, up: Mapping[str, Any]) -> dict[str, Any]:
-        from fedclip.pretrain import PretrainConfig, pretrain
+        from fedclip.pretrain import pretrain
 
         c = self.cfg
         data = {"synthetic": up["synthesize"]["corpus"]["dir"], "private": up["data"]["members"]["dir"]}
-        if c.dejavu or c.canaries:
+        if c.dejavu or c.pretrain.canaries:
             # deja-vu and exposure compare the real-data model with one trained alike on *other* patients of
             # the same hospitals: what it knows about a member, the population teaches; the rest is memory
             data["reference"] = up["data"]["holdout"]["dir"]
         out = {}
         for name, data_dir in data.items():
             run = self.root / "pretrain" / name
-            pcfg = PretrainConfig(model=c.model, data=Path(data_dir), steps=c.steps,
-                                  batch_size=min(c.batch_size, up["data"]["members"]["n"]), lr=c.lr, warmup=c.warmup,
-                                  precision=c.precision, workers=c.workers, seed=c.seed,
-                                  canaries=c.canaries if name == "private" else 0, canary_repeats=c.canary_repeats)
+            pcfg = replace(c.pretrain, data=Path(data_dir), seed=c.seed,
+                           batch_size=min(c.pretrain.batch_size, up["data"]["members"]["n"]),
+                           canaries=c.pretrain.canaries if name == "private" else 0)
             last = RunDir(run).checkpoint()
             finished = (last / "config.json").exists() and \
-                models.read_checkpoint_config(last)["provenance"].get("steps") == c.steps
+                models.read_checkpoint_config(last)["provenance"].get("steps") == c.pretrain.steps
             if not finished:
                 pretrain(pcfg, run, resume=(last / "train_state").exists())
             out[name] = {"run": str(run), **_checkpoint(last)}
@@ -248,7 +259,7 @@ class Study:
             return {"results": str(path), "sha256": _sha256(path)}
         contenders = {"synthetic": models.load_checkpoint(up["pretrain"]["synthetic"]["checkpoint"]),
                       "private": models.load_checkpoint(up["pretrain"]["private"]["checkpoint"]),
-                      "untrained": models.create(c.model, seed=c.seed)}
+                      "untrained": models.create(c.pretrain.model, seed=c.seed)}
         external, test = up["data"]["external"]["dir"], up["data"]["test"]["dir"]
         results: dict[str, Any] = {}
         for name, vc in contenders.items():
@@ -266,28 +277,24 @@ class Study:
     def federate(self, up: Mapping[str, Any]) -> dict[str, Any]:
         from fedclip.federated.policy import NodePolicy
         from fedclip.federated.simulation import simulate
-        from fedclip.federated.task import FederateConfig
 
         c = self.cfg
         finite = [e for e in c.epsilons if not math.isinf(e)]
         out = {}
         for name, model, eps in federation_names(c):
             dp = not math.isinf(eps)
-            fed = FederateConfig(checkpoint=Path(up["pretrain"][model]["checkpoint"]),
-                                 data=Path(up["data"]["members"]["dir"]), eval_data=Path(up["data"]["test"]["dir"]),
-                                 out=self.root / "federate" / name, clients=len(c.hospital_names), rounds=c.rounds,
-                                 partitioning="hospital", task=c.task, train_blocks=c.train_blocks,
-                                 local_epochs=c.local_epochs, batch_size=c.fed_batch_size, lr=c.fed_lr,
-                                 optimizer=c.fed_optimizer, dp=dp,
-                                 epsilon=eps if dp else 8.0, class_prior=c.class_prior, seed=c.seed)
-            run = RunDir(fed.out)
+            run = RunDir(self.root / "federate" / name)
+            fed = replace(c.federate, checkpoint=Path(up["pretrain"][model]["checkpoint"]),
+                          data=Path(up["data"]["members"]["dir"]), eval_data=Path(up["data"]["test"]["dir"]),
+                          out=run.root, resume=run.state.exists(), clients=len(c.hospital_names),
+                          partitioning="hospital", seed=c.seed
+                          ).with_finetune(task=c.task, dp=dp, epsilon=eps if dp else 8.0)
             state = json.loads(run.state.read_text()) if run.state.exists() else {}
-            if state.get("round", 0) < c.rounds:
+            if state.get("round", 0) < fed.rounds:
                 # the study's own fictional hospitals, one set per federation: each federation is an
                 # alternative world in which the consortium fine-tunes that one model (docs/experiments.md)
                 policy = NodePolicy(dp_required=dp, max_epsilon=max(finite, default=8.0))
-                cfglib.write(run.config, {"federate": fed})
-                simulate(fed, resume=run.state.exists(), verbose=self.verbose,
+                simulate(fed, verbose=self.verbose,
                          state_root=self.root / "nodes" / name, policies=[policy] * fed.clients)
             result = _federation_result(fed.out)
             last = run.checkpoint()
@@ -326,7 +333,7 @@ class Study:
             jobs["dejavu"] = lambda out: run_dejavu(up["pretrain"]["private"]["checkpoint"],
                                                     up["pretrain"]["reference"]["checkpoint"], members,
                                                     up["data"]["external"]["dir"], DejavuConfig(seed=c.seed), out)
-        if c.canaries:
+        if c.pretrain.canaries:
             jobs["exposure"] = lambda out: run_exposure(up["pretrain"]["private"]["checkpoint"],
                                                         up["pretrain"]["private"]["run"],
                                                         up["pretrain"]["reference"]["checkpoint"],
@@ -353,11 +360,8 @@ class Study:
         c, r = self.cfg, self.root
         data_keys = ("hospitals", "external_hospital", "n_members", "n_holdout", "n_test", "n_external", "size",
                      "private_data", "holdout_data", "test_data", "external_data", "seed")
-        pre_keys = ("model", "steps", "batch_size", "lr", "warmup", "precision", "canaries", "canary_repeats", "dejavu",
-                    "seed")
-        fed_keys = ("federate_models", "epsilons", "task", "rounds", "local_epochs", "fed_batch_size", "fed_optimizer",
-                    "fed_lr",
-                    "train_blocks", "class_prior", "seed")
+        pre_keys = ("pretrain", "dejavu", "seed")
+        fed_keys = ("federate_models", "epsilons", "task", "federate", "seed")
         aud_keys = ("mia_attacks", "mia_refs", "epsilon_canaries", "copying", "dejavu", "seed")
 
         def pick(keys: tuple[str, ...]) -> dict[str, Any]:

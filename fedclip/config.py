@@ -7,6 +7,7 @@ run can be repeated or resumed from its own directory.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -63,22 +64,51 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type[T], values: Mapping[str, Any], section: str) -> T:
-    """A `cls` from a mapping; unknown keys and ill-typed values are errors naming the key."""
+def _is_config(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def build(cls: type[T], values: Mapping[str, Any], section: str, base: T | None = None) -> T:
+    """A `cls` from a (nested) mapping, on top of `base` (default: `cls()`); a field that is itself a config
+    (`FederateConfig.finetune`) is built from its sub-table on top of its own default. Unknown keys and
+    ill-typed values are errors naming the dotted key."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise FedclipError(f"[{section}] has no setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+    base = base if base is not None else cls()
+    coerced: dict[str, Any] = {}
+    for key, value in values.items():
+        where = f"{section}.{key}"
+        if _is_config(hints[key]):
+            if not isinstance(value, Mapping):
+                raise FedclipError(f"{where} is a table of settings ([{where}] or {where}.NAME=VALUE), "
+                                   f"not {value!r}")
+            coerced[key] = build(hints[key], value, where, getattr(base, key))
+        else:
+            coerced[key] = _coerce(value, hints[key], where)
+    return dataclasses.replace(base, **coerced)
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, name = dotted.split(".")
+    for part in parents:
+        child = values.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise FedclipError(f"{dotted}: {part} is a setting, not a table")
+        values = child
+    values[name] = value
 
 
 def load(cls: type[T], section: str, path: str | Path | None = None, overrides: Iterable[str] = (),
          **explicit: Any) -> T:
-    """File table `[section]`, then `section.key=value` overrides, then explicit keyword values."""
+    """File table `[section]`, then `section.key=value` overrides (dotted for nested tables:
+    `federate.finetune.epochs=3`), then explicit keyword values (`**{"finetune.task": t}` for nested ones;
+    None: not given)."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(read_section(path, section))
+        values.update(copy.deepcopy(read_section(path, section)))
     for item in overrides:
         key, sep, value = item.partition("=")
         sect, _, name = key.partition(".")
@@ -86,9 +116,46 @@ def load(cls: type[T], section: str, path: str | Path | None = None, overrides: 
             raise FedclipError(f"override {item!r} must look like {section}.name=value")
         if sect != section:
             raise FedclipError(f"override {item!r}: this command takes {section}.NAME=VALUE, not section {sect!r}")
-        values[name] = value
-    values.update({k: v for k, v in explicit.items() if v is not None})
+        _set_dotted(values, name, value)
+    for name, value in explicit.items():
+        if value is not None:
+            _set_dotted(values, name, value)
     return build(cls, values, section)
+
+
+def plain(cfg: Any) -> dict[str, Any]:
+    """A config as TOML-ready nested tables (paths as strings, tuples as lists, None left out)."""
+    return {f.name: to_toml_value(v) for f in dataclasses.fields(cfg) if (v := getattr(cfg, f.name)) is not None}
+
+
+def flatten(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested tables as one flat table with dotted keys (`finetune.epochs`): Flower's run-config form."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `flatten` (dotted keys -> nested tables)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        _set_dotted(out, key, value)
+    return out
+
+
+def refuse_owned(cfg: Any, default: Any, owned: Mapping[str, str], section: str) -> None:
+    """Settings that a wider config sets itself (a study sets each federation's data and ε) must keep
+    their defaults: a value there would be silently overridden, so it is an error naming who sets it."""
+    for dotted, owner in owned.items():
+        value, base = cfg, default
+        for part in dotted.split("."):
+            value, base = getattr(value, part), getattr(base, part)
+        if value != base:
+            raise FedclipError(f"{section}.{dotted} is set by {owner}, not here; remove it")
 
 
 def to_toml_value(value: Any) -> Any:
@@ -97,14 +164,13 @@ def to_toml_value(value: Any) -> Any:
     if isinstance(value, tuple):
         return [to_toml_value(v) for v in value]
     if dataclasses.is_dataclass(value):
-        return {k: to_toml_value(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+        return plain(value)
     return value
 
 
 def write(path: str | Path, sections: Mapping[str, Any]) -> Path:
     """Write resolved configs as TOML (None values are left out: TOML has no null)."""
-    doc = {name: {k: to_toml_value(v) for k, v in dataclasses.asdict(cfg).items() if v is not None}
-           for name, cfg in sections.items()}
+    doc = {name: plain(cfg) for name, cfg in sections.items()}
     return io.write_text(path, tomli_w.dumps(doc))
 
 

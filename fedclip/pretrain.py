@@ -153,7 +153,9 @@ def _canaries(cfg: PretrainConfig, run: Path, vc: models.VisionClip, rank: int, 
     return canaries.training_records(run, planted), {"canaries": canaries.CANARIES_FILE, "canaries_sha256": digest}
 
 
-def save(run: Path, tag: str, vc: models.VisionClip, opt, sched, scaler, step: int, provenance: dict) -> Path:
+def save(run: Path, tag: str, vc: models.VisionClip, *, opt: torch.optim.Optimizer,
+         sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None, step: int,
+         provenance: dict[str, Any]) -> Path:
     """Checkpoint `tag` (model + train state) and point `last` at the newest state."""
     state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler else None, "rng": train_state.rng_state()}
@@ -268,14 +270,15 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
                     metrics_file.flush()
                     advance(1, loss=loss_value, lr=lr, **{"samples/s": round(rate, 1)})
                 if rank == 0 and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-                    save(run, f"step-{step + 1:06d}", vc, opt, sched, scaler, step + 1, provenance)
+                    save(run, f"step-{step + 1:06d}", vc, opt=opt, sched=sched, scaler=scaler, step=step + 1,
+                         provenance=provenance)
     finally:
         if metrics_file is not None:
             metrics_file.close()
     elapsed = time.perf_counter() - t_start
     ckpt = None
     if rank == 0:
-        ckpt = save(run, LAST, vc, opt, sched, scaler, cfg.steps, provenance)
+        ckpt = save(run, LAST, vc, opt=opt, sched=sched, scaler=scaler, step=cfg.steps, provenance=provenance)
     if world > 1:
         dist.barrier()
     return {"checkpoint": str(ckpt) if ckpt else None, "final_loss": loss_value, "steps": cfg.steps,

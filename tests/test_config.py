@@ -25,8 +25,8 @@ def test_a_misspelt_section_unknown_key_or_wrong_type_is_an_error_naming_it(tmp_
 
 
 def test_toml_dataclass_flower_run_config_round_trip(tmp_path):
-    cfg = replace(FederateConfig(), checkpoint=Path("/m/ckpt"), rounds=7, class_prior=(0.85, 0.15), dp=True,
-                  strategy="fedprox", unit="image")
+    cfg = replace(FederateConfig(), checkpoint=Path("/m/ckpt"), rounds=7, strategy="fedprox").with_finetune(
+        class_prior=(0.85, 0.15), dp=True, unit="image", lr=0.25)
     path = cfglib.write(tmp_path / "config.toml", {"federate": cfg})
     again = cfglib.load(FederateConfig, "federate", path)
     assert again == cfg

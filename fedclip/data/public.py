@@ -178,23 +178,14 @@ def _labels_from_terms(terms: Iterable[str]) -> tuple[dict[str, int], list[str]]
             else:
                 labels["dr"] = 1
             continue
-        if "laser" in t:
-            labels["laser_scars"] = 1
-            continue
-        hit = None
-        for c in CONDITIONS:
+        hit = next((c.name for c in CONDITIONS if c.follows_dr_grade and any(k in t for k in c.keywords)), None)
+        for c in CONDITIONS if hit is None else ():  # its names first, then its further keywords
             names = {c.name.replace("_", " "), *(p.lower() for p in c.phrases), *c.aliases}
             if any(n in t for n in names if len(n) > 3) or t in names:
                 hit = c.name
                 break
-        if hit is None and ("macular degeneration" in t or "drusen" in t):
-            hit = "amd"
-        if hit is None and "vein occlusion" in t:
-            hit = "rvo"
-        if hit is None and "myopi" in t:
-            hit = "pathological_myopia"
-        if hit is None and ("macular edema" in t or "macular oedema" in t):
-            hit = "dme"
+        if hit is None:
+            hit = next((c.name for c in CONDITIONS if any(k in t for k in c.keywords)), None)
         if hit:
             labels[hit] = 1
         else:

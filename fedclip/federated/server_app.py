@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedclip import config as cfglib
 from fedclip import io, models, runlog
 from fedclip.data.records import read_metadata
 from fedclip.errors import FedclipError
@@ -27,9 +27,11 @@ from fedclip.progress import progress_bar
 from fedclip.run import RunDir
 
 STRATEGY_FIELDS = ("strategy", "proximal_mu", "server_lr", "trim_beta", "num_malicious", "server_dp",
-                   "server_dp_noise", "server_dp_clip", "server_dp_delta", "train_blocks", "task", "clients")
-PRIVACY_FIELDS = ("dp", "epsilon", "delta", "unit", "partitioning", "alpha", "seed", "data", "batch_size",
-                  "local_epochs", "max_grad_norm", "lora_rank")  # what sets a node's q, steps and sensitivity
+                   "server_dp_noise", "server_dp_clip", "server_dp_delta", "finetune.train_blocks", "finetune.task",
+                   "clients")
+PRIVACY_FIELDS = ("finetune.dp", "finetune.epsilon", "finetune.delta", "finetune.unit", "partitioning", "alpha",
+                  "seed", "data", "finetune.batch_size", "finetune.epochs", "finetune.max_grad_norm",
+                  "finetune.lora_rank")  # what sets a node's q, steps and sensitivity
 """What a resumed run must share with the run it continues. `rounds` may grow: extending a federation
 is allowed, and each node's ledger then decides whether its budget allows more rounds."""
 
@@ -40,17 +42,18 @@ SUMMARY_KEYS = (keys.EPSILON, keys.EPSILON_ROUND, keys.EPSILON_BUDGET, keys.DELT
 
 
 def _settings(cfg: FederateConfig) -> dict[str, Any]:
-    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in STRATEGY_FIELDS + PRIVACY_FIELDS},
-                                 default=str))
+    return {k: v for k, v in cfglib.flatten(cfglib.plain(cfg)).items() if k in STRATEGY_FIELDS + PRIVACY_FIELDS}
 
 
-def resume_point(cfg: FederateConfig, resume: bool) -> int:
-    """The last completed round to continue from (0: a new run); refuses a changed run or a silent overwrite."""
+def resume_point(cfg: FederateConfig) -> int:
+    """The last completed round to continue from (0: a new run); refuses a changed run or a silent overwrite.
+    `cfg.resume` travels in the run config, so a deployed run (`flwr run . -c resume=true`) resumes alike."""
     state_path = RunDir(Path(cfg.out)).state
     if not state_path.exists():
         return 0
-    if not resume:
-        raise FedclipError(f"{cfg.out} already holds a federation; pass --resume to continue it or choose a new --out")
+    if not cfg.resume:
+        raise FedclipError(f"{cfg.out} already holds a federation; pass --resume (run config resume=true) to "
+                           "continue it or choose a new --out")
     state = json.loads(state_path.read_text())
     before, now = state["settings"], _settings(cfg)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
@@ -95,7 +98,7 @@ class Recorder:
             self.ledger.append({"round": round_, "node": "server", "status": "central-dp", **central})
         ckpt = models.save_checkpoint(self.vc, self.run.checkpoint(f"round-{round_:03d}"), provenance={
             "stage": "federate", "round": round_, "settings": _settings(self.cfg),
-            "federate": json.loads(json.dumps(asdict(self.cfg), default=str)),  # the base checkpoint and settings
+            "federate": cfglib.plain(self.cfg),  # the base checkpoint and settings
             "epsilon_per_node": {str(r["node"]): r.get(keys.EPSILON) for r in replies},
             **({"central_epsilon": central["epsilon"]} if central else {})})
         models.copy_checkpoint(ckpt, self.run.checkpoint())
@@ -114,12 +117,12 @@ class Recorder:
         return MetricRecord(metrics) if metrics else None
 
 
-def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[str, Any]:
+def run_server(grid: Grid, cfg: FederateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    start = resume_point(cfg, resume)
+    start = resume_point(cfg)
     vc = load_global(cfg, None)
-    keys_ = trained_keys(vc, cfg.train_blocks)
+    keys_ = trained_keys(vc, cfg.finetune.train_blocks)
     if start:
         runlog.trim(RunDir(out).metrics, "round", start)
         last = models.load_checkpoint(RunDir(out).checkpoint()).model.state_dict()
@@ -138,7 +141,7 @@ def run_server(grid: Grid, cfg: FederateConfig, resume: bool = False) -> dict[st
     return {"rounds": cfg.rounds, "resumed_from": start, "result": result}
 
 
-def make_server_app(fallback: FederateConfig | None = None, resume: bool = False) -> ServerApp:
+def make_server_app(fallback: FederateConfig | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
@@ -146,7 +149,7 @@ def make_server_app(fallback: FederateConfig | None = None, resume: bool = False
         cfg = from_run_config(dict(context.run_config)) if context.run_config else fallback
         if cfg is None:
             raise RuntimeError("no run config: start through `fedclip federate` or `flwr run .`")
-        run_server(grid, cfg, resume=resume)
+        run_server(grid, cfg)
 
     return app
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fedclip import config as cfglib
 from fedclip import models
 from fedclip.data.records import read_metadata
 from fedclip.errors import FedclipError
@@ -37,7 +38,7 @@ def _absolute(cfg: FederateConfig) -> FederateConfig:
                            if (v := getattr(cfg, k)) is not None})
 
 
-def preflight(cfg: FederateConfig, resume: bool = False) -> None:
+def preflight(cfg: FederateConfig) -> None:
     if cfg.checkpoint is None:
         raise FedclipError("pass --checkpoint: federated fine-tuning starts from a pretrained checkpoint")
     models.read_checkpoint_config(cfg.checkpoint)
@@ -49,12 +50,14 @@ def preflight(cfg: FederateConfig, resume: bool = False) -> None:
     if cfg.clients < 1 or cfg.rounds < 1:
         raise FedclipError("need at least 1 client and 1 round")
     strategies.build(cfg)
-    resume_point(cfg, resume)
+    resume_point(cfg)
 
 
-def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = None, verbose: bool = False,
+def simulate(cfg: FederateConfig, num_cpus: int | None = None, verbose: bool = False,
              state_root: Path | None = None, policies: list[policylib.NodePolicy] | None = None) -> dict[str, Any]:
-    """Run (or resume) a simulated federation; each hospital keeps its state in `state_root/client-N`.
+    """Run (or, with `cfg.resume`, continue) a simulated federation; each hospital keeps its state in
+    `state_root/client-N`. The resolved settings go to `out/config.toml` once the inputs are checked, so
+    `fedclip federate --resume --out DIR` continues with them.
 
     `state_root` outlives the run: a new `--out` on the same data spends from the same ledgers.
     """
@@ -62,7 +65,8 @@ def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = N
 
     cfg = _absolute(cfg)
     with _quiet_flower(verbose):  # from preflight on: it builds the strategy, which logs
-        preflight(cfg, resume)
+        preflight(cfg)
+        cfglib.write(RunDir(Path(cfg.out)).config, {"federate": cfg})
         nodes = SimulatedNodes(Path(state_root or default_state_root()).resolve(),
                                policies or [policylib.NodePolicy()] * cfg.clients)
         if len(nodes.policies) != cfg.clients:
@@ -74,7 +78,7 @@ def simulate(cfg: FederateConfig, resume: bool = False, num_cpus: int | None = N
         # SuperLink and imports the apps from a FAB by name. The study and `fedclip federate` hand the engine
         # app objects built here (node policies, state dirs), so the in-process engine is the right tool.
         run_simulation(
-            server_app=make_server_app(cfg, resume=resume), client_app=make_client_app(cfg, nodes),
+            server_app=make_server_app(cfg), client_app=make_client_app(cfg, nodes),
             num_supernodes=cfg.clients,
             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                             # workers' own log lines (Opacus' empty-batch note, actor shutdown) stay in Ray's

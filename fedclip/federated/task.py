@@ -12,11 +12,12 @@ import math
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 import torch
 
 from fedclip import config as cfglib
@@ -38,12 +39,27 @@ from fedclip.finetune import (
 )
 
 
+def federated_finetune() -> FinetuneConfig:
+    """A node's local training, as a federation asks for it by default. Measured on 3 x ~1000 images at
+    epsilon 8 (docs/experiments.md): with so little data per hospital, training the projection alone with
+    large Poisson batches beats training a block. `dp`, `epsilon`, `delta` and `unit` are what the run
+    *asks*; each node grants them only within its own policy."""
+    return FinetuneConfig(train_blocks=0, epochs=3, batch_size=256, lr=1.0, unit="patient")
+
+
+OWNED_BY_FEDERATION = {"rounds": "federate.rounds", "proximal_mu": "federate.proximal_mu",
+                       "noise_multiplier": "each node (planned from its own budget)",
+                       "accountant": "each node's policy"}
+"""`finetune` settings a federation sets itself: a value in `[federate.finetune]` would be ignored."""
+
+
 @dataclass(frozen=True)
 class FederateConfig:
     checkpoint: Path | None = None  # the pretrained starting point (public weights)
     data: Path | None = None  # dataset dir partitioned into hospitals (simulation)
     eval_data: Path | None = None  # held-out set for server-side evaluation
     out: Path = Path("runs/federate")
+    resume: bool = False  # continue the federation in `out` after its last completed round
     clients: int = 3
     rounds: int = 5
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
@@ -57,55 +73,50 @@ class FederateConfig:
     server_dp_delta: float = 1e-3  # hospital-level delta of the central epsilon (a handful of hospitals)
     partitioning: str = "hospital"  # hospital | iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration
-    task: str = "referable_dr"
-    # Defaults measured on 3 x ~1000 images at epsilon 8 (see README, "Federated figures"): with so little
-    # data per hospital, training the projection alone with large Poisson batches beats training a block.
-    train_blocks: int = 0
-    lora_rank: int = 0
-    local_epochs: int = 3
-    batch_size: int = 256
-    lr: float = 1.0
-    optimizer: str = "sgd"  # sgd | adamw (on privatized gradients, post-processing)
-    # What the run *asks* of each hospital; each node grants it only within its own policy.
-    dp: bool = True
-    epsilon: float = 8.0  # lifetime budget on the node's dataset (every run on it spends from it)
-    delta: float = 1e-5
-    unit: str = "patient"  # the unit of privacy: patient (batch_size then counts patients) or image
-    max_grad_norm: float = 1.0
-    grad_sample_mode: str = "hooks"
     client_eval: bool = False  # ask nodes to evaluate the global model (only policies that allow it answer)
-    class_prior: tuple[float, ...] | None = None  # public class prevalence for a logit-adjusted loss
     seed: int = 0  # simulation's iid/dirichlet partitioning only; never DP noise or sampling
+    finetune: FinetuneConfig = field(default_factory=federated_finetune)  # each node's local round
 
-    def finetune_config(self, grant: Grant) -> FinetuneConfig:
-        return FinetuneConfig(task=self.task, train_blocks=self.train_blocks, lora_rank=self.lora_rank,
-                              epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
-                              optimizer=self.optimizer, dp=grant.dp,
-                              epsilon=grant.epsilon, delta=grant.delta, rounds=self.rounds,
-                              max_grad_norm=self.max_grad_norm, accountant=grant.accountant,
-                              grad_sample_mode=self.grad_sample_mode, class_prior=self.class_prior, seed=self.seed,
-                              unit=grant.unit)
+    def __post_init__(self) -> None:
+        cfglib.refuse_owned(self.finetune, FinetuneConfig(), OWNED_BY_FEDERATION, "federate.finetune")
+
+    def with_finetune(self, **changes: Any) -> FederateConfig:
+        """This config with some local-training settings changed (`cfg.with_finetune(epsilon=4.0)`)."""
+        return replace(self, finetune=replace(self.finetune, **changes))
+
+    def finetune_config(self, grant: Grant, proximal_mu: float = 0.0) -> FinetuneConfig:
+        """What this node runs in one round: the requested training within the node's grant."""
+        return replace(self.finetune, dp=grant.dp, epsilon=grant.epsilon, delta=grant.delta, unit=grant.unit,
+                       accountant=grant.accountant, rounds=self.rounds, proximal_mu=proximal_mu)
 
 
 def to_run_config(cfg: FederateConfig) -> dict[str, Any]:
-    """Flower run config (flat, dashed keys, no None) from the dataclass."""
-    out = {}
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if v is not None:
-            if isinstance(v, tuple):  # Flower run-config values are scalars
-                v = ",".join(str(x) for x in v)
-            out[f.name.replace("_", "-")] = str(v) if isinstance(v, Path) else v
-    return out
+    """Flower run config from the dataclass: flat dotted keys for nested tables, dashes for underscores
+    (`finetune.batch-size`), tuples comma-joined (run-config values are scalars), no None."""
+    return {k.replace("_", "-"): ",".join(str(x) for x in v) if isinstance(v, list) else v
+            for k, v in cfglib.flatten(cfglib.plain(cfg)).items()}
 
 
 def from_run_config(run_config: dict[str, Any]) -> FederateConfig:
-    """The inverse of `to_run_config`: `flwr run . -c "rounds=3"` and TOML use the same names.
-
-    An empty string stands for "not set" (Flower's run config, like TOML, has no null).
-    """
-    values = {k.replace("-", "_"): v for k, v in run_config.items() if v != ""}
+    """The inverse of `to_run_config`: `flwr run . -c "rounds=3 finetune.lr=0.5"` and TOML use the same
+    names. An empty string stands for "not set" (Flower's run config, like TOML, has no null)."""
+    values = cfglib.unflatten({k.replace("-", "_"): v for k, v in run_config.items() if v != ""})
     return cfglib.build(FederateConfig, values, "federate")
+
+
+def flower_app_config() -> str:
+    """`[tool.flwr.app.config]` for pyproject.toml: every setting at its default, "" for unset
+    (`make flwr-config` writes it; a test checks that pyproject holds exactly this). Flower accepts `-c`
+    overrides only of keys listed there."""
+    def every_field(cfg: Any) -> dict[str, Any]:  # `plain` leaves None out; Flower must know those keys too
+        return {f.name: every_field(v) if is_dataclass(v := getattr(cfg, f.name)) else v for f in fields(cfg)}
+
+    def scalar(v: Any) -> Any:
+        return "" if v is None else ",".join(map(str, v)) if isinstance(v, tuple) else str(v) \
+            if isinstance(v, Path) else v
+
+    flat = {k.replace("_", "-"): scalar(v) for k, v in cfglib.flatten(every_field(FederateConfig())).items()}
+    return tomli_w.dumps({"tool": {"flwr": {"app": {"config": cfglib.unflatten(flat)}}}})
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -128,7 +139,7 @@ def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[li
     elif cfg.partitioning == "iid":
         parts = partitioning.iid(records, num, cfg.seed)
     elif cfg.partitioning == "dirichlet":
-        parts = partitioning.dirichlet(records, num, cfg.alpha, tasks.task(cfg.task).target, cfg.seed)
+        parts = partitioning.dirichlet(records, num, cfg.alpha, tasks.task(cfg.finetune.task).target, cfg.seed)
     else:
         raise FedclipError(f"unknown partitioning {cfg.partitioning!r}; use hospital, iid or dirichlet")
     return [records[i] for i in parts[pid]], cfg.data
@@ -150,13 +161,13 @@ class TokenCache:
         """(indices of the records labelled for the task, their prefix tokens, their targets), `dataset`
         being the records' fingerprint."""
         weights = models.read_checkpoint_config(cfg.checkpoint)["weights_sha256"]
-        key = f"{weights}|{cfg.train_blocks}|{cfg.task}|{root}|{dataset}"
+        key = f"{weights}|{cfg.finetune.train_blocks}|{cfg.finetune.task}|{root}|{dataset}"
         if key not in self.entries:
-            keep, y = tasks.labelled([r.labels for r in records], cfg.task)
+            keep, y = tasks.labelled([r.labels for r in records], cfg.finetune.task)
             pixels = load_pixels(vc, [records[i].path(root) for i in keep])
             if len(self.entries) >= self.size:
                 self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = (keep, prefix_tokens(vc, pixels, cfg.train_blocks), torch.from_numpy(y))
+            self.entries[key] = (keep, prefix_tokens(vc, pixels, cfg.finetune.train_blocks), torch.from_numpy(y))
         return self.entries[key]
 
 
@@ -168,10 +179,10 @@ def load_global(cfg: FederateConfig, arrays: dict[str, torch.Tensor] | None) -> 
         raise FedclipError("no --checkpoint: federated fine-tuning starts from a pretrained checkpoint")
     vc = models.load_checkpoint(cfg.checkpoint)
     if arrays:
-        expected = set(trained_keys(vc, cfg.train_blocks))
+        expected = set(trained_keys(vc, cfg.finetune.train_blocks))
         if set(arrays) != expected:
             raise FedclipError(f"global weights carry keys {sorted(set(arrays) ^ expected)[:4]} that do not match "
-                               f"train_blocks={cfg.train_blocks}; client and server configs differ")
+                               f"train_blocks={cfg.finetune.train_blocks}; client and server configs differ")
         vc.model.load_state_dict(arrays, strict=False)
     return vc
 
@@ -277,13 +288,14 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
     records, root = client_records(cfg, node_config)
     dataset = fingerprint(records)
     try:
-        grant = negotiate(node.policy, dp=cfg.dp, epsilon=cfg.epsilon, delta=cfg.delta, unit=cfg.unit)
+        grant = negotiate(node.policy, dp=cfg.finetune.dp, epsilon=cfg.finetune.epsilon, delta=cfg.finetune.delta,
+                          unit=cfg.finetune.unit)
     except Refusal as e:
         return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
     ledger = node.ledger(dataset, grant)
     vc = load_global(cfg, arrays)
     keep, tokens, targets = TOKENS.get(vc, records, root, cfg, dataset)
-    ft = replace(cfg.finetune_config(grant), proximal_mu=proximal_mu)
+    ft = cfg.finetune_config(grant, proximal_mu)
     units, patients, grouping = len(records), None, "image"
     if grant.unit == "patient":
         try:
@@ -305,7 +317,7 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
                                               keys.UNIT_WEIGHT: 1.0, keys.EPSILON: entry.epsilon}, strings)
         try:
             size = _public_size(node, ledger, units, round_)  # images or patients, as the unit
-            q = min(1.0, cfg.batch_size / size)
+            q = min(1.0, cfg.finetune.batch_size / size)
             steps = steps_per_round(ft, size)
             rounds_left = max(1, cfg.rounds - round_ + 1)
             sigma = plan_noise(ledger.history(), target=grant.epsilon, delta=grant.delta,
@@ -348,7 +360,8 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
                            {keys.REASON: "refused: the node's policy does not answer evaluation requests"})
     records, root = client_records(cfg, node_config)
     try:
-        grant = negotiate(node.policy, dp=True, epsilon=cfg.epsilon, delta=cfg.delta, unit=cfg.unit)
+        grant = negotiate(node.policy, dp=True, epsilon=cfg.finetune.epsilon, delta=cfg.finetune.delta,
+                          unit=cfg.finetune.unit)
     except Refusal as e:
         return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
     ledger = node.ledger(fingerprint(records), grant)
@@ -359,9 +372,9 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
         except BudgetExhausted as e:
             return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent()}, {keys.REASON: str(e)})
         vc = load_global(cfg, arrays)
-        keep, y = tasks.labelled([r.labels for r in records], cfg.task)
+        keep, y = tasks.labelled([r.labels for r in records], cfg.finetune.task)
         feats = evaluate.image_embeddings(vc, [records[i].path(root) for i in keep])
-        hits = evaluate.zero_shot_scores(vc, feats, tasks.task(cfg.task)).argmax(1) == y
+        hits = evaluate.zero_shot_scores(vc, feats, tasks.task(cfg.finetune.task)).argmax(1) == y
         if grant.unit == "patient":
             ids, _ = patient_ids(node, [records[i] for i in keep])
             by: dict[str, list[bool]] = {}
@@ -396,7 +409,8 @@ def check_update(update: dict[str, np.ndarray], expected: dict[str, tuple[int, .
 
 
 def server_evaluate(cfg: FederateConfig, vc: models.VisionClip, records: list[Record], root: Path) -> dict[str, float]:
-    res = evaluate.zero_shot(vc, [r.path(root) for r in records], [r.labels for r in records], cfg.task, n_boot=0)
+    res = evaluate.zero_shot(vc, [r.path(root) for r in records], [r.labels for r in records], cfg.finetune.task,
+                             n_boot=0)
     return {"balanced-accuracy": res["balanced_accuracy"], "macro-f1": res["macro_f1"],
             **({"auc": res["auc"]} if "auc" in res else {}), "n": float(res["n"])}
 

@@ -31,6 +31,7 @@ ANATOMY_FIELDS = {"pigmentation": (0.0, 1.0), "disc_radius": (0.08, 0.16), "cup_
 """Anatomy a cohort spec can give a distribution for, with the range values are clipped to."""
 
 DR_GRADE_DISTRIBUTION = (0.45, 0.22, 0.18, 0.08, 0.07)
+FOLLOW_DR = tuple(c for c in CONDITIONS if c.follows_dr_grade is not None)
 """Grade of a diabetic patient's worse eye; the other eye is within one grade of it."""
 
 # Purposes mixed into the seed so that unrelated draws never share a random stream.
@@ -131,20 +132,18 @@ def patient(spec: CohortSpec, index: int) -> Patient:
 
     eye_conditions: tuple[set[str], set[str]] = (set(), set())
     for cond in CONDITIONS:
-        if cond.prevalence == 0:
+        if cond.follows_dr_grade is not None:
             continue  # a consequence of DR, drawn below
         p = overrides.get(cond.name, cond.prevalence) * prof.prevalence_scale.get(cond.name, 1.0)
         if rng.random() < min(1.0, p):
-            bilateral = cond.name in {"glaucoma", "pathological_myopia", "hypertensive_retinopathy"} or (
-                cond.name == "amd" and rng.random() < 0.6)
+            bilateral = cond.bilateral >= 1.0 or (cond.bilateral > 0 and rng.random() < cond.bilateral)
             eyes = (0, 1) if bilateral else (int(rng.integers(2)),)
             for e in eyes:
                 eye_conditions[e].add(cond.name)
     for e in (0, 1):
-        if grades[e] >= 2 and rng.random() < overrides.get("dme", 0.35):
-            eye_conditions[e].add("dme")
-        if grades[e] >= 3 and rng.random() < overrides.get("laser_scars", 0.4):
-            eye_conditions[e].add("laser_scars")
+        for cond in FOLLOW_DR:
+            if grades[e] >= cond.follows_dr_grade and rng.random() < overrides.get(cond.name, cond.prevalence):
+                eye_conditions[e].add(cond.name)
 
     traits = {"pigmentation": float(rng.beta(2.0, 2.5)), "disc_radius": float(rng.uniform(0.105, 0.135)),
               "cup_to_disc": float(rng.uniform(0.2, 0.45))}

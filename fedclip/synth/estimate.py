@@ -19,7 +19,7 @@ import numpy as np
 from fedclip.errors import FedclipError
 from fedclip.synth.cohort import CohortSpec, Patient
 from fedclip.synth.profiles import profile
-from fedclip.synth.taxonomy import CONDITIONS
+from fedclip.synth.taxonomy import CONDITIONS, condition
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,10 @@ def estimate(patients: Sequence[Patient]) -> CohortStatistics:
     hospitals = Counter(p.hospital for p in patients)
     prevalence = []
     for c in CONDITIONS:
-        if c.name == "dme":
-            eligible = [p for p in patients for e in (0, 1) if p.dr_grade[e] >= 2]
-            hits = sum(1 for p in patients for e in (0, 1) if p.dr_grade[e] >= 2 and "dme" in p.conditions[e])
-        elif c.name == "laser_scars":
-            eligible = [p for p in patients for e in (0, 1) if p.dr_grade[e] >= 3]
-            hits = sum(1 for p in patients for e in (0, 1) if p.dr_grade[e] >= 3 and "laser_scars" in p.conditions[e])
+        if c.follows_dr_grade is not None:  # a rate among eyes of a high enough grade
+            eyes = [conds for p in patients for g, conds in zip(p.dr_grade, p.conditions, strict=True)
+                    if g >= c.follows_dr_grade]
+            eligible, hits = eyes, sum(1 for conds in eyes if c.name in conds)
         else:
             eligible = list(patients)
             hits = sum(1 for p in patients if c.name in p.conditions[0] | p.conditions[1])
@@ -76,6 +74,6 @@ def synthetic_spec(stats: CohortStatistics, seed: int, size: int = 224, visits: 
     prevalence = []
     for name, p in stats.prevalence:
         mult = sum(w * profile(h).prevalence_scale.get(name, 1.0) for h, w in stats.hospitals)
-        prevalence.append((name, float(min(1.0, p / mult)) if name not in ("dme", "laser_scars") else p))
+        prevalence.append((name, float(min(1.0, p / mult)) if condition(name).follows_dr_grade is None else p))
     return CohortSpec(seed=seed, size=size, hospital=hospitals, visits=visits, prevalence=tuple(prevalence),
                       diabetic_rate=1.0, dr_grades=stats.dr_grades, anatomy=stats.anatomy)

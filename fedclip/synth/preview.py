@@ -24,7 +24,7 @@ def _tiles(base: CohortSpec) -> list[tuple[str, CohortSpec, str, int]]:
     for c in CONDITIONS:
         prevalence = tuple((n, 1.0 if n == c.name else p) for n, p in _NO_DISEASE)
         spec = replace(healthy, prevalence=prevalence)
-        if c.prevalence == 0:  # follows from DR: ask for DR severe enough to carry it
+        if c.follows_dr_grade is not None:  # follows from DR: ask for DR severe enough to carry it
             spec = replace(spec, diabetic_rate=1.0, dr_grades=(0, 0, 0, 1.0, 0))
         out.append((c.name.replace("_", " "), spec, c.name, 1))
     for q in QUALITY_NAMES:

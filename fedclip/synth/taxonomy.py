@@ -1,8 +1,10 @@
 """The label taxonomy: the one place that lists every condition, what draws it and what describes it.
 
 It follows SynFundus-1M: a diabetic-retinopathy grade 0-4 (ICDR), binary disease labels and
-image-quality labels. Adding a condition means adding one `Condition` here (with its renderer from
-`lesions`) and nothing else: captions, metadata columns, loaders and the preview sheet read this list.
+image-quality labels. Adding a lesion condition means adding one `Condition` here (with its renderer from
+`lesions`) and nothing else: captions, metadata columns, the cohort's draw, the Med-AIGC estimate, the
+public loaders' free-text matching and the preview sheet read this list. (An `anatomical` condition also
+needs its change of anatomy in `cohort`, the anatomy renderer's one place.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ class Condition:
     `render` draws the condition's lesions onto an eye's lesion layers; `anatomical` conditions change
     the eye's anatomy (cup, choroid, vessels) instead and are drawn by the anatomy renderer.
     `phrases` are interchangeable caption wordings; `findings` are the visible signs a caption may
-    list; `descriptions` are expert knowledge used for zero-shot prompts (FLAIR-style).
+    list; `descriptions` are expert knowledge used for zero-shot prompts (FLAIR-style); `keywords` are
+    further words that name it in public datasets' free-text diagnoses (ODIR, FLAIR).
+    `prevalence` is per patient; `bilateral` the chance that a patient's condition is in both eyes. A
+    condition that `follows_dr_grade` g is drawn per eye with DR grade >= g instead, at rate `prevalence`.
     """
 
     name: str
@@ -33,6 +38,9 @@ class Condition:
     render: Callable[..., None] | None = None
     anatomical: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    keywords: tuple[str, ...] = field(default_factory=tuple)
+    bilateral: float = 0.0
+    follows_dr_grade: int | None = None
 
 
 DR_GRADE_PHRASES: Mapping[int, tuple[str, ...]] = {
@@ -65,46 +73,47 @@ CONDITIONS: tuple[Condition, ...] = (
         "amd", ("age-related macular degeneration", "AMD", "macular degeneration"),
         ("drusen at the macula", "macular pigment changes", "yellow deposits around the fovea"),
         ("yellow drusen deposits in the macula", "pigment mottling and atrophy at the macula"),
-        0.08, render=lesions.draw_amd,
+        0.08, render=lesions.draw_amd, keywords=("macular degeneration", "drusen"), bilateral=0.6,
     ),
     Condition(
         "glaucoma", ("glaucoma", "glaucomatous optic neuropathy", "suspected glaucoma"),
         ("an enlarged optic cup", "thinning of the neuroretinal rim", "increased cup-to-disc ratio"),
         ("abnormal size of the optic cup", "large cup-to-disc ratio", "thin neuroretinal rim"),
-        0.08, anatomical=True,
+        0.08, anatomical=True, bilateral=1.0,
     ),
     Condition(
         "pathological_myopia", ("pathological myopia", "high myopia", "myopic maculopathy"),
         ("a tessellated fundus", "peripapillary atrophy", "a tilted optic disc"),
         ("tessellated fundus with visible choroidal vessels", "peripapillary atrophy around the disc"),
-        0.07, anatomical=True, aliases=("pm", "myopia"),
+        0.07, anatomical=True, aliases=("pm", "myopia"), keywords=("myopi",), bilateral=1.0,
     ),
     Condition(
         "rvo", ("retinal vein occlusion", "branch retinal vein occlusion", "RVO"),
         ("flame haemorrhages along one vein", "sectoral haemorrhages", "a dilated tortuous vein"),
         ("haemorrhages in one sector following a vein", "flame-shaped haemorrhages along a vein"),
-        0.04, render=lesions.draw_rvo, aliases=("brvo", "crvo"),
+        0.04, render=lesions.draw_rvo, aliases=("brvo", "crvo"), keywords=("vein occlusion",),
     ),
     Condition(
         "hypertensive_retinopathy", ("hypertensive retinopathy", "hypertensive changes", "HR"),
         ("arteriolar narrowing", "arteriovenous nicking", "narrowed arteries"),
         ("narrow arteries and arteriovenous nicking", "thin straight arterioles"),
-        0.06, anatomical=True, aliases=("hr", "hypertension"),
+        0.06, anatomical=True, aliases=("hr", "hypertension"), bilateral=1.0,
     ),
     Condition(
         "dme", ("diabetic macular oedema", "macular oedema", "DME"),
         ("hard exudates near the fovea", "a circinate ring of exudates at the macula"),
         ("exudates close to the fovea", "macular thickening with lipid exudates"),
-        0.0, render=lesions.draw_dme, aliases=("me", "macular_edema", "risk_of_macular_edema"),
+        0.35, render=lesions.draw_dme, aliases=("me", "macular_edema", "risk_of_macular_edema"),
+        keywords=("macular edema", "macular oedema"), follows_dr_grade=2,
     ),
     Condition(
         "laser_scars", ("laser photocoagulation scars", "panretinal photocoagulation", "laser scars"),
         ("laser scars in the periphery", "pigmented photocoagulation spots"),
         ("rows of round pigmented laser spots", "scars from panretinal photocoagulation"),
-        0.0, render=lesions.draw_laser_scars, aliases=("laser", "prp"),
+        0.4, render=lesions.draw_laser_scars, aliases=("laser", "prp"), keywords=("laser",), follows_dr_grade=3,
     ),
 )
-"""DME and laser scars have prevalence 0 here because they follow from DR (drawn by the DR rule)."""
+"""DME and laser scars follow from DR: their prevalence is a rate among eyes of a high enough grade."""
 
 QUALITY_ISSUES: Mapping[str, tuple[str, ...]] = {
     "blur": ("the image is blurred", "the photograph is out of focus", "there is defocus blur"),

@@ -2,14 +2,13 @@
 distribution, so any attack signal is memory, not shift), and targets fine-tuned on the members with the
 project's own fine-tuning, saved as a federation saves its rounds."""
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fedclip import config as cfglib
 from fedclip import models, tasks
 from fedclip.data.records import read_metadata, write_metadata
 from fedclip.data.synthetic import export
@@ -38,17 +37,15 @@ def federated_target(base: Path, members: Path, out: Path, *, dp: bool, epsilon:
                      lr: float = 1e-3, train_blocks: int = 1, task: str = "referable_dr",
                      optimizer: str = "adamw") -> Path:
     """What one hospital's federation round would produce, trained here in one go (rounds=1, one client)."""
-    fed = FederateConfig(checkpoint=base, data=members, dp=dp, epsilon=epsilon, train_blocks=train_blocks, task=task,
-                         local_epochs=epochs, rounds=1, batch_size=32, lr=lr, optimizer=optimizer)
-    ft = FinetuneConfig(task=fed.task, train_blocks=train_blocks, epochs=epochs, batch_size=32, lr=lr, dp=dp,
-                        epsilon=epsilon, rounds=1, optimizer=optimizer)
+    ft = FinetuneConfig(task=task, train_blocks=train_blocks, epochs=epochs, batch_size=32, lr=lr, dp=dp,
+                        epsilon=epsilon, optimizer=optimizer)
+    fed = FederateConfig(checkpoint=base, data=members, rounds=1, finetune=ft)
     vc = models.load_checkpoint(base)
     records = read_metadata(members)
     keep, y = tasks.labelled([r.labels for r in records], ft.task)
     tokens = prefix_tokens(vc, load_pixels(vc, [records[i].path(members) for i in keep]), train_blocks)
     finetune(vc, tokens, torch.from_numpy(y), ft)
-    return models.save_checkpoint(vc, out, provenance={"stage": "federate", "federate": json.loads(
-        json.dumps(asdict(fed), default=str))})
+    return models.save_checkpoint(vc, out, provenance={"stage": "federate", "federate": cfglib.plain(fed)})
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ from fedclip.experiments.study import StudyConfig, load, shipped
 
 runner = CliRunner()
 
-TINY = ["n_members=96", "n_holdout=96", "n_test=48", "n_external=96", "steps=5", "batch_size=16", "warmup=1",
-        "rounds=1", "local_epochs=1", "fed_batch_size=32", "canaries=2", "epsilon_canaries=50", "mia_refs=2",
-        "tasks=referable_dr"]
+TINY = ["n_members=96", "n_holdout=96", "n_test=48", "n_external=96", "pretrain.steps=5", "pretrain.batch_size=16",
+        "pretrain.warmup=1", "federate.rounds=1", "federate.finetune.epochs=1", "federate.finetune.batch_size=32",
+        "pretrain.canaries=2", "epsilon_canaries=50", "mia_refs=2", "tasks=referable_dr"]
 
 
 def sets(items):
@@ -33,6 +33,10 @@ def test_the_shipped_studies_load_and_are_listed():
 @pytest.mark.parametrize(("args", "message"), [
     (["atlantis"], "no shipped study 'atlantis'"),
     (["quickstart", "--set", "study.stepz=3"], "[study] has no setting(s) stepz"),
+    (["quickstart", "--set", "study.pretrain.stepz=3"], "[study.pretrain] has no setting(s) stepz"),
+    (["quickstart", "--set", "study.federate.finetune.task=dr_grade"],
+     "study.federate.finetune.task is set by study.task"),
+    (["quickstart", "--set", "study.pretrain=3"], "study.pretrain is a table of settings"),
     (["quickstart", "--set", "pretrain.steps=3"], "takes study.NAME=VALUE, not section 'pretrain'"),
     (["quickstart", "--set", "study.epsilons=0"], "study.epsilons must be positive"),
     (["quickstart", "--set", "study.federate_models=synthetic,public"], "public is not a model"),
@@ -92,11 +96,12 @@ def test_a_shrunken_quickstart_runs_end_to_end_and_reruns_only_what_changed(tmp_
 def test_paper_scale_runs_its_own_code_path_with_tiny_sizes(tmp_path):
     """visionclip-base at 224 px input, a trained transformer block, LiRA: only the sizes (images, steps, rounds,
     reference models, canaries) are shrunk. ~8 minutes on 2 CPU cores: the base model's forward passes dominate."""
-    tiny = ["n_members=48", "n_holdout=48", "n_test=16", "n_external=96", "size=64", "steps=2", "batch_size=8",
-            "warmup=1", "rounds=1", "fed_batch_size=16", "mia_refs=2", "epsilon_canaries=20", "workers=1",
-            "tasks=referable_dr"]
+    tiny = ["n_members=48", "n_holdout=48", "n_test=16", "n_external=96", "size=64", "pretrain.steps=2",
+            "pretrain.batch_size=8", "pretrain.warmup=1", "pretrain.workers=1", "federate.rounds=1",
+            "federate.finetune.batch_size=16", "mia_refs=2", "epsilon_canaries=20", "workers=1", "tasks=referable_dr"]
     cfg = load("paper_scale", tuple(f"study.{x}" for x in tiny))
-    assert cfg.model == "visionclip-base" and cfg.train_blocks == 1 and "lira" in cfg.mia_attacks
+    assert cfg.pretrain.model == "visionclip-base" and cfg.federate.finetune.train_blocks == 1
+    assert "lira" in cfg.mia_attacks
     out = tmp_path / "paper"
     res = runner.invoke(app, ["--quiet", "experiment", "run", "paper_scale", "--out", str(out), *sets(tiny)])
     assert res.exit_code == 0, res.output

@@ -16,6 +16,6 @@ def federation(tmp_path_factory):
     export(CohortSpec(seed=6, size=64, hospital="lakeshore"), base / "eval", 48)
     ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), base / "ckpt")
     cfg = FederateConfig(checkpoint=ckpt, data=base / "data", eval_data=base / "eval", out=base / "run", rounds=2,
-                         clients=3, epsilon=8.0, batch_size=16)
+                         clients=3).with_finetune(epsilon=8.0, batch_size=16)
     return base, cfg, simulate(cfg, state_root=base / "nodes")
 

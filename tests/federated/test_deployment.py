@@ -126,21 +126,25 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
 
         out = tmp_path / "run"
         overrides = (f'checkpoint="{ckpt}" eval-data="{tmp_path / "eval"}" out="{out}" rounds=1 clients=3 '
-                     f'batch-size=16 client-eval=false')
-        submitted = subprocess.run(["flwr", "run", str(ROOT), "deploy", "--format", "json", "-c", overrides],
-                                   env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        run_id = str(json.loads(submitted.stdout)["run-id"])
+                     f'finetune.batch-size=16 client-eval=false')
 
-        def status() -> str:
+        def submit(extra: str = "") -> str:
+            submitted = subprocess.run(["flwr", "run", str(ROOT), "deploy", "--format", "json", "-c",
+                                        overrides + extra], env=env, capture_output=True, text=True, cwd=tmp_path,
+                                       timeout=120)
+            assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+            return str(json.loads(submitted.stdout)["run-id"])
+
+        def status(run_id: str) -> str:
             res = subprocess.run(["flwr", "ls", "deploy", "--run-id", run_id, "--format", "json"], env=env,
                                  capture_output=True, text=True, cwd=tmp_path)
             try:
                 return str(json.loads(res.stdout)["runs"][0]["status"])
             except (json.JSONDecodeError, KeyError, IndexError):
                 return ""
-        _wait(lambda: status().startswith("finished"), 420, "the run to finish")
-        assert status() == "finished:completed", status()
+        run_id = submit()
+        _wait(lambda: status(run_id).startswith("finished"), 420, "the run to finish")
+        assert status(run_id) == "finished:completed", status(run_id)
 
         summary = json.loads((out / "state.json").read_text())
         assert summary["round"] == 1
@@ -153,6 +157,14 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
             (ledger,) = (tmp_path / f"state-{h}").glob("ledger-*.jsonl")
             entry = json.loads(ledger.read_text().splitlines()[-1])
             assert entry["kind"] == "train" and entry["round"] == 1 and 0 < entry["epsilon"] <= 8.0
+
+        # a deployed run resumes through the run config: one more round after the last completed one
+        run_id = submit(" rounds=2 resume=true")
+        _wait(lambda: status(run_id).startswith("finished"), 420, "the resumed run to finish")
+        assert status(run_id) == "finished:completed", status(run_id)
+        assert json.loads((out / "state.json").read_text())["round"] == 2
+        rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert rounds == [0, 1, 2]
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -1,17 +1,17 @@
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
-from fedclip.federated.task import FederateConfig, from_run_config
+from fedclip.federated.task import FederateConfig, flower_app_config, from_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_pyproject_flower_config_covers_every_setting_with_the_same_defaults():
+def test_pyproject_flower_config_is_the_generated_one_and_reads_back_as_the_defaults():
     app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"] == {"serverapp": "fedclip.federated.server_app:app",
                                  "clientapp": "fedclip.federated.client_app:app"}
-    run_config = app["config"]
-    assert {k.replace("-", "_") for k in run_config} == {f.name for f in fields(FederateConfig)}
-    cfg = from_run_config(run_config)
-    assert cfg == FederateConfig(out=Path("runs/federate"))  # empty strings: not set
+    generated = tomllib.loads(flower_app_config())["tool"]["flwr"]["app"]["config"]
+    assert app["config"] == generated, "pyproject.toml is stale: run `make flwr-config`"
+    flat = {**{k: v for k, v in app["config"].items() if k != "finetune"},
+            **{f"finetune.{k}": v for k, v in app["config"]["finetune"].items()}}  # as Flower flattens it
+    assert from_run_config(flat) == FederateConfig()  # empty strings: not set

@@ -32,7 +32,7 @@ def _node(tmp_path, name="client-0", **policy):
 
 def _arrays(cfg):
     vc = load_global(cfg, None)
-    return {k: v.clone() for k, v in vc.model.state_dict().items() if k in trained_keys(vc, cfg.train_blocks)}
+    return {k: v.clone() for k, v in vc.model.state_dict().items() if k in trained_keys(vc, cfg.finetune.train_blocks)}
 
 
 def _ledger(node):
@@ -98,7 +98,7 @@ def test_client_evaluation_is_off_by_default_refused_without_policy_and_charged_
     (entry,) = _ledger(node)
     assert entry["kind"] == "evaluate" and entry["noise_multiplier"] == pytest.approx(5.0 / math.sqrt(2))
     tight = _node(tmp_path / "tight", answer_evaluate=True, evaluate_noise=5.0)
-    low_budget = replace(cfg, epsilon=entry["epsilon"] * 1.2)  # pays for one answer, not two (RDP: ~1.41x)
+    low_budget = cfg.with_finetune(epsilon=entry["epsilon"] * 1.2)  # pays for one answer, not two (RDP: ~1.41x)
     assert keys.ACCURACY in client_evaluate(low_budget, tight, nc, _arrays(cfg), 1).metrics
     after = client_evaluate(low_budget, tight, nc, _arrays(cfg), 2)
     assert after.metrics[keys.REFUSED] and "past its lifetime budget" in after.strings[keys.REASON]
@@ -114,7 +114,7 @@ def test_client_evaluation_is_off_by_default_refused_without_policy_and_charged_
 ])
 def test_a_run_asking_for_less_privacy_than_the_policy_is_refused_by_the_node(federation, tmp_path, ask, reason):
     base, cfg, _ = federation
-    result = client_train(replace(cfg, **ask), _node(tmp_path), {"partition-id": 0}, _arrays(cfg), 1)
+    result = client_train(cfg.with_finetune(**ask), _node(tmp_path), {"partition-id": 0}, _arrays(cfg), 1)
     assert result.update is None and result.metrics[keys.REFUSED] and reason in result.strings[keys.REASON]
     assert not list((tmp_path / "client-0").glob("ledger-*.jsonl")) or not _ledger(_node(tmp_path))
 
@@ -122,14 +122,15 @@ def test_a_run_asking_for_less_privacy_than_the_policy_is_refused_by_the_node(fe
 def test_a_node_that_allows_no_dp_says_so_in_its_lifetime_ledger(federation, tmp_path):
     base, cfg, _ = federation
     node = _node(tmp_path, dp_required=False)
-    result = client_train(replace(cfg, dp=False), node, {"partition-id": 0}, _arrays(cfg), 1)
+    result = client_train(cfg.with_finetune(dp=False), node, {"partition-id": 0}, _arrays(cfg), 1)
     assert result.update is not None and math.isinf(result.metrics[keys.EPSILON])
     assert [e["kind"] for e in _ledger(node)] == ["no-dp"]
 
 
 def test_dp_false_from_the_server_sends_nothing_in_a_real_federation(federation, tmp_path):
     base, cfg, _ = federation
-    result = simulate(replace(cfg, out=tmp_path / "nodp", dp=False, rounds=1), state_root=tmp_path / "nodes")
+    result = simulate(replace(cfg, out=tmp_path / "nodp", rounds=1).with_finetune(dp=False),
+                      state_root=tmp_path / "nodes")
     clients = result["rounds"][1]["clients"]
     assert [c["status"] for c in clients] == ["refused"] * 3 and all("requires DP" in c["reason"] for c in clients)
     start = models.load_checkpoint(cfg.checkpoint).model.state_dict()
@@ -148,18 +149,22 @@ def test_a_fresh_out_on_the_same_data_continues_the_lifetime_spend(federation, t
 
 def test_resume_with_changed_privacy_settings_is_refused_naming_them(federation):
     base, cfg, _ = federation
-    assert resume_point(cfg, resume=True) == 2
-    for field, value in [("epsilon", 4.0), ("delta", 1e-6), ("unit", "image"), ("partitioning", "iid"),
-                         ("dp", False), ("batch_size", 32), ("seed", 1)]:
+    resumed = replace(cfg, resume=True)
+    assert resume_point(resumed) == 2
+    for field, value in [("partitioning", "iid"), ("seed", 1)]:
         with pytest.raises(FedclipError, match=f"changed {field}"):
-            resume_point(replace(cfg, **{field: value}), resume=True)
+            resume_point(replace(resumed, **{field: value}))
+    for field, value in [("epsilon", 4.0), ("delta", 1e-6), ("unit", "image"), ("dp", False), ("batch_size", 32),
+                         ("epochs", 5)]:
+        with pytest.raises(FedclipError, match=f"changed finetune.{field}"):
+            resume_point(resumed.with_finetune(**{field: value}))
     with pytest.raises(FedclipError, match="pass --resume"):
-        resume_point(cfg, resume=False)
+        resume_point(cfg)
 
 
 def test_server_side_dp_is_accounted_per_hospital_and_matches_dp_accounting(federation, tmp_path):
     base, cfg, _ = federation
-    run = replace(cfg, out=tmp_path / "central", rounds=2, server_dp="fixed", server_dp_noise=1.5, epsilon=8.0)
+    run = replace(cfg, out=tmp_path / "central", rounds=2, server_dp="fixed", server_dp_noise=1.5)
     result = simulate(run, state_root=tmp_path / "nodes")
     central = [e for e in result["ledger"] if e["node"] == "server"]
     assert [e["releases"] for e in central] == [1, 2]
@@ -177,7 +182,7 @@ def _message(cfg, arrays, round_=1):
 
 def test_a_failing_node_tells_the_server_nothing_but_that_it_failed(federation, tmp_path):
     base, cfg, _ = federation
-    broken = replace(cfg, task="no_such_task")  # fails inside training, with details worth hiding
+    broken = cfg.with_finetune(task="no_such_task")  # fails inside training, with details worth hiding
     app = make_client_app(broken, SimulatedNodes(tmp_path, [NodePolicy()] * 3))
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
                       run_config={})
@@ -193,7 +198,7 @@ def test_empty_poisson_batches_take_noise_only_steps_in_every_grad_sample_mode(f
     nc = {"partition-id": 0}
     for unit, mode in (("image", "hooks"), ("image", "ew"), ("patient", "hooks")):
         # one record per expected batch over ~60: many steps draw an empty batch
-        run = replace(cfg, grad_sample_mode=mode, batch_size=1, local_epochs=1, unit=unit)
+        run = cfg.with_finetune(grad_sample_mode=mode, batch_size=1, epochs=1, unit=unit)
         node = _node(tmp_path / f"{unit}-{mode}", dataset_size=60, unit=unit)
         result = client_train(run, node, nc, _arrays(cfg), 1)
         assert result.update is not None and result.metrics[keys.STEPS] == 60

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,8 @@ def test_extending_past_the_budget_makes_every_client_refuse(federation, tmp_pat
     base, cfg, _ = federation
     run = tmp_path / "run"
     shutil.copytree(cfg.out, run)  # ledgers included: the extension continues the same hospitals' spend
-    extended = FederateConfig(**{**cfg.__dict__, "out": run, "rounds": 3})
-    result = simulate(extended, resume=True, state_root=base / "nodes")
+    extended = replace(cfg, out=run, rounds=3, resume=True)
+    result = simulate(extended, state_root=base / "nodes")
     last = result["rounds"][-1]
     assert last["round"] == 3 and [c["status"] for c in last["clients"]] == ["refused"] * 3
     assert all("past its budget" in c["reason"] for c in last["clients"])
@@ -95,7 +96,7 @@ def _faulty_client_app(cfg: FederateConfig, state_root: Path) -> ClientApp:
 
 def test_nan_and_wrong_shape_updates_are_rejected_and_the_rest_aggregated(federation, tmp_path):
     base, cfg, _ = federation
-    bad = _absolute(FederateConfig(**{**cfg.__dict__, "out": tmp_path / "bad", "rounds": 1}))
+    bad = _absolute(replace(cfg, out=tmp_path / "bad", rounds=1))
     run_simulation(server_app=make_server_app(bad), client_app=_faulty_client_app(bad, tmp_path / "nodes"),
                    num_supernodes=3,
                    backend_config=BACKEND)
@@ -115,7 +116,7 @@ def test_a_killed_server_resumes_after_its_last_completed_round(federation, tmp_
     nodes = tmp_path / "nodes"
     cmd = [sys.executable, "-m", "fedclip.cli.main", "--quiet", "federate", "--checkpoint", str(cfg.checkpoint),
            "--data", str(cfg.data), "--eval-data", str(cfg.eval_data), "--out", str(out), "--rounds", "3",
-           "--state-dir", str(nodes), "--set", "federate.batch_size=16"]
+           "--state-dir", str(nodes), "--set", "federate.finetune.batch_size=16"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "state.json").exists():
@@ -124,7 +125,10 @@ def test_a_killed_server_resumes_after_its_last_completed_round(federation, tmp_
     proc.wait()
     done = json.loads((out / "state.json").read_text())["round"]
     assert 1 <= done < 3
-    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    # only --out and --resume: the run's own config.toml supplies the rest
+    again = [sys.executable, "-m", "fedclip.cli.main", "--quiet", "federate", "--out", str(out), "--state-dir",
+             str(nodes), "--resume"]
+    res = subprocess.run(again, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [0, 1, 2, 3] and json.loads((out / "state.json").read_text())["round"] == 3
@@ -132,10 +136,10 @@ def test_a_killed_server_resumes_after_its_last_completed_round(federation, tmp_
     # entry: over-counting is allowed, under-counting never)
     for i in range(3):
         assert set(range(1, 4)) <= {e["round"] for e in train_entries(nodes / f"client-{i}")}
-    wrong = subprocess.run(cmd + ["--strategy", "fedmedian", "--epsilon", "4", "--resume"],
+    wrong = subprocess.run(again + ["--strategy", "fedmedian", "--epsilon", "4"],
                            capture_output=True, text=True, timeout=120)
     said = wrong.stdout + wrong.stderr
-    assert wrong.returncode == 2 and "changed epsilon (8.0 -> 4.0), strategy (fedavg -> fedmedian)" in said
+    assert wrong.returncode == 2 and "changed finetune.epsilon (8.0 -> 4.0), strategy (fedavg -> fedmedian)" in said
     assert "Traceback" not in said
 
 
@@ -145,7 +149,7 @@ def test_a_killed_server_resumes_after_its_last_completed_round(federation, tmp_
 ])
 def test_other_strategies_run_a_round(federation, tmp_path, overrides):
     base, cfg, _ = federation
-    run = FederateConfig(**{**cfg.__dict__, "out": tmp_path / "run", "rounds": 1, **overrides})
+    run = replace(cfg, out=tmp_path / "run", rounds=1, **overrides)
     result = simulate(run, state_root=tmp_path / "nodes")
     clients = result["rounds"][1]["clients"]
     assert [c["status"] for c in clients] == ["aggregated"] * 3

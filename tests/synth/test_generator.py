@@ -76,7 +76,7 @@ def test_forced_grade_cohort_labels_follow_lesions():
     assert max(grades) == 4 and min(grades) >= 3  # the fellow eye is at most one grade better
 
 
-@pytest.mark.parametrize("cond", [c.name for c in CONDITIONS if c.prevalence > 0])
+@pytest.mark.parametrize("cond", [c.name for c in CONDITIONS if c.follows_dr_grade is None])
 def test_condition_changes_the_image_and_is_captioned(cond):
     none = tuple((c.name, 0.0) for c in CONDITIONS)
     healthy = CohortSpec(seed=5, size=96, diabetic_rate=0.0, prevalence=none, hospital="riverside", visits=1)
