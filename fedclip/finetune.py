@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedclip import evaluate, tasks
 from fedclip.data.images import load_rgb
+from fedclip.dp import BookKeeping, supports
 from fedclip.errors import FedclipError, ModelError
 from fedclip.models import VisionClip
 
@@ -56,7 +57,9 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     noise_multiplier: float | None = None  # set it to skip calibration
     accountant: str = "rdp"  # rdp | prv
-    grad_sample_mode: str = "hooks"  # hooks | functorch | ew | ghost
+    # bk: fedclip's book-keeping clipping (fedclip.dp; equal to Opacus' result, cheaper); or Opacus' own
+    # per-sample machinery: hooks | functorch | ew | ghost
+    grad_sample_mode: str = "bk"
     proximal_mu: float = 0.0  # FedProx: pull towards the weights the round started from
     # Class prior for a logit-adjusted loss (Menon et al. 2021), so that rare classes are not traded away
     # for accuracy on the common one. Set it from public knowledge (published screening prevalence), not
@@ -322,6 +325,21 @@ def _private(head: nn.Module, opt: torch.optim.Optimizer, dataset: TensorDataset
     return model, dp_opt, criterion, wrapped[-1]
 
 
+def _book_keeping(head: nn.Module, params: list[torch.Tensor], dataset: TensorDataset, cfg: FinetuneConfig, *,
+                  sigma: float, sample_rate: float, expected_batch_size: float,
+                  noise_seed: int | None) -> tuple[BookKeeping, DataLoader]:
+    """`fedclip.dp`'s clipping on the head, with the same randomness and normalisation as `_private`."""
+    from opacus.data_loader import DPDataLoader
+
+    if not supports(head):
+        raise FedclipError("grad_sample_mode bk needs a head of linear and layer-norm layers; use hooks")
+    sampling = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed)
+    noise = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed + 1)
+    bk = BookKeeping(head, params, max_grad_norm=cfg.max_grad_norm, noise_multiplier=sigma,
+                     expected_batch_size=expected_batch_size, generator=noise)
+    return bk, DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
+
+
 @dataclass(frozen=True)
 class GradientCanaries:
     """Audit canaries in gradient space (white-box, the server's view; Andrew et al. 2023, Steinke et al. 2023).
@@ -340,7 +358,8 @@ class GradientCanaries:
 
 def _add_canaries(opt: Any, params: list[torch.Tensor], canaries: GradientCanaries, q: float,
                   clip: float) -> None:
-    """Wrap the DP optimizer's `add_noise` to add the sampled canaries' gradients just before the noise."""
+    """Wrap `add_noise` (Opacus' DP optimizer's or book-keeping's) to add the sampled canaries' gradients
+    to the clipped sum just before the noise."""
     gen = torch.Generator().manual_seed(canaries.seed)
     add_noise = opt.add_noise
     sizes = [p.numel() for p in params]
@@ -383,8 +402,15 @@ def group_by_patient(tokens: torch.Tensor, targets: torch.Tensor, patients: Sequ
 
 def _patient_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the batch's patients of each patient's summed loss over their (real) images."""
+    return _per_sample_loss(logits, y, mask, by_patient=True).mean()
+
+
+def _per_sample_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, by_patient: bool) -> torch.Tensor:
+    """Each record's loss: an image's cross-entropy, or a patient's summed over their (real) images."""
+    if not by_patient:
+        return F.cross_entropy(logits, y, reduction="none")
     ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-    return (ce * mask).sum(1).mean()
+    return (ce * mask).sum(1)
 
 
 def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: FinetuneConfig, *,
@@ -413,8 +439,8 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     if by_patient:
         if patients is None:
             raise FedclipError("patient-level training needs each image's patient id")
-        if cfg.dp and cfg.grad_sample_mode not in ("hooks", "functorch"):
-            raise FedclipError(f"patient-level DP supports grad_sample_mode hooks or functorch, not "
+        if cfg.dp and cfg.grad_sample_mode not in ("bk", "hooks", "functorch"):
+            raise FedclipError(f"patient-level DP supports grad_sample_mode bk, hooks or functorch, not "
                                f"{cfg.grad_sample_mode}")
         ptokens, ptargets, pmask = group_by_patient(tokens, targets, patients, cfg.max_images_per_patient)
         dataset = TensorDataset(ptokens, ptargets, pmask)
@@ -441,14 +467,21 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
         head.register_buffer("adjust", torch.log(torch.tensor(cfg.class_prior, dtype=torch.float32)))
     criterion: nn.Module = nn.CrossEntropyLoss()
     model: nn.Module = head
+    bk: BookKeeping | None = None
     if cfg.dp:
         sigma = noise_multiplier if noise_multiplier is not None else noise_for_budget(cfg, size, steps)
-        model, opt, criterion, loader = _private(head, opt, dataset, criterion, cfg, sigma=sigma, sample_rate=q,
-                                                 expected_batch_size=q * size, noise_seed=noise_seed)
+        if cfg.grad_sample_mode == "bk":
+            bk, loader = _book_keeping(head, params, dataset, cfg, sigma=sigma, sample_rate=q,
+                                       expected_batch_size=q * size, noise_seed=noise_seed)
+        else:
+            model, opt, criterion, loader = _private(head, opt, dataset, criterion, cfg, sigma=sigma,
+                                                     sample_rate=q, expected_batch_size=q * size,
+                                                     noise_seed=noise_seed)
+        privatizer = bk if bk is not None else opt  # either one adds the noise to the clipped sum
         if canaries is not None:
-            _add_canaries(opt, params, canaries, q, cfg.max_grad_norm)
+            _add_canaries(privatizer, params, canaries, q, cfg.max_grad_norm)
         if insecure_disable_noise_for_tests:
-            opt.noise_multiplier = 0.0
+            privatizer.noise_multiplier = 0.0
     else:  # no privacy promised: data order from the config seed
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(cfg.seed))
@@ -475,6 +508,13 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
                     for p in params:
                         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
                     opt.step()
+                elif bk is not None:  # per-sample losses: book-keeping clips each sample's gradient
+                    with bk.recording():
+                        logits = head(x)
+                    per_sample = _per_sample_loss(logits, y, mask, by_patient)
+                    bk.private_grads(per_sample)
+                    opt.step()
+                    loss = per_sample.mean() if len(y) else per_sample.sum()
                 else:
                     logits = model(x)
                     if not len(y):

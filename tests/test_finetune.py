@@ -48,7 +48,7 @@ def test_lora_starts_as_the_base_model(tiny):
     assert all(torch.allclose(v, full[k]) for k, v in head.open_clip_state().items())
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+@pytest.mark.parametrize("mode", ["bk", "hooks", "ew", "functorch", "ghost"])
 def test_dp_finetune_trains_only_the_head_in_every_grad_sample_mode(tiny, mode):
     vc0, samples = tiny
     vc = models.create("visionclip-tiny", seed=3)
@@ -123,9 +123,10 @@ def _patient_case(n_images=(1, 2, 5), seed=0):
     return tokens, targets, patients
 
 
-def test_patient_level_dp_equals_a_direct_implementation():
-    """Per-patient clipping through Opacus (a patient is the sample) == explicit per-image gradients summed per
-    patient, clipped, summed, noised with the same noise: one SGD step, to 1e-6."""
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_patient_level_dp_equals_a_direct_implementation(mode):
+    """Per-patient clipping (book-keeping, or Opacus with a patient as the sample) == explicit per-image
+    gradients summed per patient, clipped, summed, noised with the same noise: one SGD step, to 1e-6."""
     from opacus.optimizers.optimizer import _generate_noise
 
     from fedclip.finetune import Head
@@ -133,7 +134,7 @@ def test_patient_level_dp_equals_a_direct_implementation():
     vc = models.create("visionclip-tiny", seed=1)
     tokens, targets, patients = _patient_case()
     cfg = FinetuneConfig(unit="patient", dp=True, batch_size=3, epochs=1, lr=1.0, momentum=0.0, max_grad_norm=0.5,
-                         train_blocks=0)
+                         train_blocks=0, grad_sample_mode=mode)
     sigma, seed = 0.7, 123
     result = finetune(models.create("visionclip-tiny", seed=1), tokens, targets, cfg, noise_multiplier=sigma,
                       sample_rate=1.0, steps=1, public_size=3, noise_seed=seed, patients=patients)

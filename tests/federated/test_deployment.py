@@ -125,10 +125,10 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
         assert online() == 3  # the rogue never joined
 
         out = tmp_path / "run"
-        overrides = (f'checkpoint="{ckpt}" eval-data="{tmp_path / "eval"}" out="{out}" rounds=1 clients=3 '
+        overrides = (f'checkpoint="{ckpt}" eval-data="{tmp_path / "eval"}" out="{out}" clients=3 '
                      f'finetune.batch-size=16 client-eval=false')
 
-        def submit(extra: str = "") -> str:
+        def submit(extra: str) -> str:
             submitted = subprocess.run(["flwr", "run", str(ROOT), "deploy", "--format", "json", "-c",
                                         overrides + extra], env=env, capture_output=True, text=True, cwd=tmp_path,
                                        timeout=120)
@@ -142,7 +142,7 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
                 return str(json.loads(res.stdout)["runs"][0]["status"])
             except (json.JSONDecodeError, KeyError, IndexError):
                 return ""
-        run_id = submit()
+        run_id = submit(" rounds=1")
         _wait(lambda: status(run_id).startswith("finished"), 420, "the run to finish")
         assert status(run_id) == "finished:completed", status(run_id)
 

@@ -196,7 +196,7 @@ def test_a_failing_node_tells_the_server_nothing_but_that_it_failed(federation, 
 def test_empty_poisson_batches_take_noise_only_steps_in_every_grad_sample_mode(federation, tmp_path):
     base, cfg, _ = federation
     nc = {"partition-id": 0}
-    for unit, mode in (("image", "hooks"), ("image", "ew"), ("patient", "hooks")):
+    for unit, mode in (("image", "bk"), ("image", "hooks"), ("image", "ew"), ("patient", "bk"), ("patient", "hooks")):
         # one record per expected batch over ~60: many steps draw an empty batch
         run = cfg.with_finetune(grad_sample_mode=mode, batch_size=1, epochs=1, unit=unit)
         node = _node(tmp_path / f"{unit}-{mode}", dataset_size=60, unit=unit)

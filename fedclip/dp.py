@@ -1,0 +1,152 @@
+"""DP-SGD's clipped, noised gradient for the fine-tuning head, by book-keeping (grad_sample_mode "bk").
+
+Opacus materialises every sample's gradient of every trained parameter (hooks mode) or runs a second
+backward pass (ghost mode). For a head built of `nn.Linear` and `nn.LayerNorm` layers neither is needed
+(Bu et al. 2023, "Differentially private optimization on large model at small cost"): one backward pass
+to the layers' *outputs* gives each layer's output gradients g; with its inputs a (kept by a forward
+hook) a sample's gradient of a linear layer is sum_s a_s g_s^T, whose norm is computed either from the
+small (d_in x d_out) matrix itself or, when the sequence is short, from the Gram matrices
+(a a^T) * (g g^T) ("ghost norm", never forming the gradient); the clipped sum over the batch is then one
+matrix product, a^T diag(c) g. No per-sample gradient of a large layer is ever stored, and autograd
+computes no parameter gradient that would be thrown away.
+
+The result is the same vector as Opacus' `DPOptimizer` (per-sample clipping with its formula
+c = min(1, C / (norm + 1e-6)), noise drawn by Opacus' own secure-mode sampler in parameter order from
+the given generator, division by the expected batch size); `tests/test_dp.py` checks it to 1e-6
+against Opacus on the same batch and noise. Accounting is unchanged: the mechanism is the same.
+
+Why not Opacus' ghost mode: it clips with a second full backward pass and supports neither fedclip's
+patient-level records (several images per sample) nor canary injection before the noise; measured in
+`benchmarks/dp_overhead.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_EPS = 1e-6  # Opacus' per-sample clip factor: C / (norm + 1e-6)
+
+
+def supports(head: nn.Module) -> bool:
+    """Every trained parameter sits directly in an `nn.Linear` or an affine `nn.LayerNorm`."""
+    owned = {id(p) for m in _layers(head) for p in m.parameters(recurse=False) if p.requires_grad}
+    return all(id(p) in owned for p in head.parameters() if p.requires_grad)
+
+
+def _layers(head: nn.Module) -> list[nn.Module]:
+    return [m for m in head.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))
+            and any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+class BookKeeping:
+    """Per-sample clipped, noised gradient sums for `head`'s trained parameters, written to `p.grad`.
+
+    Use: `with bk.recording(): out = head(x)`, then `bk.private_grads(per_sample_loss)`, then the
+    ordinary optimizer's `step()`. Like Opacus' `DPOptimizer`, the clipped sum is `p.summed_grad` when
+    `add_noise()` runs, so the audit's gradient canaries wrap `add_noise` the same way for both.
+    """
+
+    def __init__(self, head: nn.Module, params: list[torch.Tensor], *, max_grad_norm: float,
+                 noise_multiplier: float, expected_batch_size: float, generator: torch.Generator) -> None:
+        if not supports(head):
+            raise ValueError("book-keeping DP needs every trained parameter in an nn.Linear or nn.LayerNorm")
+        self.params = params
+        self.layers = _layers(head)
+        self.max_grad_norm, self.noise_multiplier = max_grad_norm, noise_multiplier
+        self.expected_batch_size, self.generator = expected_batch_size, generator
+        self._seen: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        self._recording = False
+        for m in self.layers:
+            m.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if self._recording:
+            if any(m is module for m, _, _ in self._seen):  # its per-sample norm would miss cross terms
+                raise ValueError("book-keeping DP needs each trained layer to run once per forward pass")
+            self._seen.append((module, inputs[0].detach(), output))
+
+    def recording(self) -> _Recording:
+        return _Recording(self)
+
+    def private_grads(self, per_sample_loss: torch.Tensor) -> None:
+        """Clip each sample's gradient of its loss, sum, add the noise, divide by the expected batch size."""
+        seen, self._seen = self._seen, []
+        batch = len(per_sample_loss)
+        sums = {id(p): torch.zeros_like(p) for p in self.params}
+        if batch:
+            outs = [o for _, _, o in seen]
+            grads = torch.autograd.grad(per_sample_loss.sum(), outs, allow_unused=True)
+            parts = [(m, _per_sample(a, batch), _per_sample(g if g is not None else torch.zeros_like(o), batch))
+                     for (m, a, o), g in zip(seen, grads, strict=True)]
+            norm2 = torch.zeros(batch, dtype=per_sample_loss.dtype)
+            for m, a, g in parts:
+                norm2 += _norm2(m, a, g)
+            clip = (self.max_grad_norm / (norm2.sqrt() + CLIP_EPS)).clamp(max=1.0)
+            for m, a, g in parts:
+                _clipped_sum(m, a, g, clip, sums)
+        for p in self.params:
+            p.summed_grad = sums[id(p)]
+        self.add_noise()
+
+    def add_noise(self) -> None:
+        """`p.grad` = (clipped sum + noise) / expected batch size: Opacus' `add_noise` and `scale_grad`."""
+        from opacus.optimizers.optimizer import _generate_noise
+
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:  # parameter order and sampler: exactly Opacus' in secure mode
+            noise = _generate_noise(std, p.summed_grad, generator=self.generator, secure_mode=True)
+            p.grad = (p.summed_grad + noise) / self.expected_batch_size
+            del p.summed_grad
+
+
+class _Recording:
+    def __init__(self, bk: BookKeeping) -> None:
+        self.bk = bk
+
+    def __enter__(self) -> BookKeeping:
+        self.bk._seen, self.bk._recording = [], True
+        return self.bk
+
+    def __exit__(self, *exc: object) -> None:
+        self.bk._recording = False
+
+
+def _per_sample(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(batch, positions, features): every dimension between the sample and the features (tokens, a
+    patient's images) is one sequence, since a sample's gradient sums over all of them."""
+    return x.reshape(batch, -1, x.shape[-1])
+
+
+def _norm2(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Each sample's squared gradient norm over the layer's parameters."""
+    bias = g.sum(1).pow(2).sum(1) if m.bias is not None and m.bias.requires_grad else 0.0
+    if isinstance(m, nn.LayerNorm):
+        xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
+        return (xhat * g).sum(1).pow(2).sum(1) * float(m.weight.requires_grad) + bias
+    s, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
+    if s == 1:
+        out = a.squeeze(1).pow(2).sum(1) * g.squeeze(1).pow(2).sum(1)
+    elif s * s <= d_in * d_out:  # ghost norm: two (s x s) Gram matrices instead of a (d_in x d_out) gradient
+        out = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+    else:
+        out = torch.bmm(a.transpose(1, 2), g).pow(2).sum((1, 2))
+    return out + bias
+
+
+def _clipped_sum(m: nn.Module, a: torch.Tensor, g: torch.Tensor, clip: torch.Tensor,
+                 sums: dict[int, torch.Tensor]) -> None:
+    """Add the layer's clipped per-sample gradients, summed over the batch, to `sums`."""
+    gc = g * clip[:, None, None]
+    if isinstance(m, nn.LayerNorm):
+        xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
+        if m.weight.requires_grad:
+            sums[id(m.weight)] += (xhat * gc).sum((0, 1))
+        if m.bias is not None and m.bias.requires_grad:
+            sums[id(m.bias)] += gc.sum((0, 1))
+        return
+    if m.weight.requires_grad:
+        sums[id(m.weight)] += gc.flatten(0, 1).T @ a.flatten(0, 1)
+    if m.bias is not None and m.bias.requires_grad:
+        sums[id(m.bias)] += gc.sum((0, 1))
