@@ -88,6 +88,29 @@ def data_import(
     console.print(f"wrote {path}")
 
 
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="A dataset dir.")],
+    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+    show: Annotated[int, typer.Option(help="Undecodable images to list.")] = 20,
+) -> None:
+    """Decode every image of a dataset dir (and check its metadata); exit 2 if any image is broken."""
+    from fedclip.data.check import undecodable
+
+    try:
+        total, bad = undecodable(path, workers=workers)
+    except FedclipError as e:
+        _fail(e)
+    if not bad:
+        console.print(f"all {total} images decode; the metadata is consistent")
+        return
+    for rel, _ in bad[:show]:
+        console.print(f"cannot be decoded: {escape(rel)}")
+    more = f" (the first {show} listed)" if len(bad) > show else ""
+    _fail(FedclipError(f"{len(bad)} of {total} images cannot be decoded{more}; re-export or re-download them, "
+                       f"or remove their rows from {path / 'metadata.csv'}"))
+
+
 @data_app.command("info")
 def data_info(path: Annotated[Path, typer.Argument(help="A dataset dir.")]) -> None:
     """Count images, patients, hospitals and positives per label in a dataset dir."""
@@ -151,6 +174,10 @@ def pretrain(
         result = run_pretrain(cfg, out, resume=resume)
     except FedclipError as e:
         _fail(e)
+    if result["undecodable_skipped"]:
+        bad = result["undecodable_skipped"]
+        console.print(f"[yellow]warning:[/] skipped {len(bad)} undecodable image(s) (first: {escape(bad[0])}); "
+                      "`fedclip data check DIR` lists them all")
     if result["checkpoint"]:
         console.print(f"final loss {result['final_loss']:.4f}, {result['samples_per_s']:.1f} samples/s; "
                       f"checkpoint: {result['checkpoint']}")

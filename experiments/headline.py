@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fedclip import config as cfglib  # noqa: E402
 from fedclip.audits.mia import load_results  # noqa: E402
 from fedclip.audits.report import Section, figure_png, strongest_attack  # noqa: E402
 from fedclip.audits.report import render as render_audits  # noqa: E402
@@ -67,6 +68,10 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
     audits = {name: entry["dir"] for name, entry in up["audit"].items()}
     rows: list[dict[str, Any]] = []
     corpus = up["synthesize"]["corpus"]
+    generator = (up["synthesize"].get("generator") or {}).get("privacy")  # a DP release of the members' statistics
+    synthetic_dp = (f"generator statistics released with ε = {generator['epsilon']:g}, δ = {generator['delta']:g} "
+                    "per patient; no patient record trained it" if generator
+                    else "no patient record trained it (the generator saw exact aggregate statistics)")
     for name in ("synthetic", "private"):
         ext = _task_entry(ev[name]["external_zero_shot"], cfg.task)
         hosp = _task_entry(ev[name]["hospitals_zero_shot"], cfg.task)
@@ -74,8 +79,8 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
             "model": name, "stage": "pretrained",
             "data": (f"synthetic corpus ({corpus['n']} images)" if name == "synthetic"
                      else f"private cohort ({up['data']['members']['n']} images)"),
-            "dp": ("not needed: no patient record trained it" if name == "synthetic" else "none (ε = ∞)"),
-            "dp_short": "-" if name == "synthetic" else "∞",
+            "dp": synthetic_dp if name == "synthetic" else "none (ε = ∞)",
+            "dp_short": (f"{generator['epsilon']:g} (gen.)" if generator else "-") if name == "synthetic" else "∞",
             "ledger_epsilon": None,
             "external": {"balanced_accuracy": _metric(ext, "balanced_accuracy"), "auc": _metric(ext, "auc")},
             "hospitals_balanced_accuracy": hosp["balanced_accuracy"],
@@ -111,7 +116,7 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
     return {"kind": "study", "format": FORMAT, "task": cfg.task, "external_hospital": cfg.external_hospital,
             "hospitals": ", ".join(cfg.hospital_names), "rows": rows, "ratios": ratios,
             "privacy_unit": "patient; add/remove-one patient; Opacus RDP accountant via each node's ledger",
-            "summaries": _summaries(other), "config": {k: str(v) for k, v in vars(cfg).items()}}
+            "summaries": _summaries(other), "config": cfglib.plain(cfg)}
 
 
 def _fed_dp(fed: Mapping[str, Any], ledger: float | None) -> str:

@@ -86,6 +86,9 @@ class StudyConfig:
     synthetic_data: Path | None = None  # e.g. SynFundus-1M: then no generator is fitted
     # --- synthesize
     n_synthetic: int = 0  # 0: as many images as the members
+    # release the generator's cohort statistics with DP (per patient, add/remove one; none: exact aggregates)
+    generator_epsilon: float | None = None
+    generator_delta: float = 1e-6
     # --- evaluate
     task: str = "referable_dr"  # the headline's task, and the federations'
     tasks: tuple[str, ...] = ("referable_dr", "dr_grade", "amd", "dme")
@@ -219,13 +222,13 @@ class Study:
         # the members' patients: what a data custodian measures on each (labels, grades, anatomy); only
         # aggregate statistics reach the generator (docs/architecture.md, "Med-AIGC")
         cohort = [patient(spec, i) for i in range(-(-c.n_members // spec.images_per_patient))]
-        stats = estimate(cohort)
+        stats = estimate(cohort, epsilon=c.generator_epsilon, delta=c.generator_delta)
         io.write_json(self.root / "synthetic" / "cohort_statistics.json", asdict(stats))
         synth = synthetic_spec(stats, seed=c.seed + 200, size=c.size, visits=spec.visits)
         corpus = _exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or up["data"]["members"]["n"],
                            c.workers)
-        return {"corpus": _dataset(corpus), "generator": {"statistics": str(self.root / "synthetic" /
-                                                                             "cohort_statistics.json")}}
+        return {"corpus": _dataset(corpus), "generator": {
+            "statistics": str(self.root / "synthetic" / "cohort_statistics.json"), "privacy": stats.privacy}}
 
     # 3 ------------------------------------------------------------------------------------------
     def pretrain(self, up: Mapping[str, Any]) -> dict[str, Any]:
@@ -371,7 +374,8 @@ class Study:
             Stage("data", self.data, pick(data_keys), (), (r / "data",),
                   "the private cohort (members, held-out patients), the hospitals' test patients, an external "
                   "hospital"),
-            Stage("synthesize", self.synthesize, pick(("n_synthetic", "synthetic_data", "seed", "size")), ("data",),
+            Stage("synthesize", self.synthesize, pick(("n_synthetic", "synthetic_data", "generator_epsilon",
+                                                       "generator_delta", "seed", "size")), ("data",),
                   (r / "synthetic",), "the Med-AIGC step: generator fitted to the members, a synthetic corpus"),
             Stage("pretrain", self.pretrain, pick(pre_keys), ("data", "synthesize"), (r / "pretrain",),
                   "a synthetic-data and a real-data model (and a reference on other patients), pretrained alike"),

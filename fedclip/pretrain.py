@@ -30,8 +30,15 @@ from fedclip import config as cfglib
 from fedclip import io, models, runlog, train_state
 from fedclip.data import canaries
 from fedclip.data.records import Record, fingerprint, manifest_text, read_metadata
-from fedclip.data.torchdata import Concat, RecordDataset, StepBatchSampler, SynthDataset, train_transform
-from fedclip.errors import FedclipError
+from fedclip.data.torchdata import (
+    Concat,
+    RecordDataset,
+    StepBatchSampler,
+    SynthDataset,
+    collate_skipping,
+    train_transform,
+)
+from fedclip.errors import DataError, FedclipError
 from fedclip.progress import progress_bar
 from fedclip.run import LAST, MEMBERS_FILE, RunDir
 from fedclip.synth import CohortSpec
@@ -59,6 +66,9 @@ class PretrainConfig:
     device: str = "auto"
     canaries: int = 0  # plant N canaries (and N never-trained controls) for `fedclip audit exposure`
     canary_repeats: tuple[int, ...] = (1, 4, 16)  # each planted canary is repeated one of these times (cycling)
+    # undecodable images are skipped and counted; past this fraction of the dataset training stops with an
+    # error (a 1M-image set should not die at hour five for one bad file, nor train on a broken copy)
+    max_undecodable: float = 0.001
 
 
 def parse_synth(text: str) -> tuple[CohortSpec, int]:
@@ -222,18 +232,27 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
         model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps, rank, world)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_skipping,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     provenance = {"stage": "pretrain", **source, "world_size": world, "config": _config_record(cfg)}
 
     model.train()
     metrics_file = open(RunDir(run).metrics, "a") if rank == 0 else None
     loss_value, t_last, seen = float("nan"), time.perf_counter(), 0
+    skipped: list[str] = []
     t_start = t_last
     try:
         with progress_bar(f"pretrain {cfg.model}", cfg.steps - start) if rank == 0 else nullcontext(
                 lambda *a, **k: None) as advance:
-            for step, (images, texts) in enumerate(loader, start=start):
+            for step, (images, texts, bad) in enumerate(loader, start=start):
+                skipped += bad
+                if len(skipped) > cfg.max_undecodable * len(dataset):
+                    raise DataError(f"{len(skipped)} training images cannot be decoded so far (first: {skipped[0]}), "
+                                    f"more than max_undecodable = {cfg.max_undecodable:g} of {len(dataset)}; run "
+                                    f"`fedclip data check {cfg.data or 'DIR'}` to list them, fix or remove them, "
+                                    "then run again (with --resume if a checkpoint was saved)")
+                if images is None:
+                    continue  # every image of this batch was broken: no step
                 images = images.to(device, non_blocking=True)
                 texts = texts.to(device, non_blocking=True)
                 micro = max(1, cfg.accum)
@@ -278,10 +297,12 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     elapsed = time.perf_counter() - t_start
     ckpt = None
     if rank == 0:
+        provenance["undecodable_skipped"] = len(skipped)
         ckpt = save(run, LAST, vc, opt=opt, sched=sched, scaler=scaler, step=cfg.steps, provenance=provenance)
     if world > 1:
         dist.barrier()
     return {"checkpoint": str(ckpt) if ckpt else None, "final_loss": loss_value, "steps": cfg.steps,
+            "undecodable_skipped": skipped,
             "samples_per_s": seen / elapsed if elapsed > 0 else float("nan"), "world_size": world}
 
 

@@ -85,12 +85,26 @@ def read_metadata(root: str | Path, check_files: bool = True) -> list[Record]:
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the header must start with "
                             f"filepath,caption (found: {','.join(header) or 'nothing'})")
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}: column {', '.join(twice)} appears twice in the header; keep one of each")
         label_cols = [c for c in header if c in LABEL_COLUMNS]
-        records = []
+        records, first_line = [], {}
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
             if not row.get("filepath"):
                 raise DataError(f"{where}: empty filepath; every row needs an image path")
+            relative = Path(row["filepath"])
+            if not relative.is_absolute() and ".." in relative.parts:
+                # absolute paths are a deliberate choice (an index of images kept elsewhere); a relative one
+                # that climbs out is a mistake or an attack on whoever reads the dataset
+                raise DataError(f"{where}: filepath {row['filepath']} leaves the dataset dir; use a path inside "
+                                f"{root} or an absolute path")
+            if row["filepath"] in first_line:
+                # one image twice is one record counted twice: it breaks the unit of privacy and the audits
+                raise DataError(f"{where}: {row['filepath']} is listed again (first at line "
+                                f"{first_line[row['filepath']]}); remove the duplicate row")
+            first_line[row["filepath"]] = line
             labels = checked_labels({c: row.get(c) for c in label_cols}, where)
             meta = {c: row[c] for c in META_COLUMNS if row.get(c) not in (None, "")}
             rec = Record(row["filepath"], row.get("caption") or "", labels, meta)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 
 from fedclip.data.images import load_rgb
@@ -50,6 +50,28 @@ def train_transform(size: int, augment: bool = True) -> Callable[[Image.Image], 
     return v2.Compose(steps)
 
 
+class UndecodableImage(DataError):
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class Undecodable(NamedTuple):
+    """What a dataset yields for an image that does not decode (a DataLoader worker cannot raise one cleanly)."""
+
+    path: str
+
+
+def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """(pixels, tokens, paths of undecodable images left out): a batch without its broken images."""
+    good = [b for b in batch if not isinstance(b, Undecodable)]
+    bad = [b.path for b in batch if isinstance(b, Undecodable)]
+    if not good:
+        return None, None, bad
+    pixels, tokens = default_collate(good)
+    return pixels, tokens, bad
+
+
 class ImageTextDataset(Dataset):
     """(image tensor, token ids) pairs; subclasses say where an image and its caption come from."""
 
@@ -60,9 +82,12 @@ class ImageTextDataset(Dataset):
     def item(self, index: int) -> tuple[Image.Image, str]:
         raise NotImplementedError
 
-    def __getitem__(self, key: Key | int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Key | int) -> tuple[torch.Tensor, torch.Tensor] | Undecodable:
         index, aug_seed = key if isinstance(key, tuple) else (key, key)
-        image, caption = self.item(index)
+        try:
+            image, caption = self.item(index)
+        except UndecodableImage as e:  # counted by the training loop (its tolerance), not fatal here
+            return Undecodable(str(e.path))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(aug_seed)
             pixels = self.transform(image)
@@ -84,7 +109,10 @@ class RecordDataset(ImageTextDataset):
 
     def item(self, index: int) -> tuple[Image.Image, str]:
         r = self.records[index]
-        return load_rgb(r.path(self.root)), r.caption
+        try:
+            return load_rgb(r.path(self.root)), r.caption
+        except DataError as e:
+            raise UndecodableImage(str(e), r.path(self.root)) from None
 
 
 class SynthDataset(ImageTextDataset):

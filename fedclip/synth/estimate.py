@@ -10,14 +10,15 @@ which is exactly the claim the privacy audits test.
 
 from __future__ import annotations
 
-from collections import Counter
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fedclip.errors import FedclipError
-from fedclip.synth.cohort import CohortSpec, Patient
+from fedclip.synth.cohort import ANATOMY_FIELDS, CohortSpec, Patient
 from fedclip.synth.profiles import profile
 from fedclip.synth.taxonomy import CONDITIONS, condition
 
@@ -29,37 +30,109 @@ class CohortStatistics:
     prevalence: tuple[tuple[str, float], ...]  # per patient (either eye); DME / laser: given eligible DR
     dr_grades: tuple[float, ...]  # worse-eye grade distribution over all patients
     anatomy: tuple[tuple[str, float, float], ...]  # (name, mean, std)
+    privacy: dict[str, Any] | None = None  # the DP release's guarantee (None: exact statistics, no DP)
 
 
-def estimate(patients: Sequence[Patient]) -> CohortStatistics:
-    """Statistics of a cohort, from what a data custodian can measure on each patient."""
-    if len(patients) < 2:
-        raise FedclipError("estimating a cohort's statistics needs at least 2 patients")
-    n = len(patients)
-    hospitals = Counter(p.hospital for p in patients)
-    prevalence = []
+TRAITS = ("pigmentation", "disc_radius", "cup_to_disc")
+
+
+def _release(patients: Sequence[Patient], hospitals: Sequence[str]) -> tuple[dict[str, float], float]:
+    """The counts and sums every statistic derives from, and their L2 sensitivity to one patient.
+
+    One patient adds 1 to the patient count, to one hospital and to one worse-eye grade; at most 1 to each
+    per-patient condition count; at most 2 (eyes) to each eligible-eye and hit count of the conditions
+    that follow from DR; and, per anatomy trait scaled to [0, 1] by its range, at most 2 to its sum and
+    to its sum of squares (and 2 to the healthy-eye count the cup-to-disc ratio is taken over).
+    """
+    out: dict[str, float] = {"n": float(len(patients))}
+    sq = 1.0 + 1.0 + 1.0  # n, a hospital, a grade
+    for h in hospitals:
+        out[f"hospital:{h}"] = float(sum(p.hospital == h for p in patients))
     for c in CONDITIONS:
         if c.follows_dr_grade is not None:  # a rate among eyes of a high enough grade
             eyes = [conds for p in patients for g, conds in zip(p.dr_grade, p.conditions, strict=True)
                     if g >= c.follows_dr_grade]
-            eligible, hits = eyes, sum(1 for conds in eyes if c.name in conds)
+            out[f"eligible:{c.name}"], out[f"hits:{c.name}"] = float(len(eyes)), float(sum(c.name in e for e in eyes))
+            sq += 4.0 + 4.0
         else:
-            eligible = list(patients)
-            hits = sum(1 for p in patients if c.name in p.conditions[0] | p.conditions[1])
-        prevalence.append((c.name, hits / len(eligible) if eligible else 0.0))
-    worse = np.bincount([max(p.dr_grade) for p in patients], minlength=5) / n
-    healthy_eyes = [a for p in patients for a, conds in zip(p.anatomy, p.conditions, strict=True)
-                    if "glaucoma" not in conds]
-    traits = {
-        "pigmentation": [a.pigmentation for p in patients for a in p.anatomy],
-        "disc_radius": [a.disc_radius for p in patients for a in p.anatomy],
-        "cup_to_disc": [a.cup_to_disc for a in healthy_eyes] or [0.3],
-    }
+            out[f"hits:{c.name}"] = float(sum(c.name in p.conditions[0] | p.conditions[1] for p in patients))
+            sq += 1.0
+    worse = np.bincount([max(p.dr_grade) for p in patients], minlength=5)
+    out.update({f"grade:{g}": float(worse[g]) for g in range(5)})
+    for trait in TRAITS:
+        lo, hi = ANATOMY_FIELDS[trait]
+        values = [(getattr(a, trait) - lo) / (hi - lo) for p in patients
+                  for a, conds in zip(p.anatomy, p.conditions, strict=True)
+                  if trait != "cup_to_disc" or "glaucoma" not in conds]  # glaucoma changes the cup
+        values = np.clip(values, 0.0, 1.0)
+        out[f"sum:{trait}"], out[f"sumsq:{trait}"] = float(values.sum()), float((values ** 2).sum())
+        out[f"count:{trait}"] = float(len(values))
+        sq += 4.0 + 4.0 + (4.0 if trait == "cup_to_disc" else 0.0)  # other traits: count = 2n, from n
+    return out, float(np.sqrt(sq))
+
+
+def estimate(patients: Sequence[Patient], *, epsilon: float | None = None, delta: float = 1e-6,
+             noise_seed: int | None = None) -> CohortStatistics:
+    """Statistics of a cohort, from what a data custodian can measure on each patient.
+
+    With `epsilon`, they are released with (epsilon, delta)-DP per patient (add/remove one patient): the
+    Gaussian mechanism on the counts and clipped sums they derive from (`_release`), its noise
+    calibrated by Opacus' RDP accountant and drawn from the OS CSPRNG (`noise_seed`: tests only).
+    The hospital names are public (the consortium's members). Counts are then clamped to be valid.
+    """
+    if len(patients) < 2:
+        raise FedclipError("estimating a cohort's statistics needs at least 2 patients")
+    hospitals = sorted({p.hospital for p in patients})
+    values, sensitivity = _release(patients, hospitals)
+    privacy = None
+    if epsilon is not None:
+        if epsilon <= 0 or not 0 < delta < 1:
+            raise FedclipError(f"generator statistics: epsilon must be > 0 and delta in (0, 1), got {epsilon}, "
+                               f"{delta}")
+        sigma = _noise_multiplier(epsilon, delta)
+        gen = np.random.default_rng(secrets.randbits(128) if noise_seed is None else noise_seed)
+        values = {k: v + float(gen.normal(0.0, sigma * sensitivity)) for k, v in values.items()}
+        privacy = {"epsilon": epsilon, "delta": delta, "unit": "patient", "neighbouring": "add/remove-one patient",
+                   "mechanism": "Gaussian on counts and clipped sums", "l2_sensitivity": round(sensitivity, 4),
+                   "noise_multiplier": sigma, "accountant": "rdp (Opacus)",
+                   "noise_source": "os-csprng" if noise_seed is None else "insecure-test-seed"}
+    return _statistics(values, hospitals, privacy)
+
+
+def _noise_multiplier(epsilon: float, delta: float) -> float:
+    """Noise std / sensitivity of one Gaussian release at (epsilon, delta)."""
+    import warnings
+
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=1,
+                                          accountant="rdp"))
+
+
+def _statistics(v: dict[str, float], hospitals: Sequence[str], privacy: dict[str, Any] | None) -> CohortStatistics:
+    """Proportions, rates, means and spreads from (possibly noised) counts and sums, clamped to be valid."""
+    def pos(x: float) -> float:
+        return max(x, 0.0)
+
+    n = max(v["n"], 1.0)
+    shares = np.array([pos(v[f"hospital:{h}"]) for h in hospitals]) + 1e-9
+    grades = np.array([pos(v[f"grade:{g}"]) for g in range(5)]) + 1e-9
+    prevalence = []
+    for c in CONDITIONS:
+        base = pos(v[f"eligible:{c.name}"]) if c.follows_dr_grade is not None else n
+        prevalence.append((c.name, float(np.clip(pos(v[f"hits:{c.name}"]) / base, 0.0, 1.0)) if base >= 1 else 0.0))
+    anatomy = []
+    for trait in TRAITS:
+        lo, hi = ANATOMY_FIELDS[trait]
+        count = max(v[f"count:{trait}"] if trait == "cup_to_disc" else 2 * v["n"], 1.0)
+        mean = float(np.clip(v[f"sum:{trait}"] / count, 0.0, 1.0))
+        var = max(v[f"sumsq:{trait}"] / count - mean ** 2, 0.0)
+        anatomy.append((trait, lo + mean * (hi - lo), float(np.sqrt(var)) * (hi - lo)))
     return CohortStatistics(
-        n, tuple(sorted((h, c / n) for h, c in hospitals.items())), tuple(prevalence),
-        tuple(float(x) for x in worse),
-        tuple((k, float(np.mean(v)), float(np.std(v))) for k, v in traits.items()),
-    )
+        int(round(pos(v["n"]))), tuple((h, float(x)) for h, x in zip(hospitals, shares / shares.sum(), strict=True)),
+        tuple(prevalence), tuple(float(x) for x in grades / grades.sum()), tuple(anatomy), privacy)
 
 
 def synthetic_spec(stats: CohortStatistics, seed: int, size: int = 224, visits: int = 2) -> CohortSpec:

@@ -28,3 +28,49 @@ def test_estimate_then_sample_matches_statistics_with_new_individuals():
 def test_estimate_needs_patients():
     with pytest.raises(FedclipError, match="at least 2"):
         estimate([patient(CohortSpec(), 0)])
+
+
+def _release_vector(patients, hospitals):
+    from fedclip.synth.estimate import _release
+
+    values, sensitivity = _release(patients, hospitals)
+    return np.array([values[k] for k in sorted(values)]), sensitivity
+
+
+def test_one_patient_moves_the_released_counts_by_at_most_the_stated_sensitivity():
+    """The DP release's L2 sensitivity, checked on the patients that move it most: every condition in
+    both eyes, the worst DR grade (DME and laser scars then count in both eyes), extreme anatomy."""
+    everything = tuple((c, 1.0) for c in ("amd", "glaucoma", "pathological_myopia", "rvo",
+                                          "hypertensive_retinopathy", "dme", "laser_scars"))
+    extreme = CohortSpec(seed=4, hospital="riverside", diabetic_rate=1.0, dr_grades=(0, 0, 0, 0, 1.0),
+                         prevalence=everything, anatomy=(("pigmentation", 1.0, 0.0), ("disc_radius", 0.16, 0.0),
+                                                         ("cup_to_disc", 0.6, 0.0)))
+    base = [patient(CohortSpec(seed=3, hospital="riverside,summit"), i) for i in range(200)]
+    worst = 0.0
+    for who in [patient(extreme, i) for i in range(20)] + base[:20]:
+        before, sensitivity = _release_vector(base, ["riverside", "summit"])
+        after, _ = _release_vector([*base, who], ["riverside", "summit"])
+        worst = max(worst, float(np.linalg.norm(after - before)))
+    assert worst <= sensitivity
+    assert worst > 0.6 * sensitivity  # the bound is not loose by construction: the extreme patients come close
+
+
+def test_dp_statistics_are_noised_from_the_os_csprng_say_so_and_stay_usable():
+    cohort = [patient(CohortSpec(seed=1, hospital="riverside,summit"), i) for i in range(3000)]
+    exact = estimate(cohort)
+    assert exact.privacy is None
+    a, b = estimate(cohort, epsilon=1.0), estimate(cohort, epsilon=1.0)
+    assert a.prevalence != b.prevalence  # fresh noise each release
+    assert a.privacy["unit"] == "patient" and a.privacy["neighbouring"] == "add/remove-one patient"
+    assert a.privacy["noise_source"] == "os-csprng" and a.privacy["epsilon"] == 1.0
+    seeded = [estimate(cohort, epsilon=1.0, noise_seed=5) for _ in range(2)]
+    assert seeded[0] == seeded[1] and seeded[0].privacy["noise_source"] == "insecure-test-seed"
+    # 3,000 patients at epsilon 1: per-patient rates within a few points of the exact ones; the rates among
+    # the few eyes of grade >= 2 or 3 (DME, laser scars) are noisier, but valid
+    for (name, p), (_, q) in zip(exact.prevalence, a.prevalence, strict=True):
+        assert abs(p - q) < 0.06 or name in ("dme", "laser_scars"), name
+        assert 0 <= q <= 1
+    assert abs(sum(a.dr_grades) - 1) < 1e-6 and all(x >= 0 for x in a.dr_grades)
+    synthetic_spec(a, seed=2, size=64)  # usable as is
+    with pytest.raises(FedclipError, match="epsilon must be > 0"):
+        estimate(cohort, epsilon=0.0)
