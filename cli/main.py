@@ -222,7 +222,10 @@ def eval_(
             console.print("retrieval recall@k (image->text, text->image): " + ", ".join(
                 f"{k} {v:.3f}" for k, v in r.items() if "_R@" in k))
     if json_out:
-        io.write_json(json_out, results)
+        try:
+            io.write_json(json_out, results)
+        except FedclipError as e:
+            _fail(e)
 
 
 @app.command()

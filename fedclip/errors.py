@@ -17,3 +17,7 @@ class DataError(FedclipError):
 
 class ModelError(FedclipError):
     """A model name or checkpoint cannot be used (unknown name, missing file, wrong architecture)."""
+
+
+class StorageError(FedclipError):
+    """The disk refused a write (full, read-only, no permission); the previous version is intact."""

@@ -20,6 +20,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedclip.errors import StorageError
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+@contextmanager
+def _storage(path: Path) -> Iterator[None]:
+    """A full, read-only or failing disk becomes one clear error naming the file (files and directories are
+    swapped in only when complete, so the previous version stays; an append may leave its line unsynced)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"cannot write {path}: {e.strerror}; the previous version (if any) is intact — free "
+                           "disk space or fix the permissions, then run the same command again") from None
+
 
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -31,18 +48,19 @@ def fsync_dir(path: str | Path) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with _storage(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
     return path
 
 
@@ -57,14 +75,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
 def append_line(path: str | Path, line: str) -> None:
     """Append one line and make it durable (for append-only logs such as a privacy ledger)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line.rstrip("\n") + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    if new:
-        fsync_dir(path.parent)
+    with _storage(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if new:
+            fsync_dir(path.parent)
 
 
 _RENAME_EXCHANGE = 2
@@ -102,10 +121,21 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
             (tmp / "model.safetensors").write_bytes(...)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _storage(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with _storage(path):
+            yield tmp
+        _swap_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(path.with_name(f".{path.name}.old"), ignore_errors=True)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """`tmp` (complete) becomes `path`; the old `path`, if any, ends up in `tmp` or `.NAME.old`."""
+    with _storage(path):
         _fsync_tree(tmp)
         if not path.exists():
             os.rename(tmp, path)
@@ -116,10 +146,7 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
             os.rename(path, old)
             os.rename(tmp, path)
-            tmp = old
         fsync_dir(path.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale(parent: str | Path) -> None:

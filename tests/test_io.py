@@ -1,5 +1,6 @@
 """Atomic writes: a process killed in the middle of any save leaves the previous or the new version."""
 
+import errno
 import json
 import multiprocessing as mp
 import os
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from fedclip import io, models, train_state
+from fedclip.errors import StorageError
 
 
 def _save_forever(root, ready):
@@ -64,3 +66,48 @@ def test_append_line_is_durable_and_creates_the_file(tmp_path):
     io.append_line(tmp_path / "sub" / "log.jsonl", '{"a": 1}')
     io.append_line(tmp_path / "sub" / "log.jsonl", '{"a": 2}\n')
     assert (tmp_path / "sub" / "log.jsonl").read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_is_one_clear_error_and_the_previous_version_survives(tmp_path, monkeypatch, err):
+    """Fault injection at the system call: the disk refuses the bytes (full) or the file system is read-only."""
+    vc = models.create("visionclip-tiny", seed=0)
+    first = models.save_checkpoint(vc, tmp_path / "ckpt", provenance={"version": 1},
+                                   train_state={"step": 1, "w": torch.ones(3)})
+    io.write_json(tmp_path / "ledger.json", {"version": 1})
+    real_fsync = os.fsync
+
+    def refuse(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(StorageError, match=r"cannot write .*ckpt: .*previous version \(if any\) is intact"):
+        models.save_checkpoint(vc, tmp_path / "ckpt", provenance={"version": 2},
+                               train_state={"step": 2, "w": torch.zeros(3)})
+    with pytest.raises(StorageError, match="cannot write .*ledger.json"):
+        io.write_json(tmp_path / "ledger.json", {"version": 2})
+    with pytest.raises(StorageError, match="cannot write .*ledger.jsonl"):
+        io.append_line(tmp_path / "ledger.jsonl", "{}")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert models.read_checkpoint_config(first)["provenance"]["version"] == 1
+    models.load_checkpoint(first)  # weights verified against their hash
+    assert train_state.load(first / "train_state")["step"] == 1
+    assert json.loads((tmp_path / "ledger.json").read_text()) == {"version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "ledger.json", "ledger.jsonl"]
+
+
+def test_a_full_disk_during_a_command_is_exit_2_and_one_line(tmp_path, monkeypatch, small_dataset):
+    from typer.testing import CliRunner
+
+    from fedclip.cli.main import app
+
+    ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp_path / "ckpt")
+
+    def refuse(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    res = CliRunner().invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(small_dataset), "--json",
+                                   str(tmp_path / "r.json")])
+    assert res.exit_code == 2 and "No space left on device" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r.json").exists()

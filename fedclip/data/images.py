@@ -33,7 +33,8 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """A high-bit-depth greyscale image at 8 bits: 16-bit by its full range, others by their own maximum."""
+    """A high-bit-depth greyscale image at 8 bits, by the range its values fit (8-bit, 16-bit, or their peak)."""
     values = values.astype(np.float64)
-    top = 65535.0 if values.max(initial=0) > 255 and values.max(initial=0) <= 65535 else max(values.max(initial=0), 1)
+    peak = float(values.max(initial=0))
+    top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
     return np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -95,7 +95,7 @@ def read_metadata(root: str | Path, check_files: bool = True) -> list[Record]:
             if not row.get("filepath"):
                 raise DataError(f"{where}: empty filepath; every row needs an image path")
             relative = Path(row["filepath"])
-            if not relative.is_absolute() and ".." in relative.parts:
+            if not relative.is_absolute() and not (root / relative).resolve().is_relative_to(root.resolve()):
                 # absolute paths are a deliberate choice (an index of images kept elsewhere); a relative one
                 # that climbs out is a mistake or an attack on whoever reads the dataset
                 raise DataError(f"{where}: filepath {row['filepath']} leaves the dataset dir; use a path inside "
