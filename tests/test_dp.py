@@ -1,6 +1,7 @@
 """Book-keeping DP (`fedclip.dp`) gives Opacus' clipped, noised gradient: same batch, same noise, 1e-6."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -16,6 +17,11 @@ SEED = 1234
 
 
 def _head(train_blocks: int, lora_rank: int) -> Head:
+    return copy.deepcopy(_built_head(train_blocks, lora_rank))
+
+
+@functools.cache
+def _built_head(train_blocks: int, lora_rank: int) -> Head:
     vc = models.create("visionclip-tiny", seed=0)
     torch.manual_seed(0)
     return Head(vc, train_blocks, evaluate.class_embeddings(vc, tasks.task("referable_dr")), lora_rank).train()

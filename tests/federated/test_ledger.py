@@ -163,6 +163,7 @@ def _train_then_reply(ledger_path, reply_path):
     time.sleep(5)
 
 
+@pytest.mark.slow  # five real processes killed mid-round (~25 s): a fault test, run by make test-slow
 def test_a_client_killed_between_ledger_and_reply_never_under_counts(tmp_path):
     ctx = mp.get_context("spawn")
     outcomes = set()

@@ -1,0 +1,71 @@
+"""A Byzantine hospital (its update reversed and blown up 50x) among three, on Flower's simulation engine:
+median and trimmed mean bound it, FedAvg does not (so the attack is real). Documented in docs/privacy.md."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.simulation import run_simulation
+
+from fedclip import models
+from fedclip.federated.policy import NodePolicy
+from fedclip.federated.server_app import make_server_app
+from fedclip.federated.simulation import _absolute, summary
+from fedclip.federated.task import FederateConfig, Node, client_train
+from fedclip.finetune import trained_keys
+
+pytestmark = pytest.mark.slow  # three Ray simulations: ~1.5 min
+BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+           "init_args": {"num_cpus": 2, "include_dashboard": False}}
+SCALE = 50.0
+MARGIN = 0.10  # server-side balanced accuracy a robust round may lose to the attacker
+
+
+def _with_attacker(cfg: FederateConfig, state_root: Path) -> ClientApp:
+    """Hospital 0 trains honestly, then sends the start minus 50x its change; the others are honest."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        node = Node(f"client-{pid}", NodePolicy(), state_root / f"client-{pid}", deployed=False)
+        start = msg.content["arrays"].to_torch_state_dict()
+        result = client_train(cfg, node, dict(context.node_config), start,
+                              int(msg.content["config"]["server-round"]))
+        update = result.update
+        if pid == 0:
+            update = {k: start[k] - SCALE * (v - start[k]) for k, v in update.items()}
+        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(update),
+                                   "metrics": MetricRecord(result.metrics)}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1.0})}), reply_to=msg)
+
+    return app
+
+
+def _round(cfg: FederateConfig, tmp_path: Path, strategy: str) -> tuple[float, float, float]:
+    """(change of the global trained weights, balanced accuracy before, after) of one attacked round."""
+    run = _absolute(replace(cfg, out=tmp_path / strategy, rounds=1, strategy=strategy, trim_beta=0.34))
+    run_simulation(server_app=make_server_app(run), client_app=_with_attacker(run, tmp_path / f"nodes-{strategy}"),
+                   num_supernodes=3, backend_config=BACKEND)
+    before = models.load_checkpoint(run.checkpoint).model.state_dict()
+    after = models.load_checkpoint(run.out / "checkpoints" / "last").model.state_dict()
+    keys = trained_keys(models.load_checkpoint(run.checkpoint), run.finetune.train_blocks)
+    assert all(torch.isfinite(after[k]).all() for k in keys)
+    change = float(torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in keys)))
+    rounds = summary(run.out)["rounds"]
+    return change, rounds[0]["server"]["balanced-accuracy"], rounds[1]["server"]["balanced-accuracy"]
+
+
+def test_median_and_trimmed_mean_bound_a_byzantine_hospital_that_fedavg_lets_through(federation, tmp_path):
+    _, cfg, _ = federation
+    fedavg, _, _ = _round(cfg, tmp_path, "fedavg")
+    for robust in ("fedmedian", "fedtrimmedavg"):
+        change, start, end = _round(cfg, tmp_path, robust)
+        assert change < fedavg / 5, (robust, change, fedavg)  # the attacker's 50x barely moves the median
+        assert end >= start - MARGIN, (robust, start, end)
