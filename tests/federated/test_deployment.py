@@ -1,6 +1,7 @@
 """A real deployment on localhost: SuperLink with TLS and SuperNode authentication, three SuperNodes
-each serving its own hospital's data through --node-config, and a SuperNode whose key was never
-registered, which must be turned away. Follows the commands documented in README.md."""
+each serving its own hospital's data through --node-config; SuperNodes that must be turned away (a key
+never registered, plaintext with and without a key, another CA, a SuperLink with an expired certificate);
+a second run that resumes the first. Follows the commands documented in README.md."""
 
 import json
 import os
@@ -49,6 +50,34 @@ def _healthy(port: int, ca: Path) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def _expired_certificate(certs: Path, out: Path) -> None:
+    """A SuperLink certificate signed by the consortium's CA that expired yesterday."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP384R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedclip-superlink")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out.mkdir()
+    (out / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
 
 
 def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
@@ -112,6 +141,38 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
               "the unregistered SuperNode to be rejected")
         assert "Exit Code: 305" in (tmp_path / "rogue.log").read_text()
         os.killpg(rogue.pid, signal.SIGTERM)
+
+        # Transport faults, each turned away with its reason in the node's log: a plaintext node with a
+        # key (refused before it connects: authentication needs TLS), a plaintext node without one (the
+        # handshake never completes; it keeps retrying and never joins), a node that trusts another CA.
+        other = tmp_path / "other-ca"
+        subprocess.run(["bash", str(ROOT / "scripts" / "make_certs.sh"), str(other)], check=True, capture_output=True)
+        faults = {
+            "plaintext-with-key": (["--insecure", "--auth-supernode-private-key", str(tmp_path / "node0")],
+                                   "SuperNode authentication requires a secure TLS connection"),
+            "plaintext": (["--insecure"], "Connection attempt failed"),
+            "other-ca": (["--root-certificates", str(other / "ca.crt"), "--auth-supernode-private-key",
+                          str(tmp_path / "node0")], "certificate verify failed: unable to get local issuer"),
+        }
+        for name, (flags, reason) in faults.items():
+            bad = start(["flower-supernode", "--superlink", f"127.0.0.1:{port}", *flags, "--port", str(_port())],
+                        f"{name}.log", {"FLWR_HOME": str(tmp_path / f"home-{name}")})
+            _wait(lambda n=name, r=reason: r in (tmp_path / f"{n}.log").read_text(), 120, f"the {name} node's refusal")
+            os.killpg(bad.pid, signal.SIGTERM)
+        # a SuperLink whose certificate has expired is refused by the nodes
+        expired_port = _port()
+        _expired_certificate(certs, tmp_path / "expired")
+        start(["flower-superlink", "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
+               str(tmp_path / "expired" / "server.pem"), "--ssl-keyfile", str(tmp_path / "expired" / "server.key"),
+               "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+               "--port", str(expired_port), "--database", str(tmp_path / "expired.db")], "expired-superlink.log")
+        time.sleep(8)  # its health check would itself fail on the expired certificate
+        bad = start(["flower-supernode", "--superlink", f"127.0.0.1:{expired_port}", "--root-certificates",
+                     str(certs / "ca.crt"), "--auth-supernode-private-key", str(tmp_path / "node0"), "--port",
+                     str(_port())], "expired.log", {"FLWR_HOME": str(tmp_path / "home-expired")})
+        _wait(lambda: "certificate has expired" in (tmp_path / "expired.log").read_text(), 120,
+              "the node to refuse the expired certificate")
+        os.killpg(bad.pid, signal.SIGTERM)
 
         def online() -> int:
             res = subprocess.run(["flwr", "supernode", "ls", "deploy", "--format", "json"], env=env,
