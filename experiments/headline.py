@@ -69,9 +69,8 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     corpus = up["synthesize"]["corpus"]
     generator = (up["synthesize"].get("generator") or {}).get("privacy")  # a DP release of the members' statistics
-    synthetic_dp = (f"generator statistics released with ε = {generator['epsilon']:g}, δ = {generator['delta']:g} "
-                    "per patient; no patient record trained it" if generator
-                    else "no patient record trained it (the generator saw exact aggregate statistics)")
+    synthetic_dp = (f"no patient record trained it; generator statistics ε = {generator['epsilon']:g}"
+                    if generator else "not needed: no patient record trained it")
     for name in ("synthetic", "private"):
         ext = _task_entry(ev[name]["external_zero_shot"], cfg.task)
         hosp = _task_entry(ev[name]["hospitals_zero_shot"], cfg.task)
