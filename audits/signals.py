@@ -40,13 +40,14 @@ def clip_signals(vc: VisionClip, images: Sequence[str | Path], captions: Sequenc
                  views: int = 1, seed: int = 0) -> np.ndarray:
     """Cosine similarity of each image with its caption; `views` > 1 averages over augmented views."""
     from fedclip.data.torchdata import train_transform
+    from fedclip.models import PREPROCESS_CFG
 
     vc.model.eval()
     texts = torch.cat([evaluate.text_embeddings(vc, list(captions[i:i + 256])) for i in range(0, len(captions), 256)])
     sims = evaluate.image_embeddings(vc, images) @ texts.T
     out = sims.diagonal().numpy().astype(float)
     if views > 1:
-        tf = train_transform(vc.image_size, True)
+        tf = train_transform(vc.image_size, PREPROCESS_CFG["mean"], PREPROCESS_CFG["std"], augment=True)
         gen = torch.Generator().manual_seed(seed)
         acc = out.copy()
         for _ in range(views - 1):

@@ -138,7 +138,7 @@ def _autocast(cfg: PretrainConfig, device: torch.device):
 
 def _dataset(cfg: PretrainConfig, vc: models.VisionClip):
     """The training set, its provenance, and the records on disk that train the model (for members.csv)."""
-    tf = train_transform(vc.image_size, cfg.augment)
+    tf = train_transform(vc.image_size, models.PREPROCESS_CFG["mean"], models.PREPROCESS_CFG["std"], cfg.augment)
     if (cfg.data is None) == (cfg.synth is None):
         raise FedclipError("pass exactly one of --data DIR (a dataset dir) or --synth SPEC (a generator stream)")
     if cfg.data is not None:

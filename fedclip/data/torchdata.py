@@ -21,13 +21,13 @@ from torchvision.transforms import v2
 from fedclip.data.images import load_rgb
 from fedclip.data.records import Record
 from fedclip.errors import DataError
-from fedclip.models import PREPROCESS_CFG
 from fedclip.synth import CohortSpec, sample
 
 Key = tuple[int, int]  # (dataset index, augmentation seed)
 
 
-def train_transform(size: int, augment: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+def train_transform(size: int, mean: Sequence[float], std: Sequence[float],
+                    augment: bool = True) -> Callable[[Image.Image], torch.Tensor]:
     """Fundus augmentation: crops that keep most of the field of view, rotation, vertical flips, colour.
 
     No horizontal flips: they turn a right eye into a left one and the caption would then be wrong.
@@ -46,7 +46,7 @@ def train_transform(size: int, augment: bool = True) -> Callable[[Image.Image], 
     else:
         steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-              v2.Normalize(PREPROCESS_CFG["mean"], PREPROCESS_CFG["std"])]
+              v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
 
