@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from fedclip import models
-from fedclip.federated.policy import NodePolicy
 from fedclip.federated.server_app import make_server_app
 from fedclip.federated.simulation import _absolute, summary
-from fedclip.federated.task import FederateConfig, Node, client_train
+from fedclip.federated.task import FederateConfig
 from fedclip.finetune import trained_keys
+from tests.federated.helpers import tampering_client_app
 
 pytestmark = pytest.mark.slow  # three Ray simulations: ~1.5 min
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -24,34 +22,19 @@ SCALE = 50.0
 MARGIN = 0.10  # server-side balanced accuracy a robust round may lose to the attacker
 
 
-def _with_attacker(cfg: FederateConfig, state_root: Path) -> ClientApp:
+def _attacker(pid: int, start: dict, update: dict) -> dict:
     """Hospital 0 trains honestly, then sends the start minus 50x its change; the others are honest."""
-    app = ClientApp()
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        node = Node(f"client-{pid}", NodePolicy(), state_root / f"client-{pid}", deployed=False)
-        start = msg.content["arrays"].to_torch_state_dict()
-        result = client_train(cfg, node, dict(context.node_config), start,
-                              int(msg.content["config"]["server-round"]))
-        update = result.update
-        if pid == 0:
-            update = {k: start[k] - SCALE * (v - start[k]) for k, v in update.items()}
-        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(update),
-                                   "metrics": MetricRecord(result.metrics)}), reply_to=msg)
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1.0})}), reply_to=msg)
-
-    return app
+    return {k: start[k] - SCALE * (v - start[k]) for k, v in update.items()} if pid == 0 else update
 
 
 def _round(cfg: FederateConfig, tmp_path: Path, strategy: str) -> tuple[float, float, float]:
     """(change of the global trained weights, balanced accuracy before, after) of one attacked round."""
-    run = _absolute(replace(cfg, out=tmp_path / strategy, rounds=1, strategy=strategy, trim_beta=0.34))
-    run_simulation(server_app=make_server_app(run), client_app=_with_attacker(run, tmp_path / f"nodes-{strategy}"),
+    # honest hospitals take small steps (AdamW 1e-3, as the studies do), so an honest round barely moves
+    # the model and the attacker's 50x stands out
+    run = _absolute(replace(cfg, out=tmp_path / strategy, rounds=1, strategy=strategy, trim_beta=0.34)
+                    .with_finetune(optimizer="adamw", lr=1e-3))
+    run_simulation(server_app=make_server_app(run),
+                   client_app=tampering_client_app(run, tmp_path / f"nodes-{strategy}", _attacker),
                    num_supernodes=3, backend_config=BACKEND)
     before = models.load_checkpoint(run.checkpoint).model.state_dict()
     after = models.load_checkpoint(run.out / "checkpoints" / "last").model.state_dict()

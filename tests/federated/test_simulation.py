@@ -8,20 +8,16 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from fedclip import models
-from fedclip.federated.policy import NodePolicy
 from fedclip.federated.server_app import make_server_app
 from fedclip.federated.simulation import _absolute, simulate, summary
-from fedclip.federated.task import FederateConfig, Node, client_train
-from tests.federated.helpers import train_entries
+from fedclip.federated.task import FederateConfig
+from tests.federated.helpers import tampering_client_app, train_entries
 
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"num_cpus": 2, "include_dashboard": False}}
@@ -68,36 +64,21 @@ def test_extending_past_the_budget_makes_every_client_refuse(federation, tmp_pat
     assert all(len(train_entries(base / "nodes" / f"client-{i}")) == 2 for i in range(3))
 
 
-def _faulty_client_app(cfg: FederateConfig, state_root: Path) -> ClientApp:
+def _nan_and_wrong_shape(pid: int, start: dict, update: dict) -> dict:
     """Hospital 0 sends NaN, hospital 1 a wrongly shaped array, hospital 2 an honest update."""
-    app = ClientApp()
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        node = Node(f"client-{pid}", NodePolicy(), state_root / f"client-{pid}", deployed=False)
-        result = client_train(cfg, node, dict(context.node_config), msg.content["arrays"].to_torch_state_dict(),
-                              int(msg.content["config"]["server-round"]))
-        update = result.update
-        key = sorted(update)[0]
-        if pid == 0:
-            update[key] = torch.full_like(update[key], float("nan"))
-        elif pid == 1:
-            update[key] = torch.zeros(3, 3)
-        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(update),
-                                   "metrics": MetricRecord(result.metrics)}), reply_to=msg)
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1.0})}), reply_to=msg)
-
-    return app
+    key = sorted(update)[0]
+    if pid == 0:
+        update[key] = torch.full_like(update[key], float("nan"))
+    elif pid == 1:
+        update[key] = torch.zeros(3, 3)
+    return update
 
 
 def test_nan_and_wrong_shape_updates_are_rejected_and_the_rest_aggregated(federation, tmp_path):
     base, cfg, _ = federation
     bad = _absolute(replace(cfg, out=tmp_path / "bad", rounds=1))
-    run_simulation(server_app=make_server_app(bad), client_app=_faulty_client_app(bad, tmp_path / "nodes"),
+    run_simulation(server_app=make_server_app(bad),
+                   client_app=tampering_client_app(bad, tmp_path / "nodes", _nan_and_wrong_shape),
                    num_supernodes=3,
                    backend_config=BACKEND)
     result = summary(bad.out)
