@@ -22,6 +22,9 @@ patient-level records (several images per sample) nor canary injection before th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,12 +56,11 @@ class BookKeeping:
         if not supports(head):
             raise ValueError("book-keeping DP needs every trained parameter in an nn.Linear or nn.LayerNorm")
         self.params = params
-        self.layers = _layers(head)
         self.max_grad_norm, self.noise_multiplier = max_grad_norm, noise_multiplier
         self.expected_batch_size, self.generator = expected_batch_size, generator
         self._seen: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self._recording = False
-        for m in self.layers:
+        for m in _layers(head):
             m.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -67,8 +69,14 @@ class BookKeeping:
                 raise ValueError("book-keeping DP needs each trained layer to run once per forward pass")
             self._seen.append((module, inputs[0].detach(), output))
 
-    def recording(self) -> _Recording:
-        return _Recording(self)
+    @contextmanager
+    def recording(self) -> Iterator[BookKeeping]:
+        """Keep the trained layers' inputs and outputs of the forward passes run inside."""
+        self._seen, self._recording = [], True
+        try:
+            yield self
+        finally:
+            self._recording = False
 
     def private_grads(self, per_sample_loss: torch.Tensor) -> None:
         """Clip each sample's gradient of its loss, sum, add the noise, divide by the expected batch size."""
@@ -99,18 +107,6 @@ class BookKeeping:
             noise = _generate_noise(std, p.summed_grad, generator=self.generator, secure_mode=True)
             p.grad = (p.summed_grad + noise) / self.expected_batch_size
             del p.summed_grad
-
-
-class _Recording:
-    def __init__(self, bk: BookKeeping) -> None:
-        self.bk = bk
-
-    def __enter__(self) -> BookKeeping:
-        self.bk._seen, self.bk._recording = [], True
-        return self.bk
-
-    def __exit__(self, *exc: object) -> None:
-        self.bk._recording = False
 
 
 def _per_sample(x: torch.Tensor, batch: int) -> torch.Tensor:
