@@ -1,5 +1,6 @@
-"""A Byzantine hospital (its update reversed and blown up 50x) among three, on Flower's simulation engine:
-median and trimmed mean bound it, FedAvg does not (so the attack is real). Documented in docs/privacy.md."""
+"""A Byzantine hospital (its update reversed and blown up to a fixed large norm) among three, on Flower's
+simulation engine: median and trimmed mean bound it, FedAvg does not (so the attack is real). Documented in
+docs/privacy.md."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -18,19 +19,25 @@ from tests.federated.helpers import tampering_client_app
 pytestmark = pytest.mark.slow  # three Ray simulations: ~1.5 min
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"num_cpus": 2, "include_dashboard": False}}
-SCALE = 50.0
+ATTACK_NORM = 50.0  # L2 norm of the attacker's change; an honest AdamW 1e-3 round moves the weights ~0.5
 MARGIN = 0.10  # server-side balanced accuracy a robust round may lose to the attacker
 
 
 def _attacker(pid: int, start: dict, update: dict) -> dict:
-    """Hospital 0 trains honestly, then sends the start minus 50x its change; the others are honest."""
-    return {k: start[k] - SCALE * (v - start[k]) for k, v in update.items()} if pid == 0 else update
+    """Hospital 0 trains honestly, then sends its change reversed and rescaled to ATTACK_NORM; the others are
+    honest. A fixed norm, not a fixed factor: the honest change is DP-noised and its size varies run to run
+    (a 50x factor moved FedAvg 15 on one run and 1.5 on another), the attack's strength must not."""
+    if pid != 0:
+        return update
+    change = {k: v - start[k] for k, v in update.items()}
+    norm = float(torch.sqrt(sum((c.double() ** 2).sum() for c in change.values())))
+    return {k: start[k] - (ATTACK_NORM / max(norm, 1e-12)) * c for k, c in change.items()}
 
 
 def _round(cfg: FederateConfig, tmp_path: Path, strategy: str) -> tuple[float, float, float]:
     """(change of the global trained weights, balanced accuracy before, after) of one attacked round."""
     # honest hospitals take small steps (AdamW 1e-3, as the studies do), so an honest round barely moves
-    # the model and the attacker's 50x stands out
+    # the model and the attack stands out
     run = _absolute(replace(cfg, out=tmp_path / strategy, rounds=1, strategy=strategy, trim_beta=0.34)
                     .with_finetune(optimizer="adamw", lr=1e-3))
     run_simulation(server_app=make_server_app(run),
@@ -50,5 +57,6 @@ def test_median_and_trimmed_mean_bound_a_byzantine_hospital_that_fedavg_lets_thr
     fedavg, _, _ = _round(cfg, tmp_path, "fedavg")
     for robust in ("fedmedian", "fedtrimmedavg"):
         change, start, end = _round(cfg, tmp_path, robust)
-        assert change < fedavg / 5, (robust, change, fedavg)  # the attacker's 50x barely moves the median
+        assert fedavg > ATTACK_NORM / 3 - 2, fedavg  # FedAvg lets a third of the attack through
+        assert change < 2.0, (robust, change, fedavg)  # the median stays within the honest hospitals' steps
         assert end >= start - MARGIN, (robust, start, end)
