@@ -3,7 +3,8 @@
 Flower's strategies aggregate whatever arrives; one NaN from one hospital would poison the global
 model. `guarded(cls)` subclasses any Flower strategy (or DP wrapper) so that a reply is dropped,
 with a logged reason, when it carries no update (a node that refused or failed), NaN/Inf, or arrays
-whose keys or shapes differ from the global model's. The rest of the round proceeds. Only the public
+whose keys or shapes differ from the global model's. The rest of the round proceeds if at least
+`min_replies` usable updates remain (else the global model stays as it was). Only the public
 keys of a reply (`keys.PUBLIC_METRICS`, `keys.PUBLIC_STRINGS`) reach the server's files.
 
 Server-side DP (`server_dp = "fixed"`) is Flower's fixed-clipping wrapper with Flower's own RDP
@@ -60,9 +61,11 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
     class Guarded(cls):  # type: ignore[misc, valid-type]
         """`cls` that rejects unusable updates (see module docstring)."""
 
-        def __init__(self, *args: Any, on_replies: ReplyCallback | None = None, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, on_replies: ReplyCallback | None = None, min_replies: int = 1,
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.on_replies = on_replies
+            self.min_replies = min_replies
             self._expected: dict[str, tuple[int, ...]] = {}
 
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -99,8 +102,13 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             kept, report = self._screen(server_round, replies)
             central = None
-            if not kept:
-                log.warning("round %s: no usable update; the global model stays as it was", server_round)
+            if len(kept) < self.min_replies:
+                log.warning("round %s: %d usable update(s), fewer than min_replies=%d; the global model stays "
+                            "as it was", server_round, len(kept), self.min_replies)
+                for row in report:
+                    if row["status"] == "aggregated":
+                        row.update(status="not aggregated", reason=f"fewer than min_replies={self.min_replies} "
+                                                                   "usable updates this round")
                 if isinstance(self, DifferentialPrivacyServerSideFixedClipping):
                     self._pop_pending_event(server_round)  # nothing released, nothing composed
                 result: tuple = (None, None)
@@ -148,7 +156,7 @@ def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strat
         raise FedclipError(f"unknown strategy {cfg.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     cls, extra = base[cfg.strategy]
     if cfg.server_dp == "none":
-        return guarded(cls)(**common, **extra, on_replies=on_replies)
+        return guarded(cls)(**common, **extra, on_replies=on_replies, min_replies=cfg.min_replies)
     if cfg.server_dp == "adaptive":
         raise FedclipError("server_dp=adaptive is not accounted: Flower 1.42 has no accountant for adaptive "
                            "clipping's noisy clipped-count release, so no central epsilon could be stated; "
@@ -170,4 +178,4 @@ def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strat
     inner = cls(**common, **extra, weighted_by_key=keys.UNIT_WEIGHT)  # uniform weights, as accounting requires
     return guarded(DifferentialPrivacyServerSideFixedClipping)(
         inner, noise_multiplier=cfg.server_dp_noise, clipping_norm=cfg.server_dp_clip,
-        num_sampled_clients=cfg.clients, accountant=accountant, on_replies=on_replies)
+        num_sampled_clients=cfg.clients, accountant=accountant, on_replies=on_replies, min_replies=cfg.min_replies)

@@ -60,7 +60,8 @@ class FederateConfig:
     eval_data: Path | None = None  # held-out set for server-side evaluation
     out: Path = Path("runs/federate")
     resume: bool = False  # continue the federation in `out` after its last completed round
-    clients: int = 3
+    clients: int = 3  # nodes that must be online before a round starts (each is asked to train)
+    min_replies: int = 1  # usable updates a round needs to be aggregated; with fewer the model stays as it was
     rounds: int = 5
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
     proximal_mu: float = 0.01  # FedProx
@@ -78,6 +79,9 @@ class FederateConfig:
     finetune: FinetuneConfig = field(default_factory=federated_finetune)  # each node's local round
 
     def __post_init__(self) -> None:
+        if not 1 <= self.min_replies <= self.clients:
+            raise FedclipError(f"federate.min_replies must be between 1 and federate.clients ({self.clients}), "
+                               f"got {self.min_replies}")
         cfglib.refuse_owned(self.finetune, FinetuneConfig(), OWNED_BY_FEDERATION, "federate.finetune")
 
     def with_finetune(self, **changes: Any) -> FederateConfig:

@@ -1,7 +1,8 @@
 """A real deployment on localhost: SuperLink with TLS and SuperNode authentication, three SuperNodes
 each serving its own hospital's data through --node-config; SuperNodes that must be turned away (a key
 never registered, plaintext with and without a key, another CA, a SuperLink with an expired certificate);
-a second run that resumes the first. Follows the commands documented in README.md."""
+a second run that resumes the first; a SuperNode killed mid-round that rejoins. Follows the commands
+documented in README.md."""
 
 import json
 import os
@@ -119,17 +120,21 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
                            check=True, capture_output=True, cwd=tmp_path)
         # each hospital owns its privacy policy, on its own disk: the first declares its dataset size public,
         # the last allows at most epsilon 4 and so refuses a run that asks for 8
-        (tmp_path / f"state-{hospitals[0]}").mkdir()
-        (tmp_path / f"state-{hospitals[0]}" / "policy.toml").write_text("[policy]\ndataset_size = 60\n")
-        (tmp_path / f"state-{hospitals[2]}").mkdir()
-        (tmp_path / f"state-{hospitals[2]}" / "policy.toml").write_text("[policy]\nmax_epsilon = 4.0\n")
-        for i, h in enumerate(hospitals):
+        # (the first two allow a lifetime epsilon of 20: the fault run at the end asks for 16 in all)
+        policies = ["dataset_size = 60\nmax_epsilon = 20.0", "max_epsilon = 20.0", "max_epsilon = 4.0"]
+        for h, policy in zip(hospitals, policies, strict=True):
+            (tmp_path / f"state-{h}").mkdir()
+            (tmp_path / f"state-{h}" / "policy.toml").write_text(f"[policy]\n{policy}\n")
+
+        def start_node(i: int, log: str) -> subprocess.Popen:
+            h = hospitals[i]
             node_config = (f'partition-id={i} num-partitions=3 data-dir="{tmp_path / f"data-{h}"}" '
                            f'state-dir="{tmp_path / f"state-{h}"}"')
-            start(["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates",
-                   str(certs / "ca.crt"), "--auth-supernode-private-key", str(tmp_path / f"node{i}"),
-                   "--port", str(_port()), "--node-config", node_config], f"node{i}.log",
-                  {"FLWR_HOME": str(tmp_path / f"home{i}")})
+            return start(["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates",
+                          str(certs / "ca.crt"), "--auth-supernode-private-key", str(tmp_path / f"node{i}"),
+                          "--port", str(_port()), "--node-config", node_config], log,
+                         {"FLWR_HOME": str(tmp_path / f"home{i}")})
+        nodes = [start_node(i, f"node{i}.log") for i in range(3)]
 
         # An unregistered key is turned away (exit code 305). The node's helper process may linger, so
         # the test reads the log rather than waiting for every process of the node to end.
@@ -189,9 +194,9 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
         overrides = (f'checkpoint="{ckpt}" eval-data="{tmp_path / "eval"}" out="{out}" clients=3 '
                      f'finetune.batch-size=16 client-eval=false')
 
-        def submit(extra: str) -> str:
+        def submit(extra: str, base: str = overrides) -> str:
             submitted = subprocess.run(["flwr", "run", str(ROOT), "deploy", "--format", "json", "-c",
-                                        overrides + extra], env=env, capture_output=True, text=True, cwd=tmp_path,
+                                        base + extra], env=env, capture_output=True, text=True, cwd=tmp_path,
                                        timeout=120)
             assert submitted.returncode == 0, submitted.stdout + submitted.stderr
             return str(json.loads(submitted.stdout)["run-id"])
@@ -226,6 +231,38 @@ def test_tls_authenticated_deployment_with_three_hospitals(tmp_path):
         assert json.loads((out / "state.json").read_text())["round"] == 2
         rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert rounds == [0, 1, 2]
+
+        # A SuperNode SIGKILLed in the middle of a round (after it took the round's message, before it
+        # answered): the SuperLink reports it unavailable once its heartbeats stop (within ~60 s), the round
+        # is aggregated from the other two (min-replies=2), and the next round waits for all three
+        # (clients=3) until the hospital restarts its node with the same key and state dir.
+        (ledger1,) = (tmp_path / f"state-{hospitals[1]}").glob("ledger-*.jsonl")
+        trained_before = sum(json.loads(e)["kind"] == "train" for e in ledger1.read_text().splitlines())
+        faults = tmp_path / "run-faults"
+
+        def recorded(run_dir: Path) -> list[dict]:
+            path = run_dir / "metrics.jsonl"
+            return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        def taken() -> int:  # train messages the second hospital's node has taken so far
+            return (tmp_path / "node1.log").read_text().count("Receiving: train message")
+        before = taken()
+        # the third hospital raises its own lifetime budget (its policy file, read at every round) and joins
+        (tmp_path / f"state-{hospitals[2]}" / "policy.toml").write_text("[policy]\nmax_epsilon = 20.0\n")
+        run_id = submit(" rounds=3 min-replies=2 finetune.epsilon=16.0",
+                        overrides.replace(f'out="{out}"', f'out="{faults}"'))
+        _wait(lambda: taken() >= before + 2, 300, "the second hospital to take round 2's message")
+        os.killpg(nodes[1].pid, signal.SIGKILL)
+        _wait(lambda: len(recorded(faults)) >= 3, 240, "round 2 to finish without the killed node")
+        nodes[1] = start_node(1, "node1-restarted.log")
+        _wait(lambda: status(run_id).startswith("finished"), 420, "the run with a killed node to finish")
+        assert status(run_id) == "finished:completed", status(run_id)
+        by_round = {r["round"]: r["clients"] for r in recorded(faults) if r["round"] > 0}
+        aggregated = {n: sorted(int(c["partition"]) for c in rows if c["status"] == "aggregated")
+                      for n, rows in by_round.items()}
+        assert aggregated == {1: [0, 1, 2], 2: [0, 2], 3: [0, 1, 2]}, by_round  # nothing counted twice
+        assert [c["status"] for c in by_round[2] if "partition" not in c] == ["error"]  # the killed node
+        trained = sum(json.loads(e)["kind"] == "train" for e in ledger1.read_text().splitlines())
+        assert 2 <= trained - trained_before <= 3  # rounds 1 and 3, and round 2 if it died after its entry
     finally:
         for p in reversed(procs):
             if p.poll() is None:
