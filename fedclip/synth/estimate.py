@@ -2,7 +2,8 @@
 
 VisionCLIP's synthetic corpus comes from a generator trained on real patients. Here the "real"
 patients are a private cohort of the generator, and the generative model is explicit: label
-prevalences, the diabetic-retinopathy grade distribution, and anatomy (pigmentation, optic-disc
+prevalences, the share of patients with diabetes, the diabetic-retinopathy grade distribution among
+them, and anatomy (pigmentation, optic-disc
 size, cup-to-disc ratio) are estimated from the cohort, then a fresh seed draws new individuals
 from them. Nothing else of the cohort (vessel trees, lesion positions, identities) passes through —
 which is exactly the claim the privacy audits test.
@@ -28,7 +29,8 @@ class CohortStatistics:
     n_patients: int
     hospitals: tuple[tuple[str, float], ...]
     prevalence: tuple[tuple[str, float], ...]  # per patient (either eye); DME / laser: given eligible DR
-    dr_grades: tuple[float, ...]  # worse-eye grade distribution over all patients
+    diabetic_rate: float  # share of patients with diabetes (whose captions speak of DR even at grade 0)
+    dr_grades: tuple[float, ...]  # worse-eye grade distribution over the patients with diabetes
     anatomy: tuple[tuple[str, float, float], ...]  # (name, mean, std)
     privacy: dict[str, Any] | None = None  # the DP release's guarantee (None: exact statistics, no DP)
 
@@ -39,13 +41,14 @@ TRAITS = ("pigmentation", "disc_radius", "cup_to_disc")
 def _release(patients: Sequence[Patient], hospitals: Sequence[str]) -> tuple[dict[str, float], float]:
     """The counts and sums every statistic derives from, and their L2 sensitivity to one patient.
 
-    One patient adds 1 to the patient count, to one hospital and to one worse-eye grade; at most 1 to each
+    One patient adds 1 to the patient count and to one hospital, and, with diabetes, 1 to the diabetic count
+    and to one worse-eye grade; at most 1 to each
     per-patient condition count; at most 2 (eyes) to each eligible-eye and hit count of the conditions
     that follow from DR; and, per anatomy trait scaled to [0, 1] by its range, at most 2 to its sum and
     to its sum of squares (and 2 to the healthy-eye count the cup-to-disc ratio is taken over).
     """
     out: dict[str, float] = {"n": float(len(patients))}
-    sq = 1.0 + 1.0 + 1.0  # n, a hospital, a grade
+    sq = 1.0 + 1.0 + 1.0 + 1.0  # n, a hospital, diabetic, a grade
     for h in hospitals:
         out[f"hospital:{h}"] = float(sum(p.hospital == h for p in patients))
     for c in CONDITIONS:
@@ -57,7 +60,8 @@ def _release(patients: Sequence[Patient], hospitals: Sequence[str]) -> tuple[dic
         else:
             out[f"hits:{c.name}"] = float(sum(c.name in p.conditions[0] | p.conditions[1] for p in patients))
             sq += 1.0
-    worse = np.bincount([max(p.dr_grade) for p in patients], minlength=5)
+    out["diabetic"] = float(sum(p.diabetic for p in patients))
+    worse = np.bincount([max(p.dr_grade) for p in patients if p.diabetic], minlength=5)
     out.update({f"grade:{g}": float(worse[g]) for g in range(5)})
     for trait in TRAITS:
         lo, hi = ANATOMY_FIELDS[trait]
@@ -132,7 +136,8 @@ def _statistics(v: dict[str, float], hospitals: Sequence[str], privacy: dict[str
         anatomy.append((trait, lo + mean * (hi - lo), float(np.sqrt(var)) * (hi - lo)))
     return CohortStatistics(
         int(round(pos(v["n"]))), tuple((h, float(x)) for h, x in zip(hospitals, shares / shares.sum(), strict=True)),
-        tuple(prevalence), tuple(float(x) for x in grades / grades.sum()), tuple(anatomy), privacy)
+        tuple(prevalence), float(np.clip(pos(v["diabetic"]) / n, 0.0, 1.0)),
+        tuple(float(x) for x in grades / grades.sum()), tuple(anatomy), privacy)
 
 
 def synthetic_spec(stats: CohortStatistics, seed: int, size: int = 224, visits: int = 2) -> CohortSpec:
@@ -140,8 +145,11 @@ def synthetic_spec(stats: CohortStatistics, seed: int, size: int = 224, visits: 
 
     The cohort's per-hospital prevalence multipliers are already inside the estimates, so the
     synthetic patients get them once (the spec's prevalences are divided by the hospital mix's mean
-    multiplier). Every synthetic patient is "diabetic" with the learned worse-eye grade distribution
-    (grade 0 included): a grade-0 eye of a non-diabetic and of a diabetic look the same.
+    multiplier). The share of patients with diabetes is the cohort's, and their worse-eye grades follow
+    the cohort's diabetic patients: a grade-0 eye looks the same with or without diabetes, but its caption
+    does not (only a patient with diabetes is described as having "no diabetic retinopathy"), and making
+    every synthetic patient diabetic doubled the captions that mention retinopathy (0.46 vs 0.23 of the
+    images; docs/results/synthetic_vs_real.md).
     """
     hospitals = ",".join(h for h, _ in stats.hospitals)
     prevalence = []
@@ -149,4 +157,4 @@ def synthetic_spec(stats: CohortStatistics, seed: int, size: int = 224, visits: 
         mult = sum(w * profile(h).prevalence_scale.get(name, 1.0) for h, w in stats.hospitals)
         prevalence.append((name, float(min(1.0, p / mult)) if condition(name).follows_dr_grade is None else p))
     return CohortSpec(seed=seed, size=size, hospital=hospitals, visits=visits, prevalence=tuple(prevalence),
-                      diabetic_rate=1.0, dr_grades=stats.dr_grades, anatomy=stats.anatomy)
+                      diabetic_rate=stats.diabetic_rate, dr_grades=stats.dr_grades, anatomy=stats.anatomy)
