@@ -2,8 +2,10 @@
 
 Flower's strategies aggregate whatever arrives; one NaN from one hospital would poison the global
 model. `guarded(cls)` subclasses any Flower strategy (or DP wrapper) so that a reply is dropped,
-with a logged reason, when it carries no update (a node that refused or failed), NaN/Inf, or arrays
-whose keys or shapes differ from the global model's. The rest of the round proceeds if at least
+with a logged reason, when it carries no update (a node that refused or failed), NaN/Inf, arrays
+whose keys, shapes or dtypes differ from the global model's, or an absurdly large change (L2 distance
+from the round's global weights above `max_update_norm`; a well-formed malicious update below it is
+what robust aggregation is for). The rest of the round proceeds if at least
 `min_replies` usable updates remain (else the global model stays as it was). Only the public
 keys of a reply (`keys.PUBLIC_METRICS`, `keys.PUBLIC_STRINGS`) reach the server's files.
 
@@ -20,6 +22,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -62,15 +65,16 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
         """`cls` that rejects unusable updates (see module docstring)."""
 
         def __init__(self, *args: Any, on_replies: ReplyCallback | None = None, min_replies: int = 1,
-                     **kwargs: Any) -> None:
+                     max_update_norm: float = 1000.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.on_replies = on_replies
             self.min_replies = min_replies
-            self._expected: dict[str, tuple[int, ...]] = {}
+            self.max_update_norm = max_update_norm
+            self._global: dict[str, np.ndarray] = {}  # the arrays this round sent out
 
         def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                             grid: Grid) -> Iterable[Message]:
-            self._expected = {k: tuple(v.shape) for k, v in arrays.items()}
+            self._global = {k: v.numpy() for k, v in arrays.items()}
             return super().configure_train(server_round, arrays, config, grid)
 
         def _screen(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Message], list[dict]]:
@@ -90,7 +94,7 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
                     report.append({**row, "status": "rejected", "reason": "no arrays in the reply"})
                     continue
                 update = {k: v.numpy() for k, v in msg.content[keys.ARRAYS].items()}
-                problem = check_update(update, self._expected)
+                problem = check_update(update, self._global, self.max_update_norm)
                 if problem:
                     report.append({**row, "status": "rejected", "reason": problem})
                     log.warning("round %s: rejected the update of node %s: %s", server_round, row["node"], problem)
@@ -156,7 +160,8 @@ def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strat
         raise FedclipError(f"unknown strategy {cfg.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     cls, extra = base[cfg.strategy]
     if cfg.server_dp == "none":
-        return guarded(cls)(**common, **extra, on_replies=on_replies, min_replies=cfg.min_replies)
+        return guarded(cls)(**common, **extra, on_replies=on_replies, min_replies=cfg.min_replies,
+                            max_update_norm=cfg.max_update_norm)
     if cfg.server_dp == "adaptive":
         raise FedclipError("server_dp=adaptive is not accounted: Flower 1.42 has no accountant for adaptive "
                            "clipping's noisy clipped-count release, so no central epsilon could be stated; "
@@ -178,4 +183,5 @@ def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strat
     inner = cls(**common, **extra, weighted_by_key=keys.UNIT_WEIGHT)  # uniform weights, as accounting requires
     return guarded(DifferentialPrivacyServerSideFixedClipping)(
         inner, noise_multiplier=cfg.server_dp_noise, clipping_norm=cfg.server_dp_clip,
-        num_sampled_clients=cfg.clients, accountant=accountant, on_replies=on_replies, min_replies=cfg.min_replies)
+        num_sampled_clients=cfg.clients, accountant=accountant, on_replies=on_replies, min_replies=cfg.min_replies,
+        max_update_norm=cfg.max_update_norm)

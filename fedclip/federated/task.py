@@ -62,6 +62,7 @@ class FederateConfig:
     resume: bool = False  # continue the federation in `out` after its last completed round
     clients: int = 3  # nodes that must be online before a round starts (each is asked to train)
     min_replies: int = 1  # usable updates a round needs to be aggregated; with fewer the model stays as it was
+    max_update_norm: float = 1000.0  # an update further (L2) from the global weights is rejected as absurd
     rounds: int = 5
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
     proximal_mu: float = 0.01  # FedProx
@@ -79,6 +80,8 @@ class FederateConfig:
     finetune: FinetuneConfig = field(default_factory=federated_finetune)  # each node's local round
 
     def __post_init__(self) -> None:
+        if not self.max_update_norm > 0:
+            raise FedclipError(f"federate.max_update_norm must be positive, got {self.max_update_norm}")
         if not 1 <= self.min_replies <= self.clients:
             raise FedclipError(f"federate.min_replies must be between 1 and federate.clients ({self.clients}), "
                                f"got {self.min_replies}")
@@ -400,15 +403,24 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------ server
-def check_update(update: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> str | None:
-    """Why an update must be rejected (wrong keys, wrong shape, NaN/Inf), or None if it is sound."""
-    if set(update) != set(expected):
-        return f"keys differ from the global model ({sorted(set(update) ^ set(expected))[:3]})"
+def check_update(update: dict[str, np.ndarray], global_arrays: dict[str, np.ndarray],
+                 max_norm: float) -> str | None:
+    """Why an update must be rejected (wrong keys, shape or dtype, NaN/Inf, or an L2 distance from the
+    global weights above `max_norm`), or None if it is sound."""
+    if set(update) != set(global_arrays):
+        return f"keys differ from the global model ({sorted(set(update) ^ set(global_arrays))[:3]})"
+    squared = 0.0
     for k, v in update.items():
-        if tuple(v.shape) != tuple(expected[k]):
-            return f"{k} has shape {tuple(v.shape)}, expected {tuple(expected[k])}"
+        g = global_arrays[k]
+        if tuple(v.shape) != tuple(g.shape):
+            return f"{k} has shape {tuple(v.shape)}, expected {tuple(g.shape)}"
+        if v.dtype != g.dtype:
+            return f"{k} has dtype {v.dtype}, expected {g.dtype}"
         if not np.isfinite(v).all():
             return f"{k} contains NaN or Inf"
+        squared += float(np.sum((v.astype(np.float64) - g.astype(np.float64)) ** 2))
+    if not squared <= max_norm ** 2:  # also catches an overflow to inf
+        return f"the update moves the weights by {squared ** 0.5:.3g} (L2), more than max_update_norm={max_norm:g}"
     return None
 
 

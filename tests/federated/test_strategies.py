@@ -13,9 +13,9 @@ from fedclip.federated.task import FederateConfig
 SHAPES = {"w": (2, 3), "b": (3,)}
 
 
-def _reply(node: int, value: float, shapes: dict = SHAPES) -> Message:
+def _reply(node: int, value: float, shapes: dict = SHAPES, dtype: type = np.float32) -> Message:
     """Node `node`'s reply to round 1's train instruction, as the SuperLink hands it to the ServerApp."""
-    arrays = ArrayRecord({k: Array(np.full(s, value, dtype=np.float32)) for k, s in shapes.items()})
+    arrays = ArrayRecord({k: Array(np.full(s, value, dtype=dtype)) for k, s in shapes.items()})
     metrics = MetricRecord({keys.PARTITION: float(node), keys.NUM_EXAMPLES: 10.0, keys.UNIT_WEIGHT: 1.0})
     metadata = Metadata(run_id=1, message_id=f"reply-{node}", src_node_id=node, dst_node_id=0,
                         reply_to_message_id=f"train-{node}", group_id="1", created_at=time.time(), ttl=3600.0,
@@ -23,10 +23,10 @@ def _reply(node: int, value: float, shapes: dict = SHAPES) -> Message:
     return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), metadata=metadata)
 
 
-def _strategy(min_replies: int, seen: list):
-    cfg = FederateConfig(clients=3, min_replies=min_replies)
+def _strategy(min_replies: int, seen: list, **settings):
+    cfg = FederateConfig(clients=3, min_replies=min_replies, **settings)
     strategy = strategies.build(cfg, lambda round_, report, central: seen.append(report))
-    strategy._expected = SHAPES  # what configure_train records from the global model
+    strategy._global = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}  # what configure_train sent
     return strategy
 
 
@@ -48,6 +48,20 @@ def test_fewer_usable_updates_than_min_replies_leave_the_model_as_it_was():
     # the same replies with the default min_replies=1: the one usable update is the round's result
     arrays, _ = _strategy(1, seen).aggregate_train(1, [_reply(1, 1.0), _reply(2, 3.0, wrong)])
     np.testing.assert_allclose(arrays["b"].numpy(), np.ones(3))
+
+
+def test_wrong_dtype_and_absurdly_large_updates_are_rejected_with_the_reason():
+    seen: list = []
+    replies = [_reply(1, 1.0), _reply(2, 1.0, dtype=np.float64), _reply(3, 1e30)]
+    arrays, _ = _strategy(1, seen).aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), np.ones((2, 3)))  # only the sound update
+    assert [row["status"] for row in seen[0]] == ["aggregated", "rejected", "rejected"]
+    assert "dtype float64, expected float32" in seen[0][1]["reason"]
+    assert "more than max_update_norm=1000" in seen[0][2]["reason"]
+    # the bound is a setting: a federation that expects large steps raises it
+    seen.clear()
+    _strategy(1, seen, max_update_norm=1e31).aggregate_train(1, [_reply(3, 1e30)])
+    assert seen[0][0]["status"] == "aggregated"
 
 
 @pytest.mark.parametrize("bad", [0, 4])
