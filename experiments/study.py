@@ -29,7 +29,7 @@ from typing import Any
 
 from fedclip import config as cfglib
 from fedclip import evaluate, io, models
-from fedclip.data.records import METADATA_FILE, fingerprint, read_metadata
+from fedclip.data.records import fingerprint, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.experiments import headline
 from fedclip.experiments.runner import STAGES_DIR, Stage, run_stages
@@ -171,14 +171,6 @@ def _checkpoint(path: Path) -> dict[str, Any]:
     return {"checkpoint": str(path), "weights_sha256": models.read_checkpoint_config(path).get("weights_sha256")}
 
 
-def _exported(spec: Any, out: Path, n: int, workers: int) -> Path:
-    from fedclip.data.synthetic import export
-
-    if not (out / METADATA_FILE).exists():
-        export(spec, out, n, workers=workers)
-    return out
-
-
 # ---------------------------------------------------------------------------------------- stages
 class Study:
     """The stages of one study in one dir; `run()` chains them."""
@@ -193,6 +185,7 @@ class Study:
 
     # 1 ------------------------------------------------------------------------------------------
     def data(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        from fedclip.data.synthetic import ensure_exported
         from fedclip.synth import CohortSpec
 
         c, d = self.cfg, self.root / "data"
@@ -204,11 +197,12 @@ class Study:
             "external": (c.external_data, CohortSpec(seed=c.seed + 300, size=c.size, hospital=c.external_hospital),
                          c.n_external),
         }
-        return {name: _dataset(Path(given) if given else _exported(spec, d / name, n, c.workers))
+        return {name: _dataset(Path(given) if given else ensure_exported(spec, d / name, n, c.workers))
                 for name, (given, spec, n) in made.items()}
 
     # 2 ------------------------------------------------------------------------------------------
     def synthesize(self, up: Mapping[str, Any]) -> dict[str, Any]:
+        from fedclip.data.synthetic import ensure_exported
         from fedclip.synth import patient
         from fedclip.synth.estimate import estimate, synthetic_spec
 
@@ -225,7 +219,7 @@ class Study:
         stats = estimate(cohort, epsilon=c.generator_epsilon, delta=c.generator_delta)
         io.write_json(self.root / "synthetic" / "cohort_statistics.json", asdict(stats))
         synth = synthetic_spec(stats, seed=c.seed + 200, size=c.size, visits=spec.visits)
-        corpus = _exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or up["data"]["members"]["n"],
+        corpus = ensure_exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or up["data"]["members"]["n"],
                            c.workers)
         return {"corpus": _dataset(corpus), "generator": {
             "statistics": str(self.root / "synthetic" / "cohort_statistics.json"), "privacy": stats.privacy}}

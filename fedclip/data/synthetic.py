@@ -118,3 +118,12 @@ def export(spec: CohortSpec, out: str | Path, n: int, workers: int = 1, fmt: str
     path = write_metadata(out, records)
     shutil.rmtree(out / SHARDS_DIR)
     return path
+
+
+def ensure_exported(spec: CohortSpec, out: str | Path, n: int, workers: int = 1) -> Path:
+    """The dataset dir `out` holding images 0..n-1 of the cohort: exported (an interrupted export is
+    finished), or reused as it is once complete — what a resumable pipeline stage wants."""
+    out = Path(out)
+    if not (out / METADATA_FILE).exists():
+        export(spec, out, n, workers=workers)
+    return out

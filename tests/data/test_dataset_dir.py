@@ -11,7 +11,7 @@ from PIL import Image
 
 from fedclip.data.images import load_rgb
 from fedclip.data.records import METADATA_FILE, read_metadata, write_metadata
-from fedclip.data.synthetic import SHARDS_DIR, export
+from fedclip.data.synthetic import SHARDS_DIR, ensure_exported, export
 from fedclip.errors import DataError
 from fedclip.synth import CohortSpec, sample
 
@@ -75,6 +75,14 @@ def test_export_refuses_to_overwrite_or_mix_cohorts(tmp_path, small_dataset):
     (tmp_path / "x" / SHARDS_DIR / "cohort.json").write_text('{"spec": {}, "n": 1}')
     with pytest.raises(DataError, match="different cohort"):
         export(CohortSpec(seed=3, size=64), tmp_path / "x", 4)
+
+
+def test_ensure_exported_writes_once_then_reuses_the_finished_dataset(tmp_path):
+    spec = CohortSpec(seed=3, size=32)
+    out = ensure_exported(spec, tmp_path / "d", 4)
+    written = (out / METADATA_FILE).stat().st_mtime_ns
+    assert ensure_exported(spec, out, 4) == out and (out / METADATA_FILE).stat().st_mtime_ns == written
+    assert len(read_metadata(out)) == 4
 
 
 def _copy_dataset(src: Path, dst: Path) -> Path:
