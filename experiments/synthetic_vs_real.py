@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedclip import evaluate, io, models, progress
 from fedclip.data.records import read_metadata
@@ -40,8 +42,6 @@ METRICS = ("balanced_accuracy", "auc")
 def corpus_profile(data: Path) -> dict[str, Any]:
     """What a model sees in a corpus, per image: label rates, the DR grade mix, quality-issue rates, the
     hospital mix, how many captions mention DR at all, and the images' mean colour."""
-    import numpy as np
-
     from fedclip.data.images import load_rgb
 
     records = read_metadata(data)
@@ -70,6 +70,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     stats = estimate(cohort)
     io.write_json(root / "cohort_statistics.json", asdict(stats))
     synthetic = synthetic_spec(stats, seed=seed + 200, size=args.size, visits=private.visits)
+    if args.ablation == "all-diabetic":  # the Med-AIGC step before 2026-11-30: every synthetic patient diabetic,
+        # with the worse-eye grade mix over all patients (grade 0 for those without diabetes)
+        grades = np.bincount([max(p.dr_grade) for p in cohort], minlength=5) / len(cohort)
+        synthetic = replace(synthetic, diabetic_rate=1.0, dr_grades=tuple(float(g) for g in grades))
     data = {"private": ensure_exported(private, root / "data" / "private", args.n, args.workers),
             "synthetic": ensure_exported(synthetic, root / "data" / "synthetic", args.n, args.workers)}
     external = ensure_exported(CohortSpec(seed=seed + 300, size=args.size, hospital="lakeshore"),
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--hospitals", default="riverside,northgate,summit")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ablation", choices=("none", "all-diabetic"), default="none",
+                    help="all-diabetic: the synthetic corpus as the Med-AIGC step drew it before 2026-11-30")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     progress.enable(not args.quiet)
