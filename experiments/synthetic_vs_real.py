@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedclip import evaluate, io, models, progress
+from fedclip import evaluate, io, models, progress, tasks
 from fedclip.data.records import read_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
@@ -36,6 +36,7 @@ from fedclip.synth.estimate import estimate, synthetic_spec
 TASKS = ("referable_dr", "dr_grade", "dr", "amd", "dme", "laser_scars", "pathological_myopia", "rvo",
          "glaucoma", "hypertensive_retinopathy")
 MODELS = ("synthetic", "private", "untrained")
+MODES = ("zero_shot", "zero_shot_calibrated", "linear_probe")
 METRICS = ("balanced_accuracy", "auc")
 
 
@@ -60,11 +61,9 @@ def corpus_profile(data: Path) -> dict[str, Any]:
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """One seed's three models, evaluated on every task (zero-shot and linear probe); cached on disk."""
+    """One seed's three models, evaluated on every task (zero-shot, zero-shot calibrated on a fresh synthetic
+    set, linear probe); every stage cached on disk."""
     root = Path(args.out) / f"seed-{seed}"
-    done = root / "evaluation.json"
-    if done.exists():
-        return json.loads(done.read_text())
     private = CohortSpec(seed=seed + 100, size=args.size, hospital=args.hospitals)
     cohort = [patient(private, i) for i in range(-(-args.n // private.images_per_patient))]
     stats = estimate(cohort)
@@ -78,6 +77,9 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             "synthetic": ensure_exported(synthetic, root / "data" / "synthetic", args.n, args.workers)}
     external = ensure_exported(CohortSpec(seed=seed + 300, size=args.size, hospital="lakeshore"),
                                root / "data" / "external", args.external, args.workers)
+    # new synthetic patients, public like the corpus: where both models' zero-shot boundaries are calibrated
+    calibration = ensure_exported(replace(synthetic, seed=seed + 400), root / "data" / "calibration",
+                                  args.calibration, args.workers)
     contenders = {"untrained": models.create("visionclip-tiny", seed=seed)}
     for name, data_dir in data.items():
         run = root / "pretrain" / name
@@ -89,12 +91,23 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         if not finished:
             pretrain(cfg, run, resume=(last / "train_state").exists())
         contenders[name] = models.load_checkpoint(last)
-    results: dict[str, Any] = {"corpora": {name: corpus_profile(d) for name, d in data.items()}}
-    for name, vc in contenders.items():
-        feats = evaluate.dir_embeddings(vc, external)
-        results[name] = {mode.replace("-", "_"): [_evaluate(vc, external, task, mode, seed, feats) for task in TASKS]
-                         for mode in ("zero-shot", "linear-probe")}
-    io.write_json(done, results)
+    done, calibrated = root / "evaluation.json", root / "calibrated.json"
+    if not done.exists():
+        results: dict[str, Any] = {"corpora": {name: corpus_profile(d) for name, d in data.items()}}
+        for name, vc in contenders.items():
+            feats = evaluate.dir_embeddings(vc, external)
+            results[name] = {mode.replace("-", "_"): [_evaluate(vc, external, task, mode, seed, feats)
+                                                      for task in TASKS] for mode in ("zero-shot", "linear-probe")}
+        io.write_json(done, results)
+    if not calibrated.exists():
+        out = {}
+        for name, vc in contenders.items():
+            feats = (evaluate.dir_embeddings(vc, calibration), evaluate.dir_embeddings(vc, external))
+            out[name] = [_calibrated(vc, calibration, external, task, feats) for task in TASKS]
+        io.write_json(calibrated, out)
+    results = json.loads(done.read_text())
+    for name, entries in json.loads(calibrated.read_text()).items():
+        results[name]["zero_shot_calibrated"] = entries
     return results
 
 
@@ -106,10 +119,27 @@ def _evaluate(vc: models.VisionClip, data: Path, task: str, mode: str, seed: int
         return {"task": task, "skipped": str(e)}
 
 
+def _calibrated(vc: models.VisionClip, calibration: Path, external: Path, task_name: str,
+                feats: tuple[Any, Any]) -> dict[str, Any]:
+    """Zero-shot on the external set with class offsets fitted on the synthetic calibration set (`feats`:
+    both sets' image embeddings, from `dir_embeddings`)."""
+    t = tasks.task(task_name)
+    keep, y = tasks.labelled([r.labels for r in read_metadata(calibration)], t, required=False)
+    if len(np.unique(y)) < 2:
+        return {"task": task_name, "skipped": "the calibration set has a single class for this task"}
+    bias = evaluate.fit_class_bias(evaluate.zero_shot_scores(vc, feats[0][keep], t), y)
+    labels = [r.labels for r in read_metadata(external)]
+    try:
+        result = evaluate.zero_shot(vc, [], labels, task_name, feats=feats[1], class_bias=bias)
+    except FedclipError as e:
+        return {"task": task_name, "skipped": str(e)}
+    return {**result, "class_bias": bias.tolist(), "calibration_images": len(keep)}
+
+
 def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean, standard deviation and per-seed values with CIs, and synthetic / private of the means."""
     table: dict[str, Any] = {}
-    for mode in ("zero_shot", "linear_probe"):
+    for mode in MODES:
         for task in TASKS:
             row: dict[str, Any] = {}
             for model in MODELS:
@@ -150,6 +180,25 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_seed_markdown(per_seed: dict[int, dict[str, Any]], task: str = "referable_dr") -> str:
+    """Each seed's figures for the headline task with their 95% bootstrap intervals."""
+    lines = [f"| seed | mode | model | {task} bal. acc. [95% CI] | AUC [95% CI] |", "|---|---|---|---|---|"]
+    for seed, res in per_seed.items():
+        for mode in MODES:
+            for model in ("synthetic", "private"):
+                e = next((r for r in res[model].get(mode, []) if r["task"] == task and "skipped" not in r), None)
+                if e is None:
+                    continue
+                ci = e.get("ci95") or {}
+
+                def cell(metric: str, e: dict = e, ci: dict = ci) -> str:
+                    lo_hi = ci.get(metric)
+                    return f"{e[metric]:.3f}" + (f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "")
+                lines.append(f"| {seed} | {mode.replace('_', ' ')} | {model} | {cell('balanced_accuracy')} | "
+                             f"{cell('auc')} |")
+    return "\n".join(lines) + "\n"
+
+
 def corpora_markdown(per_seed: dict[int, dict[str, Any]]) -> str:
     """The two corpora side by side (first seed): per-image rates of what differs by more than noise."""
     corpora = next(iter(per_seed.values()))["corpora"]
@@ -176,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--external", type=int, default=2000)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--calibration", type=int, default=2000, help="synthetic images the zero-shot boundary is "
+                    "calibrated on (both models alike; no private label)")
     ap.add_argument("--hospitals", default="riverside,northgate,summit")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--ablation", choices=("none", "all-diabetic"), default="none",
@@ -189,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     io.write_json(out / "results.json", {"settings": vars(args), "summary": summary,
                                          "corpora": {s: r["corpora"] for s, r in per_seed.items()}})
-    text = markdown(summary, args) + "\nWhat each corpus holds (first seed):\n\n" + corpora_markdown(per_seed)
+    text = (markdown(summary, args) + "\nPer seed, with 95% bootstrap intervals:\n\n" + per_seed_markdown(per_seed)
+            + "\nWhat each corpus holds (first seed):\n\n" + corpora_markdown(per_seed))
     io.write_text(out / "results.md", text)
     print(text)
 

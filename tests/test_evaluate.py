@@ -53,6 +53,27 @@ def test_linear_probe_separates_separable_features_and_supports_k_shot():
     assert few["n_train"] == 8 and few["balanced_accuracy"] > 0.8
 
 
+def test_class_bias_fitted_on_a_calibration_set_moves_a_misplaced_boundary_and_keeps_the_ranking():
+    """Constructed: the class-1 logit carries a constant -3 (a prompt the model under-rates); the signal
+    itself separates the classes. Fitted on one draw, the offset recovers ~+3 and balances another."""
+    rng = np.random.default_rng(0)
+
+    def draw(n, share):
+        y = (rng.random(n) < share).astype(int)
+        signal = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 0.5, n)
+        return np.stack([np.zeros(n), signal - 3.0], 1), y
+    calibration, y_cal = draw(2000, 0.5)
+    bias = evaluate.fit_class_bias(calibration, y_cal)
+    assert bias[1] - bias[0] == pytest.approx(3.0, abs=0.3)
+    test, y = draw(2000, 0.1)  # another prevalence: balanced accuracy does not depend on it
+    before, after = evaluate.metrics(y, test), evaluate.metrics(y, test + bias)
+    assert before["balanced_accuracy"] < 0.6 and after["balanced_accuracy"] > 0.95
+    assert after["auc"] == pytest.approx(before["auc"])  # the ranking is the model's own
+    # a class missing from the calibration set keeps a finite offset
+    three = np.concatenate([calibration, np.zeros((2000, 1))], 1)
+    assert np.isfinite(evaluate.fit_class_bias(three, y_cal)).all()
+
+
 def test_task_targets_and_errors():
     fives = tasks.task("fives")
     assert fives.classes == ("normal", "amd", "dr", "glaucoma")
