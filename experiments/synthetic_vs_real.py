@@ -216,7 +216,7 @@ def corpora_markdown(per_seed: dict[int, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", default="0,1,2")
@@ -232,7 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ablation", choices=("none", "all-diabetic"), default="none",
                     help="all-diabetic: the synthetic corpus as the Med-AIGC step drew it before 2026-11-30")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     progress.enable(not args.quiet)
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {s: run_seed(args, s) for s in seeds}

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.slow  # two seeds of two pretrainings and 60 evaluation
 
 def test_two_seeds_summarise_to_their_mean_spread_and_ratio(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--seeds", "0,1", "--n", "96", "--steps", "2", "--batch-size", "16",
-            "--external", "160", "--quiet"]
+            "--external", "160", "--calibration", "96", "--quiet"]
     svr.main(argv)
     doc = json.loads((tmp_path / "results.json").read_text())
-    seeds = [json.loads((tmp_path / f"seed-{s}" / "evaluation.json").read_text()) for s in (0, 1)]
+    seeds = [svr.run_seed(svr.parse(argv), s) for s in (0, 1)]  # cached: read back, not recomputed
     row = doc["summary"]["zero_shot/referable_dr"]
     values = [next(r for r in s["synthetic"]["zero_shot"] if r["task"] == "referable_dr")["balanced_accuracy"]
               for s in seeds]
@@ -27,6 +27,11 @@ def test_two_seeds_summarise_to_their_mean_spread_and_ratio(tmp_path, capsys):
     assert row["ratio"]["balanced_accuracy"] == pytest.approx(
         row["synthetic"]["balanced_accuracy"]["mean"] / row["private"]["balanced_accuracy"]["mean"])
     assert set(doc["corpora"]["0"]) == {"private", "synthetic"}
+    # zero-shot calibrated on the synthetic calibration set: the same ranking, so the same binary AUC
+    calibrated = {r["task"]: r for r in seeds[0]["synthetic"]["zero_shot_calibrated"] if "skipped" not in r}
+    plain = {r["task"]: r for r in seeds[0]["synthetic"]["zero_shot"]}
+    assert calibrated["referable_dr"]["auc"] == pytest.approx(plain["referable_dr"]["auc"])
+    assert len(calibrated["referable_dr"]["class_bias"]) == 2
     assert "| zero shot | referable_dr |" in (tmp_path / "results.md").read_text()
     # a task the toy external set cannot measure is said to be skipped, never silently averaged
     skipped = [r for s in seeds for r in s["private"]["linear_probe"] if "skipped" in r]
