@@ -147,9 +147,9 @@ def synthetic_spec(stats: CohortStatistics, seed: int, size: int = 224, visits: 
     synthetic patients get them once (the spec's prevalences are divided by the hospital mix's mean
     multiplier). The share of patients with diabetes is the cohort's, and their worse-eye grades follow
     the cohort's diabetic patients: a grade-0 eye looks the same with or without diabetes, but its caption
-    does not (only a patient with diabetes is described as having "no diabetic retinopathy"), and making
-    every synthetic patient diabetic doubled the captions that mention retinopathy (0.46 vs 0.23 of the
-    images; docs/results/synthetic_vs_real.md).
+    does not (only a patient with diabetes is described as having "no diabetic retinopathy"): making every
+    synthetic patient diabetic put retinopathy in 54% of the captions against the cohort's 21%
+    (docs/results/synthetic_vs_real.md).
     """
     hospitals = ",".join(h for h, _ in stats.hospitals)
     prevalence = []
