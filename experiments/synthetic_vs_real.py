@@ -2,13 +2,16 @@
 private cohort the generator's statistics came from, zero-shot and by linear probe at an external hospital.
 
     python -m fedclip.experiments.synthetic_vs_real --out runs/svr [--seeds 0,1,2] [--n 20000]
-        [--steps 600] [--batch-size 128] [--external 2000] [--size 64] [--hospitals riverside,northgate,summit]
+        [--steps 600] [--batch-size 128] [--external 2000] [--calibration 2000] [--size 64]
+        [--hospitals riverside,northgate,summit] [--ablation none|all-diabetic] [--quiet]
 
 Per seed: the private cohort (`n` images of the training hospitals), the Med-AIGC step (`synth.estimate`
 on the cohort's patients, then `n` images of new patients from `synthetic_spec`), both models pretrained
 alike (visionclip-tiny, AdamW, same seed, order and steps), and every task evaluated on `external`
-images of `lakeshore` (a camera neither saw) with 95% bootstrap CIs. Then, per task and metric, the mean
-and standard deviation over seeds and the ratio synthetic / private of the means. Written to
+images of `lakeshore` (a camera neither saw) with 95% bootstrap CIs: zero-shot, zero-shot with class
+offsets fitted on `calibration` fresh synthetic images (both models alike), and a linear probe. Then,
+per task and metric, the mean and standard deviation over seeds and the ratio synthetic / private of the
+means. Written to
 `OUT/results.json` and `OUT/results.md` (the table docs/results/ keeps); each seed's stage is resumable
 (a finished pretraining or evaluation is reused when the command is run again).
 """
