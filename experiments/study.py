@@ -226,7 +226,7 @@ class Study:
 
     # 3 ------------------------------------------------------------------------------------------
     def pretrain(self, up: Mapping[str, Any]) -> dict[str, Any]:
-        from fedclip.pretrain import pretrain
+        from fedclip.pretrain import ensure_pretrained
 
         c = self.cfg
         data = {"synthetic": up["synthesize"]["corpus"]["dir"], "private": up["data"]["members"]["dir"]}
@@ -240,12 +240,7 @@ class Study:
             pcfg = replace(c.pretrain, data=Path(data_dir), seed=c.seed,
                            batch_size=min(c.pretrain.batch_size, up["data"]["members"]["n"]),
                            canaries=c.pretrain.canaries if name == "private" else 0)
-            last = RunDir(run).checkpoint()
-            finished = (last / "config.json").exists() and \
-                models.read_checkpoint_config(last)["provenance"].get("steps") == c.pretrain.steps
-            if not finished:
-                pretrain(pcfg, run, resume=(last / "train_state").exists())
-            out[name] = {"run": str(run), **_checkpoint(last)}
+            out[name] = {"run": str(run), **_checkpoint(ensure_pretrained(pcfg, run))}
         return out
 
     # 4 ------------------------------------------------------------------------------------------

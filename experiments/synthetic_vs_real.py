@@ -31,8 +31,7 @@ from fedclip import evaluate, io, models, progress, tasks
 from fedclip.data.records import read_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
-from fedclip.pretrain import PretrainConfig, pretrain
-from fedclip.run import RunDir
+from fedclip.pretrain import PretrainConfig, ensure_pretrained
 from fedclip.synth import CohortSpec, patient
 from fedclip.synth.estimate import estimate, synthetic_spec
 
@@ -88,25 +87,23 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         run = root / "pretrain" / name
         cfg = PretrainConfig(model="visionclip-tiny", data=data_dir, steps=args.steps, batch_size=args.batch_size,
                              lr=1e-3, warmup=max(1, args.steps // 10), seed=seed, workers=args.workers)
-        last = RunDir(run).checkpoint()
-        finished = (last / "config.json").exists() and \
-            models.read_checkpoint_config(last)["provenance"].get("steps") == args.steps
-        if not finished:
-            pretrain(cfg, run, resume=(last / "train_state").exists())
-        contenders[name] = models.load_checkpoint(last)
+        contenders[name] = models.load_checkpoint(ensure_pretrained(cfg, run))
     done, calibrated = root / "evaluation.json", root / "calibrated.json"
+    external_feats = {}  # each model's external embeddings, computed once for every mode that needs them
     if not done.exists():
         results: dict[str, Any] = {"corpora": {name: corpus_profile(d) for name, d in data.items()}}
         for name, vc in contenders.items():
-            feats = evaluate.dir_embeddings(vc, external)
+            feats = external_feats[name] = evaluate.dir_embeddings(vc, external)
             results[name] = {mode.replace("-", "_"): [_evaluate(vc, external, task, mode, seed, feats)
                                                       for task in TASKS] for mode in ("zero-shot", "linear-probe")}
         io.write_json(done, results)
     if not calibrated.exists():
+        labels = ([r.labels for r in read_metadata(calibration)], [r.labels for r in read_metadata(external)])
         out = {}
         for name, vc in contenders.items():
-            feats = (evaluate.dir_embeddings(vc, calibration), evaluate.dir_embeddings(vc, external))
-            out[name] = [_calibrated(vc, calibration, external, task, feats) for task in TASKS]
+            feats = (evaluate.dir_embeddings(vc, calibration),
+                     external_feats[name] if name in external_feats else evaluate.dir_embeddings(vc, external))
+            out[name] = [_calibrated(vc, labels, task, feats) for task in TASKS]
         io.write_json(calibrated, out)
     results = json.loads(done.read_text())
     for name, entries in json.loads(calibrated.read_text()).items():
@@ -122,18 +119,17 @@ def _evaluate(vc: models.VisionClip, data: Path, task: str, mode: str, seed: int
         return {"task": task, "skipped": str(e)}
 
 
-def _calibrated(vc: models.VisionClip, calibration: Path, external: Path, task_name: str,
+def _calibrated(vc: models.VisionClip, labels: tuple[list, list], task_name: str,
                 feats: tuple[Any, Any]) -> dict[str, Any]:
-    """Zero-shot on the external set with class offsets fitted on the synthetic calibration set (`feats`:
-    both sets' image embeddings, from `dir_embeddings`)."""
+    """Zero-shot on the external set with class offsets fitted on the synthetic calibration set (`labels`
+    and `feats`: the calibration and external sets' labels and image embeddings, in that order)."""
     t = tasks.task(task_name)
-    keep, y = tasks.labelled([r.labels for r in read_metadata(calibration)], t, required=False)
+    keep, y = tasks.labelled(labels[0], t, required=False)
     if len(np.unique(y)) < 2:
         return {"task": task_name, "skipped": "the calibration set has a single class for this task"}
     bias = evaluate.fit_class_bias(evaluate.zero_shot_scores(vc, feats[0][keep], t), y)
-    labels = [r.labels for r in read_metadata(external)]
     try:
-        result = evaluate.zero_shot(vc, [], labels, task_name, feats=feats[1], class_bias=bias)
+        result = evaluate.zero_shot(vc, [], labels[1], task_name, feats=feats[1], class_bias=bias)
     except FedclipError as e:
         return {"task": task_name, "skipped": str(e)}
     return {**result, "class_bias": bias.tolist(), "calibration_images": len(keep)}

@@ -159,22 +159,19 @@ def fit_class_bias(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     because no scikit-learn estimator fits offsets alone.
     """
     from scipy.optimize import minimize
+    from scipy.special import log_softmax
 
     k = scores.shape[1]
     present, counts = np.unique(y, return_counts=True)
     weight = np.zeros(k)
     weight[present] = 1.0 / (len(present) * counts)
     w = weight[y]
+    onehot = np.eye(k)[y]
 
     def loss(b: np.ndarray) -> tuple[float, np.ndarray]:
-        z = scores + b
-        z = z - z.max(1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(1, keepdims=True)
-        nll = -np.log(p[np.arange(len(y)), y] + 1e-300)
-        grad_z = p.copy()
-        grad_z[np.arange(len(y)), y] -= 1.0
-        return float((w * nll).sum() + 1e-3 * b @ b), (w[:, None] * grad_z).sum(0) + 2e-3 * b
+        logp = log_softmax(scores + b, axis=1)
+        grad_z = np.exp(logp) - onehot
+        return float(-(w * logp[np.arange(len(y)), y]).sum() + 1e-3 * b @ b), w @ grad_z + 2e-3 * b
 
     b = minimize(loss, np.zeros(k), jac=True, method="L-BFGS-B").x
     return b - b.mean()  # only differences matter

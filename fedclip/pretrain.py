@@ -306,5 +306,16 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
             "samples_per_s": seen / elapsed if elapsed > 0 else float("nan"), "world_size": world}
 
 
+def ensure_pretrained(cfg: PretrainConfig, run: str | Path) -> Path:
+    """The run's last checkpoint after `cfg.steps` steps: reused when it is there, an interrupted run
+    resumed, else trained from the start — what a resumable pipeline stage wants."""
+    last = RunDir(run).checkpoint()
+    finished = (last / "config.json").exists() and \
+        models.read_checkpoint_config(last)["provenance"].get("steps") == cfg.steps
+    if not finished:
+        pretrain(cfg, run, resume=(last / "train_state").exists())
+    return last
+
+
 def _config_record(cfg: PretrainConfig) -> dict[str, Any]:
     return {k: cfglib.to_toml_value(v) for k, v in cfg.__dict__.items() if v is not None}
