@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from scipy.spatial import cKDTree
 
 from fedclip.synth.canvas import Branch, EyeLayout
 
@@ -55,7 +56,7 @@ def grow_vessels(anatomy: EyeAnatomy, size: int) -> EyeLayout:
     width = t[:, 2] * np.where(vein, 0.028, 0.021 * anatomy.artery_scale)
     starts = np.tile(disc, (len(t), 1))
     curvature = t[:, 1]
-    branches: list[tuple[np.ndarray, np.ndarray, bool]] = []
+    branches: list[tuple[np.ndarray, np.ndarray, list[int], list[bool]]] = []
     for steps, p_branch in ((60, 0.07), (35, 0.045), (20, 0.0)):
         if len(starts) == 0:
             break
@@ -66,11 +67,13 @@ def grow_vessels(anatomy: EyeAnatomy, size: int) -> EyeLayout:
     radius = half * 0.96
 
     def px(p: np.ndarray) -> np.ndarray:
-        return np.stack([half + sign * p[:, 0] * radius, half + p[:, 1] * radius], axis=1)
+        return np.stack([half + sign * p[..., 0] * radius, half + p[..., 1] * radius], axis=-1)
 
-    lengths = np.cumsum([len(pts) for pts, _, _ in branches])[:-1]
-    all_px = np.split(px(np.concatenate([pts for pts, _, _ in branches])), lengths)
-    out = [Branch(q, widths * radius, bool(v)) for q, (_, widths, v) in zip(all_px, branches, strict=True)]
+    out = []
+    for points, widths, lengths, veins in branches:  # one generation's arrays, converted at once
+        points, widths = px(points), widths * radius
+        out.extend(Branch(points[i, :k], widths[i, :k], v)
+                   for i, (k, v) in enumerate(zip(lengths, veins, strict=True)) if k)
     d = px(disc[None])[0]
     m = px(macula[None])[0]
     return EyeLayout(size, (float(d[0]), float(d[1])), anatomy.disc_radius * radius,
@@ -91,11 +94,14 @@ def _grow_generation(rng, starts, theta0, width0, curvature, vein, macula, steps
     width = width0[:, None] * np.cumprod(factor, axis=1)
     stop = (x * x + y * y > 1.0) | ((x - macula[0]) ** 2 + (y - macula[1]) ** 2 < 0.01) | (width < 0.0025)
     alive = np.cumprod(~stop, axis=1).astype(bool)
-    for i in range(n):
-        k = int(alive[i].sum())
-        if k >= 1:
-            pts = np.concatenate([starts[i:i + 1], np.stack([x[i, :k], y[i, :k]], axis=1)])
-            out.append((pts, np.concatenate([width0[i:i + 1], width[i, :k]]), bool(vein[i])))
+    # Each branch: its start and the points before it first stops; kept as the generation's padded arrays
+    # with a length per branch (0: died at once), since slicing rows is far cheaper than building them.
+    points = np.empty((n, steps + 1, 2))
+    points[:, 0], points[:, 1:, 0], points[:, 1:, 1] = starts, x, y
+    widths = np.empty((n, steps + 1))
+    widths[:, 0], widths[:, 1:] = width0, width
+    k = alive.sum(axis=1)
+    out.append((points, widths, np.where(k >= 1, k + 1, 0).tolist(), vein.tolist()))
     bi, bj = np.nonzero(fork & alive)
     m = len(bi)
     side = np.where(rng.random(m) < 0.5, -1.0, 1.0)
@@ -106,23 +112,25 @@ def _grow_generation(rng, starts, theta0, width0, curvature, vein, macula, steps
 def _draw_tree(layout: EyeLayout, vein: bool, nick_points: np.ndarray | None = None) -> Image.Image:
     mask = Image.new("L", (layout.size, layout.size), 0)
     draw = ImageDraw.Draw(mask)
-    for b in layout.branches:
-        if b.vein != vein:
-            continue
-        # One polyline per run of points sharing a pixel width, so the vessel tapers; sub-pixel widths
-        # fade (lower mask value) instead of thinning.
-        # Sub-pixel vessels are quantised to half-pixel steps of "width" drawn as mask intensity.
-        key = np.maximum(0.5, np.round(2.0 * b.widths) / 2.0)
-        cuts = np.flatnonzero(np.diff(key)) + 1
-        pts = b.points.ravel().tolist()
-        start = 0
-        for end in [*cuts.tolist(), len(b.widths)]:
-            if end > start:
-                w = float(key[start])
-                # No joint="curve": PIL draws those joints in Python, which tripled the tree's cost;
-                # the mask blur below closes the hairline gaps at the joints.
-                draw.line(pts[2 * start:2 * end + 2], fill=int(255 * min(1.0, w)), width=max(1, round(w)))
-            start = end
+    chosen = [b for b in layout.branches if b.vein == vein]
+    if chosen:
+        # One polyline per run of points sharing a pixel width, so the vessel tapers; sub-pixel widths fade
+        # (lower mask value, half-pixel steps) instead of thinning. Runs of all branches are found at once:
+        # a run starts where a branch starts or its width step changes, and ends on the next run's first
+        # point (so consecutive runs join) or on its branch's last point.
+        lengths = np.array([len(b.widths) for b in chosen])
+        key = np.maximum(0.5, np.round(2.0 * np.concatenate([b.widths for b in chosen])) / 2.0)
+        first = np.zeros(len(key) + 1, dtype=bool)
+        first[np.cumsum(lengths) - lengths] = True
+        first[-1] = True
+        bounds = np.flatnonzero(first[:-1] | np.r_[True, key[1:] != key[:-1]])
+        nxt = np.r_[bounds[1:], len(key)]
+        ends = np.where(first[nxt], nxt, nxt + 1)
+        flat = np.concatenate([b.points for b in chosen]).ravel().tolist()
+        for start, end, w in zip(bounds.tolist(), ends.tolist(), key[bounds].tolist(), strict=True):
+            # No joint="curve": PIL draws those joints in Python, which tripled the tree's cost; the mask
+            # blur below closes the hairline gaps at the joints.
+            draw.line(flat[2 * start:2 * end], fill=int(255 * min(1.0, w)), width=max(1, round(w)))
     if nick_points is not None:
         for x, y, r in nick_points:
             draw.ellipse((x - r, y - r, x + r, y + r), fill=0)
@@ -136,8 +144,15 @@ def _av_crossings(layout: EyeLayout, n: int, rng: np.random.Generator) -> np.nda
     a = np.concatenate([b.points for b in layout.branches if not b.vein])
     v = np.concatenate([b.points for b in layout.branches if b.vein])
     vw = np.concatenate([b.widths for b in layout.branches if b.vein])
-    d = np.hypot(a[:, None, 0] - v[None, :, 0], a[:, None, 1] - v[None, :, 1])
-    ai, vi = np.nonzero(d < np.maximum(1.5, vw[None, :]))
+    reach = np.maximum(1.5, vw)
+    # Candidate pairs from a k-d tree (a dense artery x vein distance matrix cost ~30 ms per eye), then the
+    # exact test on them, in the dense version's (artery, vein) order so that the same crossings are picked.
+    near = cKDTree(a).query_ball_point(v, reach * (1 + 1e-9) + 1e-9)
+    vi = np.repeat(np.arange(len(v)), [len(n) for n in near])
+    ai = np.fromiter((i for n in near for i in n), dtype=np.intp, count=len(vi))
+    ok = np.hypot(a[ai, 0] - v[vi, 0], a[ai, 1] - v[vi, 1]) < reach[vi]
+    order = np.lexsort((vi[ok], ai[ok]))
+    ai, vi = ai[ok][order], vi[ok][order]
     if len(ai) == 0:
         return np.zeros((0, 3))
     pick = rng.choice(len(ai), size=min(n, len(ai)), replace=False)
@@ -263,6 +278,6 @@ def render_eye(anatomy: EyeAnatomy, size: int) -> tuple[Image.Image, EyeLayout]:
     arteries = _draw_tree(layout, vein=False).filter(blur)
     vein_col = tuple(int(c) for c in (base * np.array([0.55, 0.28, 0.40])))
     art_col = tuple(int(c) for c in (base * np.array([0.85, 0.50, 0.70])))
-    image = Image.composite(Image.new("RGB", image.size, vein_col), image, veins)
-    image = Image.composite(Image.new("RGB", image.size, art_col), image, arteries)
+    image.paste(vein_col, None, veins)
+    image.paste(art_col, None, arteries)
     return image, layout

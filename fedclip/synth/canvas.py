@@ -7,6 +7,7 @@ what keeps rendering as fast as decoding a PNG (see benchmarks/synth_throughput.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -85,17 +86,28 @@ class LesionCanvas:
         return ImageDraw.Draw(self.layers[layer])
 
     def composite_onto(self, image: Image.Image) -> Image.Image:
-        """Blend every drawn layer onto `image` in a fixed order (drusen under haemorrhages, ...)."""
+        """Blend every drawn layer onto a copy of `image` in a fixed order (drusen under haemorrhages, ...).
+
+        Each layer is blurred and blended only within its lesions' bounding box plus a margin wider than
+        the blur reaches: outside it the blurred mask is 0, so the result is the whole-image blend's, byte
+        for byte, at a fraction of the cost for the small layers most eyes have.
+        """
         size = self.layout.size
+        image = image.copy()
         for name in LAYER_ORDER:
             mask = self.layers.get(name)
-            if mask is None:
+            bbox = mask.getbbox() if mask is not None else None
+            if bbox is None:
                 continue
             colour, blur_frac, blur_min, opacity = LAYER_STYLE[name]
-            mask = mask.filter(ImageFilter.BoxBlur(max(blur_min, blur_frac * size)))
+            radius = max(blur_min, blur_frac * size)
+            margin = math.ceil(radius) + 2  # a box blur of radius r moves mass at most floor(r) + 1 pixels
+            box = (max(0, bbox[0] - margin), max(0, bbox[1] - margin), min(size, bbox[2] + margin),
+                   min(size, bbox[3] + margin))
+            region = mask.crop(box).filter(ImageFilter.BoxBlur(radius))
             if opacity < 1.0:
-                mask = mask.point(_opacity_lut(opacity))
-            image = Image.composite(Image.new("RGB", image.size, colour), image, mask)
+                region = region.point(_opacity_lut(opacity))
+            image.paste(colour, box, region)
         return image
 
 

@@ -249,4 +249,4 @@ def sample(spec: CohortSpec, index: int) -> Sample:
     }
     caption = make_caption(labels, meta, _rng(spec.seed, _CAPTION, index), diabetic=pat.diabetic,
                            cup_to_disc=pat.anatomy[eye].cup_to_disc)
-    return Sample(np.asarray(image.convert("RGB")), caption, labels, meta)
+    return Sample(np.asarray(image if image.mode == "RGB" else image.convert("RGB")), caption, labels, meta)
