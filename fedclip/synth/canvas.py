@@ -1,8 +1,9 @@
 """Geometry shared by the anatomy and lesion renderers: an eye's layout and its lesion layers.
 
 Everything is drawn at the output size straight away (no supersampling): PIL's C drawing primitives
-on 8-bit masks, softened by one Gaussian blur per layer, then composited with a flat colour. That is
-what keeps rendering as fast as decoding a PNG (see benchmarks/synth_throughput.py).
+on 8-bit masks, softened by one box blur per layer, then composited with a flat colour: C-level work
+only, which keeps a rendered eye at a few milliseconds (benchmarks/synth_throughput.py compares the
+generator with decoding the same images from PNG; docs/results/speed.md has the cost of each part).
 """
 
 from __future__ import annotations
