@@ -7,8 +7,10 @@ to the layers' *outputs* gives each layer's output gradients g; with its inputs 
 hook) a sample's gradient of a linear layer is sum_s a_s g_s^T, whose norm is computed either from the
 small (d_in x d_out) matrix itself or, when the sequence is short, from the Gram matrices
 (a a^T) * (g g^T) ("ghost norm", never forming the gradient); the clipped sum over the batch is then one
-matrix product, a^T diag(c) g. No per-sample gradient of a large layer is ever stored, and autograd
-computes no parameter gradient that would be thrown away.
+matrix product, a^T diag(c) g, with c scaling whichever of a and g is narrower. A layer norm's and a bias's
+per-sample gradients are small (batch x features) rows, computed once for the norm and reused for the
+clipped sum (c @ rows). No per-sample gradient of a large layer is ever stored, and autograd computes no
+parameter gradient that would be thrown away.
 
 The result is the same vector as Opacus' `DPOptimizer` (per-sample clipping with its formula
 c = min(1, C / (norm + 1e-6)), noise drawn by Opacus' own secure-mode sampler in parameter order from
@@ -86,14 +88,14 @@ class BookKeeping:
         if batch:
             outs = [o for _, _, o in seen]
             grads = torch.autograd.grad(per_sample_loss.sum(), outs, allow_unused=True)
-            parts = [(m, _per_sample(a, batch), _per_sample(g if g is not None else torch.zeros_like(o), batch))
-                     for (m, a, o), g in zip(seen, grads, strict=True)]
+            layers = [_Layer(m, _per_sample(a, batch), _per_sample(g if g is not None else torch.zeros_like(o), batch))
+                      for (m, a, o), g in zip(seen, grads, strict=True)]
             norm2 = torch.zeros(batch, dtype=per_sample_loss.dtype)
-            for m, a, g in parts:
-                norm2 += _norm2(m, a, g)
+            for layer in layers:
+                norm2 += layer.norm2()
             clip = (self.max_grad_norm / (norm2.sqrt() + CLIP_EPS)).clamp(max=1.0)
-            for m, a, g in parts:
-                _clipped_sum(m, a, g, clip, sums)
+            for layer in layers:
+                layer.add_clipped_sum(clip, sums)
         for p in self.params:
             p.summed_grad = sums[id(p)]
         self.add_noise()
@@ -115,34 +117,52 @@ def _per_sample(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x.reshape(batch, -1, x.shape[-1])
 
 
-def _norm2(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Each sample's squared gradient norm over the layer's parameters."""
-    bias = g.sum(1).pow(2).sum(1) if m.bias is not None and m.bias.requires_grad else 0.0
-    if isinstance(m, nn.LayerNorm):
-        xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
-        return (xhat * g).sum(1).pow(2).sum(1) * float(m.weight.requires_grad) + bias
-    s, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
-    if s == 1:
-        out = a.squeeze(1).pow(2).sum(1) * g.squeeze(1).pow(2).sum(1)
-    elif s * s <= d_in * d_out:  # ghost norm: two (s x s) Gram matrices instead of a (d_in x d_out) gradient
-        out = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
-    else:
-        out = torch.bmm(a.transpose(1, 2), g).pow(2).sum((1, 2))
-    return out + bias
+class _Layer:
+    """One trained layer's inputs `a` and output gradients `g` for a batch, (batch, positions, features).
 
+    What is per sample and small is computed once and serves both the norm and the clipped sum: a
+    layer norm's and a bias's per-sample gradients are (batch, features) rows, so their clipped sum is
+    `clip @ rows`; a linear weight's per-sample gradient is (d_in x d_out) per sample and is never formed.
+    """
 
-def _clipped_sum(m: nn.Module, a: torch.Tensor, g: torch.Tensor, clip: torch.Tensor,
-                 sums: dict[int, torch.Tensor]) -> None:
-    """Add the layer's clipped per-sample gradients, summed over the batch, to `sums`."""
-    gc = g * clip[:, None, None]
-    if isinstance(m, nn.LayerNorm):
-        xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
-        if m.weight.requires_grad:
-            sums[id(m.weight)] += (xhat * gc).sum((0, 1))
-        if m.bias is not None and m.bias.requires_grad:
-            sums[id(m.bias)] += gc.sum((0, 1))
-        return
-    if m.weight.requires_grad:
-        sums[id(m.weight)] += gc.flatten(0, 1).T @ a.flatten(0, 1)
-    if m.bias is not None and m.bias.requires_grad:
-        sums[id(m.bias)] += gc.sum((0, 1))
+    def __init__(self, m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        self.m, self.a, self.g = m, a, g
+        bias = m.bias if m.bias is not None and m.bias.requires_grad else None
+        self.bias_rows = g.sum(1) if bias is not None else None
+        self.weight_rows = None
+        if isinstance(m, nn.LayerNorm) and m.weight.requires_grad:
+            xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
+            self.weight_rows = (xhat * g).sum(1)
+
+    def norm2(self) -> torch.Tensor:
+        """Each sample's squared gradient norm over the layer's trained parameters."""
+        out = self.bias_rows.pow(2).sum(1) if self.bias_rows is not None else 0.0
+        if self.weight_rows is not None:
+            return self.weight_rows.pow(2).sum(1) + out
+        if isinstance(self.m, nn.LayerNorm) or not self.m.weight.requires_grad:
+            return out
+        a, g = self.a, self.g
+        s, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
+        if s == 1:
+            w = a.squeeze(1).pow(2).sum(1) * g.squeeze(1).pow(2).sum(1)
+        elif s * s <= d_in * d_out:  # ghost norm: two (s x s) Gram matrices instead of a (d_in x d_out) gradient
+            w = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+        else:
+            w = torch.bmm(a.transpose(1, 2), g).pow(2).sum((1, 2))
+        return w + out
+
+    def add_clipped_sum(self, clip: torch.Tensor, sums: dict[int, torch.Tensor]) -> None:
+        """Add the layer's clipped per-sample gradients, summed over the batch, to `sums`."""
+        m = self.m
+        if self.bias_rows is not None:
+            sums[id(m.bias)] += clip @ self.bias_rows
+        if self.weight_rows is not None:
+            sums[id(m.weight)] += clip @ self.weight_rows
+        elif isinstance(m, nn.Linear) and m.weight.requires_grad:
+            # sum_b clip_b g_b^T a_b as one product; the clip scales whichever side is narrower
+            a, g = self.a, self.g
+            if a.shape[2] <= g.shape[2]:
+                a = a * clip[:, None, None]
+            else:
+                g = g * clip[:, None, None]
+            sums[id(m.weight)] += g.flatten(0, 1).T @ a.flatten(0, 1)
