@@ -127,19 +127,19 @@ class _Layer:
 
     def __init__(self, m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
         self.m, self.a, self.g = m, a, g
-        bias = m.bias if m.bias is not None and m.bias.requires_grad else None
-        self.bias_rows = g.sum(1) if bias is not None else None
-        self.weight_rows = None
+        trained_bias = m.bias is not None and m.bias.requires_grad
+        self.bias_rows = g.sum(1) if trained_bias else None
+        self.weight_rows = None  # a layer norm's weight: (batch, features)
         if isinstance(m, nn.LayerNorm) and m.weight.requires_grad:
-            xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
-            self.weight_rows = (xhat * g).sum(1)
+            self.weight_rows = (F.layer_norm(a, m.normalized_shape, eps=m.eps) * g).sum(1)
+        self.linear_weight = isinstance(m, nn.Linear) and m.weight.requires_grad  # never formed per sample
 
     def norm2(self) -> torch.Tensor:
         """Each sample's squared gradient norm over the layer's trained parameters."""
         out = self.bias_rows.pow(2).sum(1) if self.bias_rows is not None else 0.0
         if self.weight_rows is not None:
             return self.weight_rows.pow(2).sum(1) + out
-        if isinstance(self.m, nn.LayerNorm) or not self.m.weight.requires_grad:
+        if not self.linear_weight:
             return out
         a, g = self.a, self.g
         s, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
@@ -158,7 +158,7 @@ class _Layer:
             sums[id(m.bias)] += clip @ self.bias_rows
         if self.weight_rows is not None:
             sums[id(m.weight)] += clip @ self.weight_rows
-        elif isinstance(m, nn.Linear) and m.weight.requires_grad:
+        elif self.linear_weight:
             # sum_b clip_b g_b^T a_b as one product; the clip scales whichever side is narrower
             a, g = self.a, self.g
             if a.shape[2] <= g.shape[2]:
