@@ -216,7 +216,8 @@ class Study:
         # the members' patients: what a data custodian measures on each (labels, grades, anatomy); only
         # aggregate statistics reach the generator (docs/architecture.md, "Med-AIGC")
         cohort = [patient(spec, i) for i in range(-(-c.n_members // spec.images_per_patient))]
-        stats = estimate(cohort, epsilon=c.generator_epsilon, delta=c.generator_delta)
+        stats = estimate(cohort, hospitals=spec.hospitals, epsilon=c.generator_epsilon,
+                         delta=c.generator_delta)
         io.write_json(self.root / "synthetic" / "cohort_statistics.json", asdict(stats))
         synth = synthetic_spec(stats, seed=c.seed + 200, size=c.size, visits=spec.visits)
         corpus = ensure_exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or up["data"]["members"]["n"],

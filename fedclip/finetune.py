@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import secrets
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from fedclip.data.images import load_rgb
 from fedclip.dp import BookKeeping, supports
 from fedclip.errors import FedclipError, ModelError
 from fedclip.models import VisionClip
+from fedclip.noise import secure_seed
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,8 @@ def prefix_tokens(vc: VisionClip, pixels: torch.Tensor, train_blocks: int, batch
     """Outputs of the frozen prefix (embedding + the blocks before the trained ones)."""
     visual = vc.model.visual
     visual.eval()
+    if not len(pixels):  # no record: the tokens' shape, from a blank image, with no row
+        return prefix_tokens(vc, pixels.new_zeros((1, *pixels.shape[1:])), train_blocks)[:0]
     first = len(visual.transformer.resblocks) - train_blocks
     out = []
     for chunk in pixels.split(batch_size):
@@ -243,6 +245,8 @@ def load_pixels(vc: VisionClip, images: Sequence[Any]) -> torch.Tensor:
             return Image.fromarray(img)
         return img if isinstance(img, Image.Image) else load_rgb(img)
 
+    if not len(images):
+        return torch.zeros((0, 3, vc.image_size, vc.image_size))
     return torch.stack([tf(to_pil(i).convert("RGB")) for i in images])
 
 
@@ -276,20 +280,6 @@ def steps_per_round(cfg: FinetuneConfig, n: int) -> int:
     return max(1, cfg.epochs * math.ceil(n / cfg.batch_size))
 
 
-def secure_seed() -> int:
-    """A fresh 63-bit seed from the operating system's CSPRNG, for one training's noise or sampling."""
-    return secrets.randbits(63)
-
-
-def gaussian_noise(std: float, *, seed: int | None = None) -> float:
-    """One draw of DP noise outside DP-SGD (a noised count): the same float-safe sampler as the training's
-    noise (Opacus' secure-mode sum of four Gaussians), from a fresh CSPRNG seed unless a test passes one."""
-    from opacus.optimizers.optimizer import _generate_noise
-
-    gen = torch.Generator().manual_seed(secure_seed() if seed is None else seed)
-    return float(_generate_noise(std, torch.zeros(1), generator=gen, secure_mode=True))
-
-
 def _private(head: nn.Module, opt: torch.optim.Optimizer, dataset: TensorDataset, criterion: nn.Module,
              cfg: FinetuneConfig, *, sigma: float, sample_rate: float, expected_batch_size: float,
              noise_seed: int | None) -> tuple[nn.Module, Any, nn.Module, DataLoader]:
@@ -310,7 +300,8 @@ def _private(head: nn.Module, opt: torch.optim.Optimizer, dataset: TensorDataset
 
     sampling = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed)
     noise = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed + 1)
-    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling) if len(dataset) \
+        else _empty_batches(dataset)
     with warnings.catch_warnings():  # "Secure RNG turned off": fedclip supplies its own, see above
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=cfg.accountant)  # its accountant is unused: the ledger accounts
@@ -337,7 +328,23 @@ def _book_keeping(head: nn.Module, params: list[torch.Tensor], dataset: TensorDa
     noise = torch.Generator().manual_seed(secure_seed() if noise_seed is None else noise_seed + 1)
     bk = BookKeeping(head, params, max_grad_norm=cfg.max_grad_norm, noise_multiplier=sigma,
                      expected_batch_size=expected_batch_size, generator=noise)
+    if not len(dataset):
+        return bk, _empty_batches(dataset)
     return bk, DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
+
+
+class _empty_batches(DataLoader):  # noqa: N801 - used as the loader factory it stands in for
+    """What Poisson sampling yields from a dataset with no record: an empty batch, every step."""
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        super().__init__(dataset, batch_size=1)
+        self.empty = tuple(t[:0] for t in dataset.tensors)
+
+    def __iter__(self):  # type: ignore[override]
+        yield self.empty
+
+    def __len__(self) -> int:
+        return 1
 
 
 @dataclass(frozen=True)
@@ -386,6 +393,8 @@ def group_by_patient(tokens: torch.Tensor, targets: torch.Tensor, patients: Sequ
     """
     if len(patients) != len(tokens):
         raise FedclipError(f"{len(patients)} patient ids for {len(tokens)} images")
+    if not len(tokens):
+        return tokens.new_zeros((0, 1, *tokens.shape[1:])), targets.new_zeros((0, 1)), torch.zeros((0, 1))
     order: dict[str, list[int]] = {}
     for i, p in enumerate(patients):
         order.setdefault(str(p), []).append(i)
@@ -431,8 +440,10 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     the noise secretly off while everything else (sigma reported, accounting) claims it was on: a
     broken mechanism that the audits must catch, never to be used otherwise.
     """
-    if len(tokens) == 0:
+    if len(tokens) == 0 and not (cfg.dp and public_size):
         raise FedclipError("no training images: this client's partition is empty")
+    # With DP and a public size, no record is no reason to stop: the same steps run on empty batches
+    # (noise only), so that what leaves a node never depends on whether it holds a labelled record.
     by_patient = cfg.unit == "patient"
     if cfg.unit not in ("image", "patient"):
         raise FedclipError(f"unknown unit {cfg.unit!r}; use image or patient")

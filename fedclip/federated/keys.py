@@ -23,7 +23,7 @@ NUM_EXAMPLES = "num-examples"  # the node's *public* dataset size (declared, or 
 UNIT_WEIGHT = "unit-weight"  # 1.0 from every node: uniform weights for accounted server-side DP
 REFUSED = "refused"
 FAILED = "failed"
-EPSILON = "epsilon"  # cumulative, lifetime on this dataset
+EPSILON = "epsilon"  # cumulative, the node's lifetime on its cohort
 EPSILON_ROUND = "epsilon-round"
 EPSILON_BUDGET = "epsilon-budget"  # the effective budget: min(run config, node policy)
 DELTA = "delta"
@@ -37,7 +37,7 @@ REASON = "reason"
 UNIT = "unit"
 NEIGHBOURING = "neighbouring"
 ACCOUNTANT = "accountant"
-DATASET_ID = "dataset-id"  # a random id the node drew for its dataset (never its fingerprint: a hash of data)
+DATASET_ID = "dataset-id"  # a random id the node drew once for its cohort (never a hash of data; edits keep it)
 
 PUBLIC_METRICS = frozenset({ROUND, PARTITION, NUM_EXAMPLES, UNIT_WEIGHT, REFUSED, FAILED, EPSILON, EPSILON_ROUND,
                             EPSILON_BUDGET, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS, ACCURACY})

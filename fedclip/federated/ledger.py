@@ -1,7 +1,8 @@
 """A node's lifetime privacy ledger: append-only, hash-chained, locked, fsync'd before anything leaves.
 
-One ledger per node and dataset (the fingerprint of the rows it trains on), in the node's own state
-dir, so every run on the same data spends from the same budget. Each entry holds what an independent
+One ledger per node and cohort (the people its policy's `cohort` names), in the node's own state dir,
+so every run on that cohort's data spends from the same budget — also after the metadata is edited,
+reordered or grows (each entry records the fingerprint of the rows it used). Each entry holds what an independent
 accountant needs (noise multiplier, sampling rate as used, steps, delta, neighbouring relation, unit,
 accountant) next to the epsilon fedclip computed, and the hash of the entry before it.
 
@@ -46,7 +47,7 @@ class LedgerCorrupt(FedclipError):
 class LedgerEntry:
     kind: str  # train | evaluate | dataset-size | no-dp
     client: str
-    dataset: str  # fingerprint of the rows this node releases information about
+    dataset: str  # the cohort (node policy) whose lifetime budget this release spends
     round: int
     noise_multiplier: float
     sample_rate: float
@@ -58,7 +59,7 @@ class LedgerEntry:
     unit: str
     noise_source: str  # os-csprng | insecure-test-seed
     epsilon_round: float  # this release alone
-    epsilon: float  # cumulative over the node's lifetime on this dataset
+    epsilon: float  # cumulative over the node's lifetime on this cohort
     group_size: int | None  # image unit: most images one patient has here (stays on the node)
     patient_epsilon: float | None  # group privacy: k * epsilon
     patient_delta: float | None  # group privacy: k * exp((k - 1) * epsilon) * delta
@@ -67,6 +68,7 @@ class LedgerEntry:
     prev: str  # hash of the previous entry (GENESIS for the first)
     hash: str  # sha256 of this entry without this field
     grouping: str | None = None  # what a record is: "image", or how images were grouped into patients
+    data_fingerprint: str | None = None  # the metadata rows this release read (stays on the node)
 
 
 def _digest(fields: dict) -> str:
@@ -179,9 +181,9 @@ class PrivacyLedger:
         entries = self.entries()
         other = {e.unit for e in entries} - {self.unit}
         if other:
-            raise BudgetExhausted(f"node {self.client}: the lifetime ledger of this dataset is kept per {other.pop()}; "
+            raise BudgetExhausted(f"node {self.client}: the lifetime ledger of this cohort is kept per {other.pop()}; "
                                   f"a per-{self.unit} release would not compose with it — the node's privacy "
-                                  "officer must decide how to continue (e.g. a new dataset version)")
+                                  "officer must decide how to continue (e.g. a new cohort in the policy)")
         history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
         after = epsilon_for([*history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         if after > self.budget * (1 + 1e-6):
@@ -189,12 +191,12 @@ class PrivacyLedger:
             # this message reaches the server: no dataset fingerprint in it (a hash of the data is not private)
             raise BudgetExhausted(
                 f"node {self.client}: the next release would raise epsilon from {before:.3f} to {after:.3f}, past "
-                f"its lifetime budget of {self.budget:g} (delta={self.delta:g}) on this dataset")
+                f"its lifetime budget of {self.budget:g} (delta={self.delta:g}) on this cohort")
         return after
 
     def record(self, *, kind: str, round_: int, noise_multiplier: float, sample_rate: float, steps: int,
                noise_source: str, group_size: int | None = None, public_size: int | None = None,
-               grouping: str | None = None) -> LedgerEntry:
+               grouping: str | None = None, data_fingerprint: str | None = None) -> LedgerEntry:
         """Append a release and make it durable; call inside `locked()` after `check`."""
         if kind not in KINDS:
             raise ValueError(f"unknown ledger entry kind {kind!r}")
@@ -211,6 +213,7 @@ class PrivacyLedger:
             epsilon=eps, group_size=group_size if patient else None,
             patient_epsilon=patient[0] if patient else None, patient_delta=patient[1] if patient else None,
             public_size=public_size, time=time.time(), prev=old[-1].hash if old else GENESIS, grouping=grouping,
+            data_fingerprint=data_fingerprint,
         )
         entry = LedgerEntry(**body, hash=_digest(body))
         io.append_line(self.path, json.dumps(asdict(entry), allow_nan=True))

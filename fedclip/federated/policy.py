@@ -10,6 +10,8 @@ the patient as the unit of privacy, no answers to evaluation requests, no determ
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,10 @@ class NodePolicy:
     evaluate_noise: float = 20.0  # std of the Gaussian noise on the released (correct, count) pair
     dataset_size: int | None = None  # a size the hospital declares public; else released once, noised
     size_noise: float = 20.0  # std of the Gaussian noise on the dataset size when it is not declared
+    # The people this node's lifetime budget protects. Every release on this node's data spends from the
+    # cohort's ledger, whatever the metadata holds that day; only a new name (a deliberate act of the
+    # privacy officer, for a disjoint set of patients) opens a new budget.
+    cohort: str = "default"
     # TEST ONLY: seeds DP noise and sampling so that a test can reproduce a run. Refused in deployment,
     # and every ledger entry it touches says so.
     insecure_test_seed: int | None = None
@@ -51,6 +57,9 @@ class NodePolicy:
             raise FedclipError("policy images_without_patient must be exclude, own-patient or refuse")
         if self.max_epsilon <= 0 or not 0 < self.delta < 1:
             raise FedclipError("policy needs max_epsilon > 0 and 0 < delta < 1")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.cohort):
+            raise FedclipError(f"policy cohort must be a short name of letters, digits, '.', '_' or '-', "
+                               f"got {self.cohort!r}")
         if self.dataset_size is not None and self.dataset_size < 1:
             raise FedclipError("policy dataset_size must be a positive integer (the size you declare public)")
 
@@ -80,6 +89,30 @@ def negotiate(policy: NodePolicy, *, dp: bool, epsilon: float, delta: float, uni
     if delta > policy.delta:
         raise Refusal(f"refused: the run asked for delta={delta:g}; the node's policy allows at most {policy.delta:g}")
     return Grant(True, epsilon, delta, unit, policy.accountant)
+
+
+SANE_RANGES = {"max_grad_norm": (1e-6, 1e3), "lr": (1e-8, 100.0), "batch_size": (1, 1_000_000),
+               "epochs": (1, 1000), "train_blocks": (0, 64), "lora_rank": (0, 1024),
+               "max_images_per_patient": (1, 1000), "momentum": (0.0, 1.0)}
+"""What a node accepts of the run config's local-training settings (a server sends them; the node checks)."""
+
+
+def check_request(finetune: Any, rounds: int) -> None:
+    """Refuse a run config with non-finite or out-of-range training settings before any data is read.
+
+    No leak is known through them, but each is a knob a malicious server turns: keep the surface small.
+    """
+    for name, (lo, hi) in SANE_RANGES.items():
+        value = getattr(finetune, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not lo <= value <= hi:
+            raise Refusal(f"refused: the run config's finetune.{name}={value!r} is outside [{lo:g}, {hi:g}]")
+    if not (math.isfinite(finetune.epsilon) and finetune.epsilon > 0) and finetune.dp:
+        raise Refusal(f"refused: the run config's finetune.epsilon={finetune.epsilon!r} is not a positive number")
+    if not 0 < finetune.delta < 1:
+        raise Refusal(f"refused: the run config's finetune.delta={finetune.delta!r} is not in (0, 1)")
+    if not 1 <= rounds <= 10_000:
+        raise Refusal(f"refused: the run config's rounds={rounds!r} is outside [1, 10000]")
 
 
 def load(path: str | Path | None) -> NodePolicy:

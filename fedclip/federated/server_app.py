@@ -64,6 +64,23 @@ def resume_point(cfg: FederateConfig) -> int:
     return int(state["round"])
 
 
+CENTRAL_ACCOUNTANT = "central_accountant"
+"""state.json's key for the server-side DP accountant's releases, so a resumed run composes with them."""
+
+
+def saved_accountant(cfg: FederateConfig) -> dict[str, Any] | None:
+    """The central accountant's state after the last completed round; a resumed server-DP run without it
+    would restart its epsilon at zero, so that is refused."""
+    state_path = RunDir(Path(cfg.out)).state
+    if cfg.server_dp == "none" or not state_path.exists():
+        return None
+    state = json.loads(state_path.read_text())
+    if CENTRAL_ACCOUNTANT not in state:
+        raise FedclipError(f"cannot resume {cfg.out}: its state.json holds no central-DP accountant state, so the "
+                           "central epsilon of its earlier rounds would be forgotten; start a new --out")
+    return state[CENTRAL_ACCOUNTANT]
+
+
 class Recorder:
     """The server's per-round bookkeeping: checkpoint, metrics line, ledger summary, state — in that order."""
 
@@ -77,6 +94,7 @@ class Recorder:
             else []
         self.pending: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
         self.advance = None
+        self.accountant_state: dict[str, Any] | None = saved_accountant(cfg) if start else None
 
     def on_replies(self, server_round: int, report: list[dict[str, Any]], central: dict[str, Any] | None) -> None:
         self.pending[self.start + server_round] = (report, central)
@@ -91,6 +109,9 @@ class Recorder:
                 runlog.append(self.run.metrics, {"round": 0, "time": time.time(), "server": metrics})
             return MetricRecord(metrics) if metrics else None
         replies, central = self.pending.pop(round_, ([], None))
+        if central is not None:
+            central = dict(central)
+            self.accountant_state = central.pop("accountant_state")
         for r in replies:
             self.ledger.append({"round": round_, "node": r["node"], "status": r["status"],
                                 **{k.replace("-", "_"): r[k] for k in SUMMARY_KEYS if k in r}})
@@ -105,7 +126,9 @@ class Recorder:
         runlog.append(self.run.metrics, {"round": round_, "time": time.time(), "server": metrics,
                                                    "clients": replies, **({"central": central} if central else {})})
         io.write_json(self.ledger_path, self.ledger)
-        io.write_json(self.run.state, {"round": round_, "settings": _settings(self.cfg)})  # last: done
+        io.write_json(self.run.state, {"round": round_, "settings": _settings(self.cfg),  # last: done
+                                       **({CENTRAL_ACCOUNTANT: self.accountant_state}
+                                          if self.accountant_state is not None else {})})
         spent = [r[keys.EPSILON] for r in replies if keys.EPSILON in r]
         shown: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in replies)}
         if spent:
@@ -131,7 +154,7 @@ def run_server(grid: Grid, cfg: FederateConfig) -> dict[str, Any]:
         return {"rounds": start, "resumed_from": start}
     initial = ArrayRecord.from_torch_state_dict({k: vc.model.state_dict()[k] for k in keys_})
     recorder = Recorder(cfg, vc, start)
-    strategy = strategies.build(cfg, recorder.on_replies)
+    strategy = strategies.build(cfg, recorder.on_replies, accountant_state=recorder.accountant_state)
     with progress_bar(f"federate {cfg.strategy}", cfg.rounds - start) as advance:
         recorder.advance = advance
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - start,

@@ -22,7 +22,7 @@ from fedclip.errors import FedclipError
 from fedclip.federated import policy as policylib
 from fedclip.federated import strategies
 from fedclip.federated.client_app import SimulatedNodes, make_client_app
-from fedclip.federated.server_app import make_server_app, resume_point
+from fedclip.federated.server_app import make_server_app, resume_point, saved_accountant
 from fedclip.federated.task import FederateConfig
 from fedclip.run import RunDir
 
@@ -50,7 +50,8 @@ def preflight(cfg: FederateConfig) -> None:
     if cfg.clients < 1 or cfg.rounds < 1:
         raise FedclipError("need at least 1 client and 1 round")
     strategies.build(cfg)
-    resume_point(cfg)
+    if resume_point(cfg):
+        saved_accountant(cfg)
 
 
 def simulate(cfg: FederateConfig, num_cpus: int | None = None, verbose: bool = False,

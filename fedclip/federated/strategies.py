@@ -10,8 +10,14 @@ what robust aggregation is for). The rest of the round proceeds if at least
 keys of a reply (`keys.PUBLIC_METRICS`, `keys.PUBLIC_STRINGS`) reach the server's files.
 
 Server-side DP (`server_dp = "fixed"`) is Flower's fixed-clipping wrapper with Flower's own RDP
-accountant (hospital-level, add/remove-one hospital, no sampling amplification), uniform weights and
-FedAvg aggregation, the noise sized for the hospitals actually aggregated in each round. Robust rules
+accountant (hospital-level, no sampling amplification), uniform weights and FedAvg aggregation over a
+*fixed* denominator: the configured number of hospitals n. A hospital that is missing, refused, failed
+or was rejected counts as a zero update (the round's global weights), so the average is the sum of the
+clipped changes over n and the noise std is z * C / n whatever the number k that actually arrived.
+Sizing either by k would make the size of the round's change reveal k (one hospital's absence); with
+the fixed denominator a hospital's presence moves the release by at most C / n, which is what the
+accountant's Gaussian event (noise multiplier z) assumes. The noise is drawn by the same float-safe
+sampler as DP-SGD's, from a fresh OS-CSPRNG seed (Flower's own draws from NumPy's global RNG). Robust rules
 (median, trimmed mean, Krum) and FedAdam change the sensitivity the noise assumes and are refused with
 it; adaptive clipping is refused because Flower 1.42 has no accountant for its clipped-count release.
 """
@@ -23,7 +29,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -39,6 +46,7 @@ from flwr.serverapp.strategy import (
 from fedclip.errors import FedclipError
 from fedclip.federated import keys
 from fedclip.federated.task import FederateConfig, check_update
+from fedclip.noise import gaussian_like, generator
 
 log = logging.getLogger("fedclip.federated")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -99,9 +107,32 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
                     report.append({**row, "status": "rejected", "reason": problem})
                     log.warning("round %s: rejected the update of node %s: %s", server_round, row["node"], problem)
                     continue
+                weight = row.get(keys.UNIT_WEIGHT)
+                if weight != 1.0:  # accounted aggregation needs uniform weights; Flower would abort the round
+                    report.append({**row, "status": "rejected",
+                                   "reason": f"{keys.UNIT_WEIGHT} is {weight!r}, every node must send 1.0"})
+                    continue
                 report.append({**row, "status": "aggregated"})
                 kept.append(msg)
             return kept, report
+
+        def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
+            """Flower's wrapper hands over the round's weights plus the mean of the k clipped changes that
+            arrived; the release is the round's weights plus their *sum over n* (each absent hospital a zero
+            update) plus noise of std z * C / n, drawn by DP-SGD's float-safe sampler from the OS CSPRNG.
+            (Flower's own clipping divides by a zero change's norm, so absent hospitals are not passed in as
+            zero updates; the rescaling by k / n here is the same average.)"""
+            n, k = self.denominator, self._arrived
+            std = self.noise_multiplier * self.clipping_norm / n
+            gen = generator()
+            noised = {}
+            for key, v in aggregated_arrays.items():
+                start = torch.from_numpy(np.array(self._global[key], dtype=np.float64))
+                mean = torch.from_numpy(np.array(v.numpy(), dtype=np.float64))
+                released = start + (mean - start) * (k / n)
+                released = released + gaussian_like(std, released, gen)
+                noised[key] = Array(released.numpy().astype(v.numpy().dtype))
+            return ArrayRecord(noised)
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]):
             kept, report = self._screen(server_round, replies)
@@ -117,17 +148,20 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
                     self._pop_pending_event(server_round)  # nothing released, nothing composed
                 result: tuple = (None, None)
             elif isinstance(self, DifferentialPrivacyServerSideFixedClipping):
-                # noise std = z * C / k for the k updates actually averaged (sensitivity C / k)
-                configured, self.num_sampled_clients = self.num_sampled_clients, len(kept)
+                # a fixed denominator n: every absent update is a zero update, the noise std z * C / n
+                self.denominator, self._arrived = self.num_sampled_clients, len(kept)
+                self.num_sampled_clients = len(kept)  # what Flower's reply-count check expects
                 try:
                     result = super().aggregate_train(server_round, kept)
                 finally:
-                    self.num_sampled_clients = configured
+                    self.num_sampled_clients = self.denominator
                 spent = self.privacy_spent()
                 central = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
                            "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
-                           "aggregated": len(kept), "unit": "hospital", "neighbouring": "add/remove-one hospital",
-                           "accountant": "flwr RdpAccountant (dp-accounting RDP), no sampling amplification"}
+                           "denominator": self.denominator, "unit": "hospital",
+                           "neighbouring": "add/remove-one hospital (an absent hospital is a zero update)",
+                           "accountant": "flwr RdpAccountant (dp-accounting RDP), no sampling amplification",
+                           "noise_source": "os-csprng", "accountant_state": self.accountant.state_dict()}
             else:
                 result = super().aggregate_train(server_round, kept)
             if self.on_replies is not None:
@@ -143,8 +177,11 @@ def guarded(cls: type[Strategy]) -> type[Strategy]:
     return Guarded
 
 
-def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strategy:
-    """The configured strategy, guarded, optionally inside Flower's accounted server-side DP clipping."""
+def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None,
+          accountant_state: dict[str, Any] | None = None) -> Strategy:
+    """The configured strategy, guarded, optionally inside Flower's accounted server-side DP clipping.
+
+    `accountant_state` is the central accountant's state a resumed run saved (its earlier releases)."""
     common = {"fraction_train": 1.0, "fraction_evaluate": 1.0 if cfg.client_eval else 0.0,
               "min_train_nodes": cfg.clients,
               "min_evaluate_nodes": cfg.clients, "min_available_nodes": cfg.clients}
@@ -180,6 +217,12 @@ def build(cfg: FederateConfig, on_replies: ReplyCallback | None = None) -> Strat
     accountant = RdpAccountant(PrivacyConfig(
         target_delta=cfg.server_dp_delta, population_size=cfg.clients,
         neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE, sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    if accountant_state is not None:
+        try:
+            accountant.load_state_dict(accountant_state)
+        except ValueError as e:
+            raise FedclipError(f"the saved central-DP accountant state does not match this run ({e}); resume with "
+                               "the same server_dp settings or start a new --out") from None
     inner = cls(**common, **extra, weighted_by_key=keys.UNIT_WEIGHT)  # uniform weights, as accounting requires
     return guarded(DifferentialPrivacyServerSideFixedClipping)(
         inner, noise_multiplier=cfg.server_dp_noise, clipping_norm=cfg.server_dp_clip,

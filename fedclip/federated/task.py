@@ -27,16 +27,16 @@ from fedclip.data.records import Record, fingerprint, manifest_text, read_metada
 from fedclip.errors import FedclipError
 from fedclip.federated import keys
 from fedclip.federated.ledger import BudgetExhausted, PrivacyLedger, plan_noise
-from fedclip.federated.policy import NEIGHBOURING, Grant, NodePolicy, Refusal, negotiate
+from fedclip.federated.policy import NEIGHBOURING, Grant, NodePolicy, Refusal, check_request, negotiate
 from fedclip.finetune import (
     FinetuneConfig,
     finetune,
-    gaussian_noise,
     load_pixels,
     prefix_tokens,
     steps_per_round,
     trained_keys,
 )
+from fedclip.noise import gaussian_noise
 
 
 def federated_finetune() -> FinetuneConfig:
@@ -127,12 +127,20 @@ def flower_app_config() -> str:
 
 
 # ------------------------------------------------------------------------------------------ client
-def client_records(cfg: FederateConfig, node_config: dict[str, Any]) -> tuple[list[Record], Path]:
-    """This node's hospital: its own dataset dir (deployment) or a partition of the shared one (simulation)."""
+def client_records(cfg: FederateConfig, node: Node, node_config: dict[str, Any]) -> tuple[list[Record], Path]:
+    """This node's hospital: its own dataset dir (deployment) or a partition of the shared one (simulation).
+
+    A deployed node serves only the data its own `--node-config data-dir=...` names: the run config's
+    `data`, `partitioning`, `seed`, `alpha` and `clients` are the server's, and letting them pick the
+    node's records would let a server draw overlapping subsets of the same patients at will.
+    """
     pid = int(node_config.get("partition-id", 0))
     if "data-dir" in node_config:  # a real hospital serves its own data
         root = Path(str(node_config["data-dir"]))
         return read_metadata(root), root
+    if node.deployed:
+        raise Refusal("refused: this SuperNode's --node-config names no data-dir; a deployed node trains only on "
+                      "the dataset its own configuration names, never on one the run config chooses")
     if cfg.data is None:
         raise FedclipError("no client data: pass --data (simulation) or node-config data-dir=... (deployment)")
     records = read_metadata(cfg.data)
@@ -170,7 +178,7 @@ class TokenCache:
         weights = models.read_checkpoint_config(cfg.checkpoint)["weights_sha256"]
         key = f"{weights}|{cfg.finetune.train_blocks}|{cfg.finetune.task}|{root}|{dataset}"
         if key not in self.entries:
-            keep, y = tasks.labelled([r.labels for r in records], cfg.finetune.task)
+            keep, y = tasks.labelled([r.labels for r in records], cfg.finetune.task, required=False)
             pixels = load_pixels(vc, [records[i].path(root) for i in keep])
             if len(self.entries) >= self.size:
                 self.entries.pop(next(iter(self.entries)))
@@ -194,6 +202,9 @@ def load_global(cfg: FederateConfig, arrays: dict[str, torch.Tensor] | None) -> 
     return vc
 
 
+LEDGER_PREFIX = "ledger-cohort-"
+
+
 @dataclass(frozen=True)
 class Node:
     """What a hospital's node knows and the server does not: its policy and its own state dir."""
@@ -203,20 +214,36 @@ class Node:
     state_dir: Path
     deployed: bool  # a real SuperNode (test-only settings are refused there)
 
-    def ledger(self, dataset: str, grant: Grant) -> PrivacyLedger:
-        return PrivacyLedger(self.state_dir / f"ledger-{dataset[:16]}.jsonl", client=self.name, dataset=dataset,
+    def ledger(self, grant: Grant) -> PrivacyLedger:
+        """The lifetime ledger of the cohort the node's policy declares, whatever its metadata holds today.
+
+        Keyed by the policy's `cohort`, not by a hash of the data: adding a patient, reordering rows or
+        editing a caption must keep spending from the same budget. Ledgers of the older per-fingerprint
+        layout are refused rather than silently left behind (that would reset the budget).
+        """
+        legacy = sorted(p.name for p in self.state_dir.glob("ledger-*.jsonl")
+                        if not p.name.startswith(LEDGER_PREFIX))
+        if legacy:
+            raise Refusal(f"refused: node {self.name}'s state dir holds per-dataset ledgers of an older fedclip "
+                          "layout; its privacy officer must carry their spend into the cohort ledger "
+                          "(docs/privacy.md, 'The lifetime ledger') before the node releases anything")
+        cohort = self.policy.cohort
+        return PrivacyLedger(self.state_dir / f"{LEDGER_PREFIX}{cohort}.jsonl", client=self.name, dataset=cohort,
                              budget=grant.epsilon, delta=grant.delta, accountant=grant.accountant, unit=grant.unit)
 
     def register(self, dataset: str, records: list[Record]) -> str:
-        """The node's public id for a dataset — random, so it says nothing about the data — and, kept
-        locally, the dataset's member manifest (which images and patients it trained on, for audits)."""
+        """The node's public id for its cohort — random, drawn once, so it changes with neither the data
+        nor its edits — and, kept locally, each data version's member manifest (for audits)."""
+        manifest = self.state_dir / f"members-{dataset[:16]}.csv"
+        if not manifest.exists():
+            io.write_text(manifest, manifest_text(records))
         ids_path = self.state_dir / "datasets.json"
         ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
-        if dataset not in ids:
-            io.write_text(self.state_dir / f"members-{dataset[:16]}.csv", manifest_text(records))
-            ids[dataset] = secrets.token_hex(8)
+        key = f"cohort:{self.policy.cohort}"
+        if key not in ids:
+            ids[key] = secrets.token_hex(8)
             io.write_json(ids_path, ids)
-        return ids[dataset]
+        return ids[key]
 
     def log(self, **fields: Any) -> None:
         """The node's local log: what must never leave it (training loss, errors with file names)."""
@@ -242,7 +269,7 @@ class ClientRound:
     strings: dict[str, str]
 
 
-def _public_size(node: Node, ledger: PrivacyLedger, n: int, round_: int) -> int:
+def _public_size(node: Node, ledger: PrivacyLedger, n: int, round_: int, dataset: str) -> int:
     """The dataset size this node may release: declared in its policy, or released once with noise.
 
     q, steps and the aggregation weight derive from it, so the real size never shapes what leaves.
@@ -256,15 +283,23 @@ def _public_size(node: Node, ledger: PrivacyLedger, n: int, round_: int) -> int:
     ledger.check(noise_multiplier=sigma, sample_rate=1.0, steps=1)
     size = max(1, round(n + gaussian_noise(sigma, seed=node.noise_seed(round_, 1))))
     ledger.record(kind="dataset-size", round_=round_, noise_multiplier=sigma, sample_rate=1.0, steps=1,
-                  noise_source=node.noise_source, public_size=size)
+                  noise_source=node.noise_source, public_size=size, data_fingerprint=dataset)
     return size
 
 
 def _most_images_per_patient(records: list[Record]) -> int | None:
-    ids = [r.meta.get("patient_id") for r in records]
-    if not ids or any(i in (None, "") for i in ids):
+    """The group size for image-unit group privacy; None when some image has no patient id (then nobody
+    can say how many images one person has, and the ledger's grouping says the patient figure is unknown)."""
+    ids = [normalise_patient_id(r.meta.get("patient_id")) for r in records]
+    if not ids or not all(ids):
         return None
     return max(Counter(ids).values())
+
+
+def normalise_patient_id(value: Any) -> str:
+    """A patient id as the unit of privacy compares it: case and surrounding or repeated whitespace do not
+    make two patients (" P-17" and "p-17" are one person); "" for a missing id."""
+    return " ".join(str(value or "").split()).casefold()
 
 
 def patient_ids(node: Node, records: list[Record]) -> tuple[list[str], str]:
@@ -274,7 +309,7 @@ def patient_ids(node: Node, records: list[Record]) -> tuple[list[str], str]:
     the DP guarantee holds for the rest), its own patient, or a reason to refuse the round — which tells
     the server one bit about the data (that some image lacks an id), so its count stays in the node's log.
     """
-    ids = [str(r.meta.get("patient_id") or "") for r in records]
+    ids = [normalise_patient_id(r.meta.get("patient_id")) for r in records]
     missing = sum(not i for i in ids)
     if not missing:
         return ids, "patient_id"
@@ -288,22 +323,42 @@ def patient_ids(node: Node, records: list[Record]) -> tuple[list[str], str]:
     return ids, f"patient_id; {missing} image(s) without one excluded from training (node policy)"
 
 
+def _early_refusal(node: Node, ledger: PrivacyLedger, grant: Grant, cfg: FederateConfig) -> None:
+    """Refuse what policy and public values alone decide, before the node reads a single record: a
+    spent budget or a malformed request then costs the same time with 4 images as with 40,000."""
+    check_request(cfg.finetune, cfg.rounds)
+    if grant.dp and ledger.spent() >= 0.99 * grant.epsilon:
+        raise BudgetExhausted(f"refused: node {node.name} has spent {ledger.spent():.3f} of its lifetime "
+                              f"epsilon {grant.epsilon:g} on this cohort; it is past its budget")
+
+
 def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], arrays: dict[str, torch.Tensor],
                  round_: int, proximal_mu: float = 0.0) -> ClientRound:
-    """One local round: policy, lock, budget, DP fine-tuning, durable ledger entry, then the update."""
+    """One local round: policy, lock, budget, DP fine-tuning, durable ledger entry, then the update.
+
+    Whether the node replies with an update depends only on its policy and public values: with no
+    labelled record for the task it still runs the DP steps (noise only) and is charged as usual, so the
+    server cannot learn from a refusal whether some patient has a label.
+    """
     base = {keys.ROUND: float(round_), keys.PARTITION: float(node_config.get("partition-id", 0))}
-    records, root = client_records(cfg, node_config)
-    dataset = fingerprint(records)
     try:
         grant = negotiate(node.policy, dp=cfg.finetune.dp, epsilon=cfg.finetune.epsilon, delta=cfg.finetune.delta,
                           unit=cfg.finetune.unit)
+        ledger = node.ledger(grant)
+        _early_refusal(node, ledger, grant, cfg)
+    except BudgetExhausted as e:
+        return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent(),
+                                  keys.EPSILON_BUDGET: grant.epsilon}, {keys.REASON: str(e)})
     except Refusal as e:
         return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
-    ledger = node.ledger(dataset, grant)
+    records, root = client_records(cfg, node, node_config)
+    dataset = fingerprint(records)
     vc = load_global(cfg, arrays)
     keep, tokens, targets = TOKENS.get(vc, records, root, cfg, dataset)
     ft = cfg.finetune_config(grant, proximal_mu)
     units, patients, grouping = len(records), None, "image"
+    if grant.unit == "image" and _most_images_per_patient(records) is None:
+        grouping = "image; patient-level figure unknown (some images have no patient_id)"
     if grant.unit == "patient":
         try:
             ids, grouping = patient_ids(node, records)
@@ -317,13 +372,13 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
                    keys.DATASET_ID: node.register(dataset, records)}
         if not grant.dp:  # the policy allows it; the lifetime ledger still says that this data went out raw
             entry = ledger.record(kind="no-dp", round_=round_, noise_multiplier=math.inf, sample_rate=1.0, steps=1,
-                                  noise_source="none")
+                                  noise_source="none", data_fingerprint=dataset)
             result = finetune(vc, tokens, targets, ft, patients=patients)
             node.log(round=round_, dataset=dataset, train_loss=result.loss, train_accuracy=result.accuracy, dp=False)
             return ClientRound(result.state, {**base, keys.NUM_EXAMPLES: float(units),
                                               keys.UNIT_WEIGHT: 1.0, keys.EPSILON: entry.epsilon}, strings)
         try:
-            size = _public_size(node, ledger, units, round_)  # images or patients, as the unit
+            size = _public_size(node, ledger, units, round_, dataset)  # images or patients, as the unit
             q = min(1.0, cfg.finetune.batch_size / size)
             steps = steps_per_round(ft, size)
             rounds_left = max(1, cfg.rounds - round_ + 1)
@@ -331,7 +386,7 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
                                accountant=grant.accountant, sample_rate=q, steps=steps * rounds_left)
             if sigma is None:
                 raise BudgetExhausted(f"refused: node {node.name} has spent {ledger.spent():.3f} of its lifetime "
-                                      f"epsilon {grant.epsilon:g} on this dataset; it is past its budget")
+                                      f"epsilon {grant.epsilon:g} on this cohort; it is past its budget")
             ledger.check(noise_multiplier=sigma, sample_rate=q, steps=steps)
         except BudgetExhausted as e:
             return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent(),
@@ -340,10 +395,10 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
                           public_size=size, noise_seed=node.noise_seed(round_, 2), patients=patients)
         entry = ledger.record(kind="train", round_=round_, noise_multiplier=sigma, sample_rate=q, steps=steps,
                               noise_source=node.noise_source, group_size=_most_images_per_patient(records),
-                              grouping=grouping)
+                              grouping=grouping, data_fingerprint=dataset)
     # durable BEFORE the update leaves this node; loss and accuracy on private batches stay here
     node.log(round=round_, dataset=dataset, train_loss=result.loss, train_accuracy=result.accuracy,
-             epsilon=entry.epsilon)
+             trained_records=len(targets), epsilon=entry.epsilon)
     return ClientRound(result.state, {
         **base, keys.NUM_EXAMPLES: float(size), keys.UNIT_WEIGHT: 1.0, keys.EPSILON: entry.epsilon,
         keys.EPSILON_ROUND: entry.epsilon_round, keys.EPSILON_BUDGET: grant.epsilon, keys.DELTA: grant.delta,
@@ -359,42 +414,48 @@ def client_evaluate(cfg: FederateConfig, node: Node, node_config: dict[str, Any]
     The released pair (correct, count) moves by at most 1 in each coordinate when one image is added
     or removed (L2 sensitivity sqrt 2): Gaussian noise of std `evaluate_noise` on each is a Gaussian
     release with noise multiplier evaluate_noise / sqrt 2. The server may send any weights (a crafted
-    "query" model); that is why answers are charged like training.
+    "query" model); that is why answers are charged like training. With no labelled record the node
+    answers (0, 0) plus the same noise: whether it answers never depends on the data.
     """
     base = {keys.ROUND: float(round_), keys.PARTITION: float(node_config.get("partition-id", 0))}
     if not node.policy.answer_evaluate:
         return ClientRound(None, {**base, keys.REFUSED: 1.0},
                            {keys.REASON: "refused: the node's policy does not answer evaluation requests"})
-    records, root = client_records(cfg, node_config)
     try:
         grant = negotiate(node.policy, dp=True, epsilon=cfg.finetune.epsilon, delta=cfg.finetune.delta,
                           unit=cfg.finetune.unit)
+        ledger = node.ledger(grant)
+        _early_refusal(node, ledger, grant, cfg)
+    except BudgetExhausted as e:
+        return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent()}, {keys.REASON: str(e)})
     except Refusal as e:
         return ClientRound(None, {**base, keys.REFUSED: 1.0}, {keys.REASON: str(e)})
-    ledger = node.ledger(fingerprint(records), grant)
     multiplier = node.policy.evaluate_noise / math.sqrt(2)
     with ledger.locked():
         try:
             ledger.check(noise_multiplier=multiplier, sample_rate=1.0, steps=1)
         except BudgetExhausted as e:
             return ClientRound(None, {**base, keys.REFUSED: 1.0, keys.EPSILON: ledger.spent()}, {keys.REASON: str(e)})
+        records, root = client_records(cfg, node, node_config)
         vc = load_global(cfg, arrays)
-        keep, y = tasks.labelled([r.labels for r in records], cfg.finetune.task)
-        feats = evaluate.image_embeddings(vc, [records[i].path(root) for i in keep])
-        hits = evaluate.zero_shot_scores(vc, feats, tasks.task(cfg.finetune.task)).argmax(1) == y
-        if grant.unit == "patient":
-            ids, _ = patient_ids(node, [records[i] for i in keep])
-            by: dict[str, list[bool]] = {}
-            for i, h in zip(ids, hits, strict=True):
-                if i:
-                    by.setdefault(i, []).append(bool(h))
-            correct, count = sum(sum(v) / len(v) for v in by.values()), len(by)
-        else:
-            correct, count = float(hits.sum()), len(keep)
+        keep, y = tasks.labelled([r.labels for r in records], cfg.finetune.task, required=False)
+        correct, count = 0.0, 0
+        if len(keep):
+            feats = evaluate.image_embeddings(vc, [records[i].path(root) for i in keep])
+            hits = evaluate.zero_shot_scores(vc, feats, tasks.task(cfg.finetune.task)).argmax(1) == y
+            if grant.unit == "patient":
+                ids, _ = patient_ids(node, [records[i] for i in keep])
+                by: dict[str, list[bool]] = {}
+                for i, h in zip(ids, hits, strict=True):
+                    if i:
+                        by.setdefault(i, []).append(bool(h))
+                correct, count = sum(sum(v) / len(v) for v in by.values()), len(by)
+            else:
+                correct, count = float(hits.sum()), len(keep)
         noisy_correct = correct + gaussian_noise(node.policy.evaluate_noise, seed=node.noise_seed(round_, 3))
         noisy_count = count + gaussian_noise(node.policy.evaluate_noise, seed=node.noise_seed(round_, 4))
         entry = ledger.record(kind="evaluate", round_=round_, noise_multiplier=multiplier, sample_rate=1.0, steps=1,
-                              noise_source=node.noise_source)
+                              noise_source=node.noise_source, data_fingerprint=fingerprint(records))
     node.log(round=round_, evaluate_correct=correct, evaluate_count=count)
     return ClientRound(None, {**base, keys.NUM_EXAMPLES: float(max(1, round(noisy_count))), keys.UNIT_WEIGHT: 1.0,
                               keys.ACCURACY: min(1.0, max(0.0, noisy_correct / max(1.0, noisy_count))),

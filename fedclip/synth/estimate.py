@@ -11,13 +11,14 @@ which is exactly the claim the privacy audits test.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from fedclip import noise
 from fedclip.errors import FedclipError
 from fedclip.synth.cohort import ANATOMY_FIELDS, CohortSpec, Patient
 from fedclip.synth.profiles import profile
@@ -75,18 +76,29 @@ def _release(patients: Sequence[Patient], hospitals: Sequence[str]) -> tuple[dic
     return out, float(np.sqrt(sq))
 
 
-def estimate(patients: Sequence[Patient], *, epsilon: float | None = None, delta: float = 1e-6,
-             noise_seed: int | None = None) -> CohortStatistics:
+def estimate(patients: Sequence[Patient], *, hospitals: Sequence[str] | None = None,
+             epsilon: float | None = None, delta: float = 1e-6, noise_seed: int | None = None) -> CohortStatistics:
     """Statistics of a cohort, from what a data custodian can measure on each patient.
 
     With `epsilon`, they are released with (epsilon, delta)-DP per patient (add/remove one patient): the
     Gaussian mechanism on the counts and clipped sums they derive from (`_release`), its noise
     calibrated by Opacus' RDP accountant and drawn from the OS CSPRNG (`noise_seed`: tests only).
-    The hospital names are public (the consortium's members). Counts are then clamped to be valid.
+    `hospitals` is the consortium's list of members, a public input: taken from the data instead, a
+    hospital with one patient would appear or vanish with that patient, so a DP release needs it.
+    Counts are then clamped to be valid.
     """
     if len(patients) < 2:
         raise FedclipError("estimating a cohort's statistics needs at least 2 patients")
-    hospitals = sorted({p.hospital for p in patients})
+    if hospitals is None:
+        if epsilon is not None:
+            raise FedclipError("a DP release of cohort statistics needs the consortium's hospital list "
+                               "(hospitals=...): the list found in the data depends on its patients")
+        hospitals = sorted({p.hospital for p in patients})
+    hospitals = sorted(set(hospitals))
+    unknown = sorted({p.hospital for p in patients} - set(hospitals))
+    if unknown:
+        raise FedclipError(f"patients of hospital(s) {', '.join(unknown)} are not in the consortium's list "
+                           f"({', '.join(hospitals)}); add them to the list")
     values, sensitivity = _release(patients, hospitals)
     privacy = None
     if epsilon is not None:
@@ -94,8 +106,9 @@ def estimate(patients: Sequence[Patient], *, epsilon: float | None = None, delta
             raise FedclipError(f"generator statistics: epsilon must be > 0 and delta in (0, 1), got {epsilon}, "
                                f"{delta}")
         sigma = _noise_multiplier(epsilon, delta)
-        gen = np.random.default_rng(secrets.randbits(128) if noise_seed is None else noise_seed)
-        values = {k: v + float(gen.normal(0.0, sigma * sensitivity)) for k, v in values.items()}
+        gen = noise.generator(noise_seed)
+        draws = noise.gaussian_like(sigma * sensitivity, torch.zeros(len(values), dtype=torch.float64), gen)
+        values = {k: v + float(d) for (k, v), d in zip(values.items(), draws, strict=True)}
         privacy = {"epsilon": epsilon, "delta": delta, "unit": "patient", "neighbouring": "add/remove-one patient",
                    "mechanism": "Gaussian on counts and clipped sums", "l2_sensitivity": round(sensitivity, 4),
                    "noise_multiplier": sigma, "accountant": "rdp (Opacus)",

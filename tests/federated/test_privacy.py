@@ -162,16 +162,123 @@ def test_resume_with_changed_privacy_settings_is_refused_naming_them(federation)
         resume_point(cfg)
 
 
-def test_server_side_dp_is_accounted_per_hospital_and_matches_dp_accounting(federation, tmp_path):
+def test_server_side_dp_is_accounted_per_hospital_and_its_epsilon_survives_a_resume(federation, tmp_path):
     base, cfg, _ = federation
-    run = replace(cfg, out=tmp_path / "central", rounds=2, server_dp="fixed", server_dp_noise=1.5)
-    result = simulate(run, state_root=tmp_path / "nodes")
+    run = replace(cfg, out=tmp_path / "central", rounds=1, server_dp="fixed", server_dp_noise=1.5)
+    simulate(run, state_root=tmp_path / "nodes")
+    # round 1 spent the nodes' budgets (planned for one round): fresh hospitals take round 2
+    result = simulate(replace(run, rounds=2, resume=True), state_root=tmp_path / "nodes-2")
     central = [e for e in result["ledger"] if e["node"] == "server"]
-    assert [e["releases"] for e in central] == [1, 2]
-    assert central[-1]["unit"] == "hospital" and central[-1]["aggregated"] == 3
+    assert [e["releases"] for e in central] == [1, 2]  # the resumed run composed with round 1's release
+    assert central[-1]["unit"] == "hospital" and central[-1]["denominator"] == 3
+    assert "aggregated" not in central[-1]  # how many arrived is not part of the release
     ref = rdp_privacy_accountant.RdpAccountant()
     ref.compose(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(1.5), 2))
     assert central[-1]["epsilon"] == pytest.approx(ref.get_epsilon(run.server_dp_delta), rel=0.02)
+    state = json.loads((tmp_path / "central" / "state.json").read_text())
+    del state["central_accountant"]  # a run dir from before the fix: resuming would restart epsilon at 0
+    (tmp_path / "central" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(FedclipError, match="no central-DP accountant state"):
+        simulate(replace(run, rounds=3, resume=True), state_root=tmp_path / "nodes")
+
+
+def _deployed_app_reply(cfg, tmp_path, node_config):
+    """The real ClientApp of a deployed SuperNode (no simulated hospitals), handed a train message."""
+    app = make_client_app(cfg, None)
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "state-dir": str(tmp_path / "state"),
+                                                        **node_config}, state=RecordDict(), run_config={})
+    return app(_message(cfg, _arrays(cfg)), context)
+
+
+def test_a_deployed_node_trains_only_on_the_data_its_own_config_names(federation, tmp_path):
+    base, cfg, _ = federation
+    # the run config names data, partitioning and a seed; a node without data-dir must not take them
+    for seed in (0, 1):
+        reply = _deployed_app_reply(replace(cfg, partitioning="iid", seed=seed), tmp_path, {})
+        assert keys.ARRAYS not in reply.content
+        assert "names no data-dir" in reply.content[keys.CONFIG][keys.REASON]
+    assert not list((tmp_path / "state").glob("ledger-*.jsonl")) and not list((tmp_path / "state").glob("members-*"))
+    # with its own data-dir the node trains on that, whatever the run config's data says
+    own = tmp_path / "own"
+    from fedclip.data.records import read_metadata, write_metadata
+    rows = read_metadata(base / "eval")
+    write_metadata(own, [type(r)(str(r.path(base / "eval")), r.caption, r.labels, r.meta) for r in rows])
+    reply = _deployed_app_reply(replace(cfg, data=tmp_path / "nowhere"), tmp_path, {"data-dir": str(own)})
+    assert keys.ARRAYS in reply.content
+    (manifest,) = (tmp_path / "state").glob("members-*.csv")
+    assert len(manifest.read_text().splitlines()) == len(rows) + 1
+
+
+def test_edits_to_the_metadata_keep_spending_from_the_same_cohort_budget(federation, tmp_path):
+    from fedclip.data.records import read_metadata, write_metadata
+
+    base, cfg, _ = federation
+    rows = read_metadata(cfg.data)
+    node = _node(tmp_path)
+    nc = {"partition-id": 0, "num-partitions": 3}
+    versions = [rows, rows[::-1], [type(r)(r.filepath, r.caption + " edited", r.labels, r.meta) for r in rows],
+                rows[:-4]]  # the same patients: reordered, a caption edited, a patient fewer
+    replies, spent = [], []
+    for i, version in enumerate(versions):
+        data = tmp_path / f"v{i}"
+        write_metadata(data, [type(r)(str(r.path(cfg.data)), r.caption, r.labels, r.meta) for r in version])
+        reply = client_train(replace(cfg, data=data, rounds=4), node, nc, _arrays(cfg), i + 1)
+        replies.append(reply)
+        spent.append(reply.metrics.get(keys.EPSILON))
+    (ledger_file,) = node.state_dir.glob("ledger-*.jsonl")
+    assert ledger_file.name == "ledger-cohort-default.jsonl"
+    entries = _ledger(node)
+    assert len({e["data_fingerprint"] for e in entries if e["kind"] == "train"}) >= 3  # other data versions ...
+    assert spent == sorted(spent) and spent[0] < spent[-1] <= 8.0 + 1e-6  # ... one lifetime budget, spent once
+    assert len({r.strings[keys.DATASET_ID] for r in replies}) == 1  # the id the server sees never changes
+    # a disjoint cohort is the privacy officer's decision, made in the policy
+    other = Node("client-0", NodePolicy(cohort="study-2027"), node.state_dir, deployed=False)
+    assert client_train(cfg, other, nc, _arrays(cfg), 1).update is not None
+    assert {p.name for p in node.state_dir.glob("ledger-*.jsonl")} == {
+        "ledger-cohort-default.jsonl", "ledger-cohort-study-2027.jsonl"}
+
+
+def test_a_node_with_no_labelled_record_replies_and_is_charged_exactly_as_one_with_records(federation, tmp_path):
+    from fedclip.data.records import read_metadata, write_metadata
+
+    base, cfg, _ = federation
+    rows = read_metadata(cfg.data)
+    unlabelled = tmp_path / "unlabelled"
+    write_metadata(unlabelled, [type(r)(str(r.path(cfg.data)), r.caption, {**r.labels, "dr_grade": None}, r.meta)
+                                for r in rows])
+    nc = {"partition-id": 0, "num-partitions": 3}
+    with_labels = client_train(cfg, _node(tmp_path / "a", dataset_size=15), nc, _arrays(cfg), 1)
+    without = client_train(replace(cfg, data=unlabelled), _node(tmp_path / "b", dataset_size=15), nc, _arrays(cfg), 1)
+    assert with_labels.update is not None and without.update is not None  # no "failed": no free bit
+    assert set(with_labels.metrics) == set(without.metrics)
+    for key in (keys.EPSILON, keys.NOISE_MULTIPLIER, keys.SAMPLE_RATE, keys.STEPS, keys.NUM_EXAMPLES):
+        assert with_labels.metrics[key] == without.metrics[key]
+    assert [e["kind"] for e in _ledger(_node(tmp_path / "b"))] == ["train"]
+    start = _arrays(cfg)["visual.proj"]
+    assert not torch.equal(without.update["visual.proj"], start)  # noise-only steps moved it
+    evaluated = client_evaluate(replace(cfg, data=unlabelled), _node(tmp_path / "c", answer_evaluate=True), nc,
+                                _arrays(cfg), 1)
+    assert keys.ACCURACY in evaluated.metrics and [e["kind"] for e in _ledger(_node(tmp_path / "c"))] == ["evaluate"]
+
+
+def test_a_spent_budget_or_a_malformed_request_is_refused_before_any_data_is_read(federation, tmp_path):
+    base, cfg, _ = federation
+    spent = _node(base / "nodes", "client-0")  # the shared federation spent its epsilon 8
+    gone = replace(cfg, data=tmp_path / "no-such-dir")  # reading it would fail with "failed"
+    reply = client_train(gone, spent, {"partition-id": 0}, _arrays(cfg), 9)
+    assert reply.metrics[keys.REFUSED] and "past its budget" in reply.strings[keys.REASON]
+    for ask, reason in [({"lr": float("nan")}, "finetune.lr=nan"), ({"max_grad_norm": 1e9}, "finetune.max_grad_norm"),
+                        ({"batch_size": 0}, "finetune.batch_size=0")]:
+        reply = client_train(gone.with_finetune(**ask), _node(tmp_path), {"partition-id": 0}, _arrays(cfg), 1)
+        assert reply.metrics[keys.REFUSED] and reason in reply.strings[keys.REASON]
+
+
+def test_patient_ids_differing_only_in_case_or_spaces_are_one_patient():
+    from fedclip.federated.task import normalise_patient_id
+
+    assert normalise_patient_id(" P-17 ") == normalise_patient_id("p-17") == "p-17"
+    assert normalise_patient_id("Ann  Lee") == normalise_patient_id("ann lee")
+    assert normalise_patient_id(None) == normalise_patient_id("  ") == ""
 
 
 def _message(cfg, arrays, round_=1):

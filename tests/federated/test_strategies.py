@@ -68,3 +68,58 @@ def test_wrong_dtype_and_absurdly_large_updates_are_rejected_with_the_reason():
 def test_min_replies_outside_one_to_clients_is_refused(bad):
     with pytest.raises(FedclipError, match="min_replies must be between 1 and federate.clients"):
         FederateConfig(clients=3, min_replies=bad)
+
+
+def _central(seen: list, **settings):
+    """Accounted server-side DP as `build` makes it, with round 1 configured (its pending privacy event)."""
+    cfg = FederateConfig(clients=3, min_replies=1, server_dp="fixed", **settings)
+    strategy = strategies.build(cfg, lambda round_, report, central: seen.append((report, central)))
+    zeros = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    strategy.current_arrays = ArrayRecord({k: Array(v) for k, v in zeros.items()})
+    strategy._global = zeros
+    return strategy
+
+
+def _change(strategy, replies, round_: int) -> np.ndarray:
+    strategy._pending_events[round_] = None  # what configure_train leaves: this test composes no event
+    arrays, _ = strategy.aggregate_train(round_, replies)
+    return np.concatenate([arrays[k].numpy().ravel() for k in SHAPES])
+
+
+def test_server_side_dp_does_not_reveal_a_hospitals_absence_beyond_its_epsilon():
+    # Each hospital's change has norm 30 (clipped to C = 1). Before the fix the denominator and the noise
+    # followed the k updates that arrived, so the change's size told 3 hospitals from 2 perfectly.
+    seen: list = []
+    strategy = _central(seen, server_dp_noise=5.0, server_dp_clip=1.0)
+    big = 30 / np.sqrt(9)
+    present, absent = [], []
+    for t in range(300):
+        present.append(_change(strategy, [_reply(1, big), _reply(2, big), _reply(3, big)], 2 * t + 1))
+        refused = _reply(3, big)
+        refused.content[keys.METRICS] = MetricRecord({keys.PARTITION: 3.0, keys.REFUSED: 1.0})
+        absent.append(_change(strategy, [_reply(1, big), _reply(2, big), refused], 2 * t + 2))
+    present, absent = np.array(present), np.array(absent)
+    # the mean moves by one clipped change over n = 3 (sum / n, an absent hospital a zero update) ...
+    np.testing.assert_allclose(present.mean(0) - absent.mean(0), np.full(9, 1 / 3 / 3), atol=0.35)
+    # ... and the noise is z * C / n in both cases (it was z * C / k)
+    assert present.std() == pytest.approx(5.0 / 3, rel=0.1) and absent.std() == pytest.approx(5.0 / 3, rel=0.1)
+    # the best threshold on the change's norm: Gaussian DP with mu = 1 / z allows an advantage of
+    # 2 Phi(mu / 2) - 1 = 0.08; 300 draws per side add at most ~0.11 of sampling error (95%)
+    norms_p, norms_a = np.linalg.norm(present, axis=1), np.linalg.norm(absent, axis=1)
+    cuts = np.sort(np.concatenate([norms_p, norms_a]))
+    advantage = max(abs((norms_p > c).mean() - (norms_a > c).mean()) for c in cuts)
+    assert advantage < 0.08 + 0.12
+    central = [c for _, c in seen if c is not None][-1]
+    assert central["denominator"] == 3 and "aggregated" not in central
+    assert central["noise_source"] == "os-csprng"
+
+
+def test_a_reply_with_a_unit_weight_other_than_one_is_dropped_with_the_reason():
+    seen: list = []
+    strategy = _central(seen, server_dp_noise=1.0)
+    odd = _reply(2, 1.0)
+    odd.content[keys.METRICS] = MetricRecord({keys.PARTITION: 2.0, keys.NUM_EXAMPLES: 10.0, keys.UNIT_WEIGHT: 7.0})
+    _change(strategy, [_reply(1, 1.0), odd], 1)
+    report, _ = seen[0]
+    assert [row["status"] for row in report] == ["aggregated", "rejected"]
+    assert "unit-weight is 7.0" in report[1]["reason"]

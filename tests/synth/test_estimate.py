@@ -61,11 +61,13 @@ def test_dp_statistics_are_noised_from_the_os_csprng_say_so_and_stay_usable():
     cohort = [patient(CohortSpec(seed=1, hospital="riverside,summit"), i) for i in range(3000)]
     exact = estimate(cohort)
     assert exact.privacy is None
-    a, b = estimate(cohort, epsilon=1.0), estimate(cohort, epsilon=1.0)
+    consortium = ["riverside", "summit", "northgate"]  # public; northgate brought no patient this time
+    a, b = estimate(cohort, hospitals=consortium, epsilon=1.0), estimate(cohort, hospitals=consortium, epsilon=1.0)
+    assert [h for h, _ in a.hospitals] == sorted(consortium)  # its share is noise, but it never vanishes
     assert a.prevalence != b.prevalence  # fresh noise each release
     assert a.privacy["unit"] == "patient" and a.privacy["neighbouring"] == "add/remove-one patient"
     assert a.privacy["noise_source"] == "os-csprng" and a.privacy["epsilon"] == 1.0
-    seeded = [estimate(cohort, epsilon=1.0, noise_seed=5) for _ in range(2)]
+    seeded = [estimate(cohort, hospitals=consortium, epsilon=1.0, noise_seed=5) for _ in range(2)]
     assert seeded[0] == seeded[1] and seeded[0].privacy["noise_source"] == "insecure-test-seed"
     # 3,000 patients at epsilon 1: per-patient rates within a few points of the exact ones; the rates among
     # the few eyes of grade >= 2 or 3 (DME, laser scars) are noisier, but valid
@@ -75,4 +77,8 @@ def test_dp_statistics_are_noised_from_the_os_csprng_say_so_and_stay_usable():
     assert abs(sum(a.dr_grades) - 1) < 1e-6 and all(x >= 0 for x in a.dr_grades)
     synthetic_spec(a, seed=2, size=64)  # usable as is
     with pytest.raises(FedclipError, match="epsilon must be > 0"):
-        estimate(cohort, epsilon=0.0)
+        estimate(cohort, hospitals=consortium, epsilon=0.0)
+    with pytest.raises(FedclipError, match="needs the consortium's hospital list"):
+        estimate(cohort, epsilon=1.0)
+    with pytest.raises(FedclipError, match="riverside are not in the consortium's list"):
+        estimate(cohort, hospitals=["summit"])
