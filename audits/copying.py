@@ -43,11 +43,12 @@ from fedclip.progress import progress_bar
 
 COPIES_FILE = "copies.csv"
 PIXELS = "pixels"
+ANATOMY = "anatomy"
 
 
 @dataclass(frozen=True)
 class CopyingConfig:
-    embed: str = PIXELS  # "pixels" or a fedclip checkpoint dir
+    embed: str = PIXELS  # "pixels", "anatomy" (vessels and disc, colour-free) or a fedclip checkpoint dir
     alpha: float = 0.005  # the quantile of fresh patients (the holdout) at which the flag thresholds sit
     cells: int = 0  # k-means cells for C_T; 0: one per 40 holdout records, between 2 and 20
     min_cell: int = 5  # synthetic images a cell needs to enter C_T
@@ -61,6 +62,24 @@ MARGIN = (FULL - PIXEL_SIZE) // 2
 SHIFTS = (-2, -1, 0, 1, 2)  # px of FULL: up to 4% of the image
 ROTATIONS = (-4.0, -2.0, 0.0, 2.0, 4.0)  # degrees
 IDENTITY_VIEW = (len(ROTATIONS) * len(SHIFTS) ** 2) // 2  # the unmoved view (angle 0, no shift)
+
+
+def anatomy_map(img: Image.Image) -> Image.Image:
+    """What identifies a retina whatever the camera's colours: the vessel tree and the disc.
+
+    A retina is a biometric: a copy of a patient's vessel tree under another colour profile is still that
+    patient. The green channel (where vessels contrast most) is contrast-normalised, vessels are the dark
+    thin structures a morphological black top-hat keeps (closing minus image, 7 px at FULL size), and the
+    disc is the bright blob of a heavy blur; the two maps side by side as a 2-channel image."""
+    from scipy import ndimage
+
+    g = np.asarray(img.convert("RGB").resize((FULL, FULL), Image.Resampling.BOX), dtype=np.float32)[..., 1]
+    g = (g - g.mean()) / (g.std() + 1e-6)
+    vessels = ndimage.grey_closing(g, size=(7, 7)) - g
+    disc = ndimage.gaussian_filter(g, 3.0)
+    stack = np.stack([vessels, disc, np.zeros_like(g)], -1)
+    stack = (stack - stack.min((0, 1))) / (np.ptp(stack, (0, 1)) + 1e-6) * 255
+    return Image.fromarray(stack.astype(np.uint8))
 
 
 def _views(img: Image.Image, aligned: bool) -> np.ndarray:
@@ -78,17 +97,20 @@ def _views(img: Image.Image, aligned: bool) -> np.ndarray:
     return v.reshape(len(v), -1)
 
 
-def pixel_embedding(paths: Sequence[str | Path], *, aligned: bool = False) -> np.ndarray:
+def pixel_embedding(paths: Sequence[str | Path], *, aligned: bool = False, anatomy: bool = False) -> np.ndarray:
     """A model-free embedding: the central 60% of the image as a blurred 32 px thumbnail, each colour channel
     standardised (brightness, contrast and colour casts drop out), as a unit vector.
 
     Pixel distances are not invariant to small shifts and rotations, so a query set is embedded `aligned`:
     25 shifts (up to 4% of the image) x 5 rotations (up to 4 degrees) per image, shape (n, 125, d); its
-    distance to a reference row is the smallest over those views (`nearest`). References stay (n, d)."""
+    distance to a reference row is the smallest over those views (`nearest`). References stay (n, d).
+    With `anatomy`, the same is done on `anatomy_map` (vessels and disc) instead of the colours."""
     out: np.ndarray | None = None
-    with progress_bar("embed images (pixels" + (", aligned)" if aligned else ")"), len(paths)) as advance:
+    name = "anatomy" if anatomy else "pixels"
+    with progress_bar(f"embed images ({name}" + (", aligned)" if aligned else ")"), len(paths)) as advance:
         for i, p in enumerate(paths):
-            v = _unit(_views(load_rgb(p), aligned))
+            img = load_rgb(p)
+            v = _unit(_views(anatomy_map(img) if anatomy else img, aligned))
             if out is None:  # filled in place: 1,200 aligned images are 1.8 GB; a list + stack would double it
                 out = np.empty((len(paths), *v.shape), dtype=np.float32)
             out[i] = v
@@ -207,15 +229,17 @@ def run_copying(synthetic: str | Path, train: str | Path, holdout: str | Path, c
     if not 0 <= cfg.alpha < 1:
         raise AuditError(f"--alpha {cfg.alpha} must be in [0, 1)")
     paths = [_paths(syn, roots[0]), _paths(tr, roots[1]), _paths(ho, roots[2])]
-    if cfg.embed == PIXELS:
+    if cfg.embed in (PIXELS, ANATOMY):
         # synthetic and holdout images are queries (aligned views), train and holdout references
-        s = pixel_embedding(paths[0], aligned=True)
-        t = pixel_embedding(paths[1])
-        h_views = pixel_embedding(paths[2], aligned=True)
+        anatomy = cfg.embed == ANATOMY
+        s = pixel_embedding(paths[0], aligned=True, anatomy=anatomy)
+        t = pixel_embedding(paths[1], anatomy=anatomy)
+        h_views = pixel_embedding(paths[2], aligned=True, anatomy=anatomy)
         h = h_views[:, IDENTITY_VIEW]
-        space = (f"pixels: the central {PIXEL_SIZE / FULL:.0%} as {PIXEL_SIZE} px blurred thumbnails, colour channels "
-                 f"standardised, unit vectors; queries aligned over {len(ROTATIONS) * len(SHIFTS) ** 2} small "
-                 "shifts and rotations")
+        what = "vessel map (green-channel black top-hat) and disc map, colour-free" if anatomy else \
+            "colour channels standardised"
+        space = (f"{cfg.embed}: the central {PIXEL_SIZE / FULL:.0%} as {PIXEL_SIZE} px blurred thumbnails, {what}, "
+                 f"unit vectors; queries aligned over {len(ROTATIONS) * len(SHIFTS) ** 2} small shifts and rotations")
     else:
         vc = models.load_checkpoint(cfg.embed)
         s, t, h = (model_embedding(vc, p) for p in paths)

@@ -44,11 +44,26 @@ def synth(
     image_format: Annotated[str, typer.Option("--format", help="png (lossless) or jpg.")] = "png",
     preview: Annotated[Path | None, typer.Option(
         help="Instead of a dataset, write a labelled contact sheet (one tile per condition) to this PNG.")] = None,
+    generator: Annotated[Path | None, typer.Option(
+        help="Sample this learned generator (RUN/checkpoints/last of `fedclip generator train`) instead of the "
+             "procedural renderer; --size and --hospital then come from the generator.")] = None,
+    steps: Annotated[int, typer.Option(help="With --generator: DDIM denoising steps.")] = 50,
+    guidance: Annotated[float, typer.Option(
+        help="With --generator: classifier-free guidance scale (1: conditional only).")] = 1.0,
 ) -> None:
-    """Generate synthetic fundus image-caption pairs (resumable: rerun the same command to finish)."""
+    """Generate synthetic fundus image-caption pairs (procedural renderer, or a learned --generator)."""
     from fedclip.synth import CohortSpec
 
     try:
+        if generator is not None:
+            if out is None:
+                raise FedclipError("pass --out DIR: the dataset dir to write the generator's samples to")
+            from fedclip.generate.sample import SampleConfig, sample_dataset
+
+            path = sample_dataset(generator, out, SampleConfig(n=n, seed=seed, steps=steps, guidance=guidance))
+            console.print(f"wrote {n} generated images and {path / 'metadata.csv'} (provenance: "
+                          f"{path / 'provenance.json'})")
+            return
         if preview is not None:
             from fedclip.synth.preview import contact_sheet
 
@@ -63,6 +78,56 @@ def synth(
         console.print(f"wrote {n} images and {path}")
     except FedclipError as e:
         _fail(e)
+
+
+generator_app = typer.Typer(no_args_is_help=True, help="The learned Med-AIGC generator: a label-conditioned "
+                            "diffusion model trained on a dataset dir (sample it with `fedclip synth --generator`).")
+app.add_typer(generator_app, name="generator")
+
+
+@generator_app.command("train")
+def generator_train(
+    out: Annotated[Path, typer.Option(help="Run dir (config.toml, metrics.jsonl, members.csv, checkpoints/last).")],
+    data: Annotated[Path | None, typer.Option(help="Dataset dir to learn from.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--config", help="Registered generator config: generator-tiny (32 px, CPU) | generator-base (128 px, GPU). "
+                         "[default: generator-tiny]")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels [default: the config's].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps. [default: 2000]")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per step; with DP, expected patients per step. [default: 16]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate. [default: 0.001]")] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        help="Train with patient-level DP-SGD to this lifetime epsilon (charged to the hospital's ledger); "
+             "without it the generator is trained without DP.")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta. [default: 1e-5]")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="The hospital's node state dir (policy.toml, lifetime ledger) [default: ~/.fedclip/node].")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps. [default: 500]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Initialisation, batch order, timesteps (never DP noise).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a [generator] table.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override: generator.NAME=VALUE (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train the learned generator (DDPM objective, EMA; patient-level DP with --epsilon)."""
+    from fedclip import config as cfglib
+    from fedclip.generate.train import GeneratorTrainConfig, train_generator
+
+    try:
+        file = config if config is not None else (out / "config.toml" if resume else None)
+        cfg = cfglib.load(GeneratorTrainConfig, "generator", file, set_ or (), data=data, config=model, size=size,
+                          steps=steps, batch_size=batch_size, lr=lr, epsilon=epsilon, delta=delta,
+                          state_dir=state_dir, save_every=save_every, seed=seed)
+        result = train_generator(cfg, out, resume=resume)
+    except FedclipError as e:
+        _fail(e)
+    privacy = "trained without DP"
+    if result["dp"]:
+        privacy = (f"patient-level DP (add/remove-one patient), lifetime ε = {result['epsilon']:.3f}, "
+                   f"δ = {cfg.delta:g}")
+    console.print(f"{result['steps']} steps in {result['seconds']:.0f} s; {privacy}; "
+                  f"checkpoint: {result['checkpoint']}")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets on disk: import public sets, inspect dataset dirs.")
@@ -310,7 +375,8 @@ def federate(
     for pid, reason in sorted(reasons.items()):
         console.print(f"node {pid}: {reason}")
     ledgers = Table(title="each hospital's lifetime ledger on this data (kept on the node)")
-    for col in ("node", "ε per image", "δ", "relation, accountant", "noise", "per patient (group privacy)"):
+    for col in ("node", "ε (lifetime, per unit)", "δ", "relation, unit, accountant", "noise",
+                "per patient (group privacy)"):
         ledgers.add_column(col)
     for name, entries in summary["nodes"].items():
         if entries:
@@ -515,6 +581,45 @@ def audit_copying(
     if verdict["caution"]:
         console.print(f"[yellow]caution:[/] {escape(verdict['caution'])}")
     console.print(f"results: {out / 'results.json'}, suspected copies: {out / 'copies.csv'}")
+
+
+@audit_app.command("generator")
+def audit_generator(
+    checkpoint: Annotated[Path, typer.Option(help="Generator checkpoint (RUN/checkpoints/last).")],
+    members: Annotated[Path, typer.Option(help="Dataset dir the generator was trained on (or a subset of it).")],
+    holdout: Annotated[Path, typer.Option(help="Dataset dir of fresh patients from the same population.")],
+    n_samples: Annotated[int, typer.Option(help="Images to generate for copying and the black-box attack.")] = 256,
+    embed: Annotated[str, typer.Option(help="anatomy (vessels and disc, colour-free) | pixels.")] = "anatomy",
+    show_patients: Annotated[bool, typer.Option(help="Name patient ids in the per-patient copy counts.")] = False,
+    seed: Annotated[int, typer.Option(help="The auditor's seed: sampling, noise draws, bootstrap.")] = 0,
+    out: Annotated[Path, typer.Option(help="Audit dir (results.json, scores.csv, samples/, copying/).")] = Path(
+        "runs/audit-generator"),
+) -> None:
+    """Does a learned generator copy its patients? Patient-level MIA (white/black-box), copies, fidelity."""
+    from fedclip.audits.generator import GeneratorAuditConfig, run_generator_audit
+
+    try:
+        doc = run_generator_audit(checkpoint, members, holdout, out, GeneratorAuditConfig(
+            n_samples=n_samples, embed=embed, show_patients=show_patients, seed=seed))
+    except FedclipError as e:
+        _fail(e)
+    for name, entry in doc["attacks"].items():
+        p = entry["patient"]
+        lo, hi = p["ci"]["auc"]
+        console.print(f"{name}: patient-level AUC {p['auc']:.2f} (95% CI {lo:.2f}-{hi:.2f}; {p['n_members']} trained "
+                      f"vs {p['n_nonmembers']} fresh patients)")
+    flags, cp = doc["copying"]["flags"], doc["copies_per_patient"]
+    console.print(f"near-copies among {doc['data']['n_samples']} samples: {flags['flagged']} ({flags['rate']:.1%}); "
+                  f"training patients copied: {cp['patients_with_copies']} of {cp['of_patients']}")
+    privacy = doc["target"]["privacy"] or {}
+    console.print("generator: " + (f"patient-level DP, ε = {privacy['epsilon']:.2f}" if privacy.get("dp")
+                                   else "trained without DP"))
+    verdict = doc["verdict"]
+    console.print("[bold red]the generator reproduces its patients:[/] " + escape("; ".join(verdict["reasons"]))
+                  if verdict["copies"] else "no evidence that the generator reproduces its patients")
+    if verdict.get("caution"):
+        console.print(f"[yellow]caution:[/] {escape(verdict['caution'])}")
+    console.print(f"results: {out / 'results.json'}")
 
 
 @app.command()

@@ -141,9 +141,13 @@ def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
         raise ModelError(f"{directory} is not a fedclip checkpoint: it needs {WEIGHTS_FILE} and "
                          f"{FEDCLIP_CONFIG_FILE}; was it written by `fedclip pretrain`?")
     try:
-        return json.loads(cfg_path.read_text())
+        cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(f"{cfg_path} is not valid JSON ({e}); the checkpoint is damaged") from None
+    if cfg.get("kind") == "generator":
+        raise ModelError(f"{directory} is a generator checkpoint, not a CLIP model; sample a dataset from it with "
+                         "`fedclip synth --generator` and pretrain on that")
+    return cfg
 
 
 def load_checkpoint(directory: str | Path, expect_model: str | None = None,

@@ -32,7 +32,9 @@ from fedclip.errors import FedclipError
 from fedclip.federated.policy import NEIGHBOURING
 
 GENESIS = "0" * 64
-KINDS = ("train", "evaluate", "dataset-size", "no-dp")
+KINDS = ("train", "evaluate", "dataset-size", "no-dp", "generator", "statistics")
+"""train/evaluate: a federation's rounds; generator/statistics: a generator trained at the node, and its label
+statistics; dataset-size: the noised size; no-dp: data that went out without DP (epsilon infinite)."""
 
 
 class BudgetExhausted(FedclipError):
@@ -45,7 +47,7 @@ class LedgerCorrupt(FedclipError):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    kind: str  # train | evaluate | dataset-size | no-dp
+    kind: str  # one of KINDS
     client: str
     dataset: str  # the cohort (node policy) whose lifetime budget this release spends
     round: int
