@@ -49,6 +49,8 @@ from fedclip.generate.train import denoising_loss, load_images
 from fedclip.progress import progress_bar
 
 SAMPLES_DIR = "samples"
+FRECHET_DIMS = 16
+MIN_PATIENTS = 10  # fewer members or fresh patients: the bootstrap CI is not trusted for a verdict
 COPYING_DIR = "copying"
 
 
@@ -79,13 +81,18 @@ def loss_signal(gen: Generator, images: torch.Tensor, cond: torch.Tensor, *, tim
             x, c = images[lo:lo + batch_size], cond[lo:lo + batch_size]
             for j, t in enumerate(np.repeat(timesteps, draws)):
                 tt = torch.full((len(x),), int(t))
-                total[lo:lo + len(x)] += denoising_loss(gen, x, tt, noise[j].expand_as(x), c, acp).numpy()
+                total[lo:lo + len(x)] += denoising_loss(gen, x, tt, noise[j].expand_as(x), c, acp,
+                                                           gen.prediction).numpy()
             advance(len(x))
     return total / (len(timesteps) * draws)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two embedding sets (as FID, in our embedding)."""
+def frechet_distance(a: np.ndarray, b: np.ndarray, basis: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two embedding sets (as FID), in the `basis` directions.
+
+    A covariance needs more samples than dimensions; the embeddings have thousands, the audit a few
+    hundred images, so both sets are projected on the same principal axes of the real images first."""
+    a, b = a @ basis, b @ basis
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root, _ = linalg.sqrtm(ca @ cb, disp=False)
@@ -139,11 +146,15 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     real_views = _embed([r.path(roots[0]) for r in mem] + [r.path(roots[1]) for r in hold], cfg.embed, aligned=True)
     distance, _ = nearest(real_views, syn)
     real = real_views[:, IDENTITY_VIEW]
-    fidelity = {"embedding": copying["embedding"],
-                "frechet_samples_to_holdout": frechet_distance(syn, real[len(mem):]),
-                "frechet_members_to_holdout": frechet_distance(real[:len(mem)], real[len(mem):]),
-                "note": "Fréchet distance of Gaussians fitted in this embedding (not Inception FID); the members-"
-                        "to-holdout figure is what a generator reproducing the population would score"}
+    dims = int(min(FRECHET_DIMS, len(mem) - 1, len(hold) - 1, len(syn) - 1))
+    centred = real - real.mean(0)
+    basis = np.linalg.svd(centred, full_matrices=False)[2][:max(1, dims)].T
+    fidelity = {"embedding": copying["embedding"], "dimensions": int(basis.shape[1]),
+                "frechet_samples_to_holdout": frechet_distance(syn, real[len(mem):], basis),
+                "frechet_members_to_holdout": frechet_distance(real[:len(mem)], real[len(mem):], basis),
+                "note": f"Fréchet distance of Gaussians fitted on the {basis.shape[1]} principal axes of the real "
+                        "images in this embedding (not Inception FID); the members-to-holdout figure is what a "
+                        "generator reproducing the population would score"}
 
     attacks_out: dict[str, Any] = {}
     rows = StringIO(newline="")
@@ -162,8 +173,14 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     copies_per_patient = _copies_per_patient(out / COPYING_DIR / COPIES_FILE, mem, pm, labels)
     white = attacks_out["white-box-loss"]["patient"]
     black = attacks_out["black-box-dcr"]["patient"]
-    leaks = [f"{n} membership AUC {e['auc']:.2f} (CI {e['ci']['auc'][0]:.2f}-{e['ci']['auc'][1]:.2f}) excludes 0.5"
-             for n, e in (("white-box", white), ("black-box", black)) if e["ci"]["auc"][0] > 0.5]
+    cautions = [c for c in [copying["verdict"].get("caution")] if c]
+    few = min(len(set(pm)), len(set(ph))) < MIN_PATIENTS
+    leaks = [] if few else [
+        f"{n} membership AUC {e['auc']:.2f} (CI {e['ci']['auc'][0]:.2f}-{e['ci']['auc'][1]:.2f}) excludes 0.5"
+        for n, e in (("white-box", white), ("black-box", black)) if e["ci"]["auc"][0] > 0.5]
+    if few:
+        cautions.append(f"{len(set(pm))} trained and {len(set(ph))} fresh patients: too few (< {MIN_PATIENTS} each) "
+                        "for the membership CIs to carry a verdict; the AUCs are shown, not judged")
     reasons = copying["verdict"]["reasons"] + leaks
     doc = {
         "kind": "generator", "fedclip_version": __version__, "level": "patient",
@@ -181,8 +198,7 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
         "attacks": attacks_out,
         "copying": {k: copying[k] for k in ("embedding", "dcr", "three_sample_test", "flags", "verdict")},
         "copies_per_patient": copies_per_patient, "fidelity": fidelity,
-        "verdict": {"copies": bool(reasons), "reasons": reasons,
-                    "caution": copying["verdict"].get("caution")},
+        "verdict": {"copies": bool(reasons), "reasons": reasons, "caution": "; ".join(cautions) or None},
     }
     io.write_text(out / SCORES_FILE, rows.getvalue())
     io.write_json(out / RESULTS_FILE, doc)

@@ -105,7 +105,7 @@ def generator_train(
         help="The hospital's node state dir (policy.toml, lifetime ledger) [default: ~/.fedclip/node].")] = None,
     save_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps. [default: 500]")] = None,
     seed: Annotated[int | None, typer.Option(help="Initialisation, batch order, timesteps (never DP noise).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with a [generator] table.")] = None,
+    config_file: Annotated[Path | None, typer.Option(help="TOML file with a [generator] table.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override: generator.NAME=VALUE (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
@@ -115,7 +115,7 @@ def generator_train(
     from fedclip.generate.train import GeneratorTrainConfig, train_generator
 
     try:
-        file = config if config is not None else (out / "config.toml" if resume else None)
+        file = config_file if config_file is not None else (out / "config.toml" if resume else None)
         cfg = cfglib.load(GeneratorTrainConfig, "generator", file, set_ or (), data=data, config=model, size=size,
                           steps=steps, batch_size=batch_size, lr=lr, epsilon=epsilon, delta=delta,
                           state_dir=state_dir, save_every=save_every, seed=seed)

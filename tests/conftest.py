@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedclip.data.synthetic import export
+from fedclip.generate.train import GeneratorTrainConfig, train_generator
 from fedclip.synth import CohortSpec
 
 
@@ -33,3 +34,22 @@ def pretrained_pair(tmp_path_factory):
     pretrain(PretrainConfig(data=root / "synthetic", **common), root / "synthetic-run")
     return {"private": root / "private" / "checkpoints" / "last",
             "synthetic": root / "synthetic-run" / "checkpoints" / "last"}
+
+
+# ------------------------------------------------------------------ the learned generator (16 px, a few steps)
+GENERATOR_TINY = {"size": 16, "batch_size": 4, "log_every": 2, "warmup": 2}
+@pytest.fixture(scope="session")
+def gen_cohort(tmp_path_factory):
+    """8 images of 2 patients at two hospitals (64 px), and 8 of 2 other patients (the holdout)."""
+    root = tmp_path_factory.mktemp("gen-data")
+    export(CohortSpec(seed=21, size=64, hospital="riverside,summit"), root / "data", 8)
+    export(CohortSpec(seed=22, size=64, hospital="riverside,summit"), root / "holdout", 8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gen_trained(gen_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen-run") / "run"
+    cfg = GeneratorTrainConfig(data=gen_cohort / "data", steps=6, save_every=3, **GENERATOR_TINY)
+    result = train_generator(cfg, out)
+    return out, result

@@ -97,6 +97,11 @@ class Generator(nn.Module):
     def image_size(self) -> int:
         return int(self.config["sample_size"])
 
+    @property
+    def prediction(self) -> str:
+        """What the network predicts: "epsilon" (the noise) or "v_prediction"."""
+        return str(self.config.get("prediction", "epsilon"))
+
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy, t, class_labels=self.cond(cond)).sample
 

@@ -61,7 +61,7 @@ def ddim(gen: Generator, cond: torch.Tensor, *, steps: int, guidance: float, gen
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler(num_train_timesteps=gen.config["train_timesteps"], beta_schedule=gen.config["beta_schedule"],
-                          clip_sample=True)
+                          clip_sample=True, prediction_type=gen.prediction)
     sched.set_timesteps(steps)
     x = torch.randn((len(cond), 3, gen.image_size, gen.image_size), generator=generator)
     for t in sched.timesteps:

@@ -137,11 +137,14 @@ def _cosine(step: int, cfg: GeneratorTrainConfig) -> float:
 
 
 def denoising_loss(model: Any, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor,
-                   alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Per-image mean squared error of the predicted noise (the DDPM objective)."""
+                   alphas_cumprod: torch.Tensor, prediction: str = "epsilon") -> torch.Tensor:
+    """Per-image mean squared error of the prediction (the DDPM objective): of the noise ("epsilon"), or
+    of v = sqrt(a) noise - sqrt(1 - a) x ("v_prediction", Salimans & Ho 2022: the same optimum, but
+    the small-noise steps that decide the last details are weighted sensibly)."""
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     pred = model(a.sqrt() * x + (1 - a).sqrt() * noise, t, cond)
-    return F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
+    target = noise if prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x
+    return F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))
 
 
 def _ledger(cfg: GeneratorTrainConfig):  # noqa: ANN202 - the node's ledger types live in federated
@@ -183,7 +186,7 @@ def train_generator(cfg: GeneratorTrainConfig, out: str | Path, *, resume: bool 
     images = load_images(records, Path(cfg.data), gen.image_size)
     labels = gen.conditioning.vectors([r.labels for r in records], [r.meta.get("hospital") for r in records])
     ids = [_patient(r, i) for i, r in enumerate(records)]
-    acp = gen.schedule().alphas_cumprod.float()
+    acp, pred = gen.schedule().alphas_cumprod.float(), gen.prediction
     opt = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg))
     ema = {k: v.detach().clone() for k, v in gen.state_dict().items()}
@@ -253,7 +256,7 @@ def train_generator(cfg: GeneratorTrainConfig, out: str | Path, *, resume: bool 
 
         def patient_loss(model: Any, rows: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, n: torch.Tensor,
                          c: torch.Tensor) -> torch.Tensor:
-            return (denoising_loss(model, images[rows], t, n, c, acp) * mask).sum()
+            return (denoising_loss(model, images[rows], t, n, c, acp, pred) * mask).sum()
 
         def save(step: int, tag: str = LAST, recorded: bool = False) -> Path:
             training = [] if recorded or plan is None else [(plan["noise_multiplier"], plan["sample_rate"], step)]
@@ -285,7 +288,7 @@ def train_generator(cfg: GeneratorTrainConfig, out: str | Path, *, resume: bool 
                     t = torch.randint(len(acp), (len(idx),), generator=rng)
                     n = torch.randn(images[idx].shape, generator=rng)
                     keep = (torch.rand(len(idx), generator=rng) >= cfg.cond_dropout).float()[:, None]
-                    loss = denoising_loss(gen, images[idx], t, n, labels[idx] * keep, acp).mean()
+                    loss = denoising_loss(gen, images[idx], t, n, labels[idx] * keep, acp, pred).mean()
                     loss.backward()
                     losses.append(float(loss.detach()))
                 else:

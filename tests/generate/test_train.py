@@ -13,11 +13,11 @@ from fedclip.generate.model import load_generator, read_generator_config
 from fedclip.generate.sample import SampleConfig, sample_dataset
 from fedclip.generate.train import GeneratorTrainConfig, train_generator
 from fedclip.models import load_checkpoint
-from tests.generate.conftest import TINY
+from tests.conftest import GENERATOR_TINY as TINY
 
 
-def test_the_checkpoint_is_safetensors_with_provenance_a_manifest_and_a_verified_hash(trained, tmp_path):
-    out, result = trained
+def test_the_checkpoint_is_safetensors_with_provenance_a_manifest_and_a_verified_hash(gen_trained, tmp_path):
+    out, result = gen_trained
     ckpt = result["checkpoint"]
     cfg = read_generator_config(ckpt)
     assert cfg["kind"] == "generator" and cfg["model_cfg"]["sample_size"] == 16
@@ -42,9 +42,9 @@ def test_the_checkpoint_is_safetensors_with_provenance_a_manifest_and_a_verified
         load_generator(tampered)
 
 
-def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(cohort, trained, tmp_path):
-    out, _ = trained  # 6 steps straight (checkpointed at step 3 on the way)
-    cfg = GeneratorTrainConfig(data=cohort / "data", steps=6, save_every=3, **TINY)
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(gen_cohort, gen_trained, tmp_path):
+    out, _ = gen_trained  # 6 steps straight (checkpointed at step 3 on the way)
+    cfg = GeneratorTrainConfig(data=gen_cohort / "data", steps=6, save_every=3, **TINY)
     crashed = tmp_path / "crashed"
     shutil.copytree(out, crashed)
     # simulate a crash after step 3: "last" is the step-3 state and the log holds lines past it
@@ -61,10 +61,10 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(cohort, traine
         train_generator(cfg, tmp_path / "empty", resume=True)
 
 
-def test_sampling_writes_a_dataset_dir_and_the_same_seed_gives_the_same_images(trained, tmp_path):
+def test_sampling_writes_a_dataset_dir_and_the_same_seed_gives_the_same_images(gen_trained, tmp_path):
     from fedclip.data.records import read_metadata
 
-    _, result = trained
+    _, result = gen_trained
     a = sample_dataset(result["checkpoint"], tmp_path / "a", SampleConfig(n=5, seed=4, steps=3, batch_size=2))
     b = sample_dataset(result["checkpoint"], tmp_path / "b", SampleConfig(n=5, seed=4, steps=3, batch_size=2))
     c = sample_dataset(result["checkpoint"], tmp_path / "c", SampleConfig(n=5, seed=5, steps=3, batch_size=2))
@@ -79,24 +79,24 @@ def test_sampling_writes_a_dataset_dir_and_the_same_seed_gives_the_same_images(t
     assert prov["generator_privacy"]["dp"] is False
 
 
-def test_a_generator_and_a_clip_checkpoint_are_not_taken_for_each_other(trained, tmp_path):
+def test_a_generator_and_a_clip_checkpoint_are_not_taken_for_each_other(gen_trained, tmp_path):
     from fedclip import models
 
-    _, result = trained
+    _, result = gen_trained
     with pytest.raises(ModelError, match="is a generator checkpoint, not a CLIP model"):
         load_checkpoint(result["checkpoint"])
     clip = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp_path / "clip")
     with pytest.raises(ModelError, match="is a CLIP checkpoint, not a generator"):
         load_generator(clip)
     with pytest.raises(ModelError, match="did you mean"):
-        load_generator(trained[0])
+        load_generator(gen_trained[0])
 
 
-def test_dp_training_spends_the_cohorts_lifetime_budget_and_says_so(cohort, tmp_path):
+def test_dp_training_spends_the_cohorts_lifetime_budget_and_says_so(gen_cohort, tmp_path):
     state = tmp_path / "node"
     state.mkdir()
     (state / "policy.toml").write_text("[policy]\ndataset_size = 2\n")  # the hospital declares its size public
-    cfg = GeneratorTrainConfig(data=cohort / "data", steps=2, epsilon=4.0, state_dir=state, **TINY)
+    cfg = GeneratorTrainConfig(data=gen_cohort / "data", steps=2, epsilon=4.0, state_dir=state, **TINY)
     result = train_generator(cfg, tmp_path / "dp")
     ledger = [json.loads(line) for line in (state / "ledger-cohort-default.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in ledger] == ["statistics", "generator"]
