@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedclip-installed
 
-.PHONY: test test-slow demo lint bench flwr-config clean
+.PHONY: test test-slow demo generator-study lint bench flwr-config clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-slow: $(STAMP)
 # the quickstart study: synthetic vs real, DP federated fine-tuning, every audit, one report (runs/quickstart)
 demo: $(STAMP)
 	$(VENV)/bin/fedclip experiment run quickstart --out runs/quickstart
+
+# the memorization study: does the learned generator copy its patients? (runs/generator, ~30 min on 2 cores)
+generator-study: $(STAMP)
+	$(VENV)/bin/fedclip experiment run generator --out runs/generator
 
 # pyproject's [tool.flwr.app.config] from FederateConfig's defaults (a test checks they agree)
 flwr-config: $(STAMP)

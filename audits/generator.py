@@ -42,7 +42,7 @@ from fedclip.audits.copying import (
     run_copying,
 )
 from fedclip.audits.mia import RESULTS_FILE, SCORES_FILE, AuditError, check_manifest
-from fedclip.data.records import Record, read_metadata
+from fedclip.data.records import Record, normalise_patient_id, read_metadata
 from fedclip.generate.model import Generator, load_generator, read_generator_config
 from fedclip.generate.sample import SampleConfig, sample_dataset
 from fedclip.generate.train import denoising_loss, load_images
@@ -104,8 +104,6 @@ def _embed(paths: list[Path], embed: str, aligned: bool) -> np.ndarray:
 
 
 def _patients(records: list[Record]) -> list[str]:
-    from fedclip.federated.task import normalise_patient_id
-
     return [normalise_patient_id(r.meta.get("patient_id")) or f"image:{r.filepath}" for r in records]
 
 

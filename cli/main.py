@@ -694,6 +694,15 @@ def experiment_run(
 
     root = out or Path("runs") / Path(study).stem
     try:
+        from fedclip.experiments import generator_study
+        from fedclip.experiments.study import study_file
+
+        if generator_study.is_generator_study(study_file(study)):
+            outputs = generator_study.GeneratorStudy(generator_study.load(study_file(study), tuple(set_ or ())),
+                                                     root).run(start_from=from_, on_event=event)
+            console.print(f"table: {outputs['report']['table']}; figure: {outputs['report']['figure']}; "
+                          f"results: {outputs['report']['results']}")
+            return
         cfg = load(study, tuple(set_ or ()))
         outputs = Study(cfg, root, verbose=verbose).run(start_from=from_, on_event=event)
     except FedclipError as e:

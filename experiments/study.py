@@ -128,9 +128,13 @@ class StudyConfig:
 # ----------------------------------------------------------------------------------------- studies
 def shipped() -> dict[str, str]:
     """Shipped studies: name -> their one-line description."""
+    import tomllib
+
     out = {}
     for path in sorted(STUDIES_DIR.glob("*.toml")):
-        out[path.stem] = str(cfglib.read_section(path, SECTION).get("description", ""))
+        tables = tomllib.loads(path.read_text())
+        table = tables.get(SECTION) or tables.get("generator_study") or {}
+        out[path.stem] = str(table.get("description", ""))
     return out
 
 

@@ -23,7 +23,7 @@ from fedclip.errors import FedclipError
 
 T = TypeVar("T")
 
-SECTIONS = ("pretrain", "federate", "study", "policy")
+SECTIONS = ("pretrain", "federate", "study", "policy", "generator", "generator_study")
 """The tables a fedclip TOML file may hold (one per command; `policy` is a hospital's own)."""
 
 

@@ -116,6 +116,12 @@ def read_metadata(root: str | Path, check_files: bool = True) -> list[Record]:
     return records
 
 
+def normalise_patient_id(value: Any) -> str:
+    """A patient id as the unit of privacy compares it: case and surrounding or repeated whitespace do not
+    make two patients (" P-17" and "p-17" are one person); "" for a missing id."""
+    return " ".join(str(value or "").split()).casefold()
+
+
 def fingerprint(records: Iterable[Record]) -> str:
     """SHA-256 of the rows (path, caption, labels, meta) in order: which data a model or ledger is about."""
     h = hashlib.sha256()

@@ -23,7 +23,7 @@ import torch
 from fedclip import config as cfglib
 from fedclip import evaluate, io, models, tasks
 from fedclip.data import partition as partitioning
-from fedclip.data.records import Record, fingerprint, manifest_text, read_metadata
+from fedclip.data.records import Record, fingerprint, manifest_text, normalise_patient_id, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.federated import keys
 from fedclip.federated.ledger import BudgetExhausted, PrivacyLedger, plan_noise
@@ -294,12 +294,6 @@ def _most_images_per_patient(records: list[Record]) -> int | None:
     if not ids or not all(ids):
         return None
     return max(Counter(ids).values())
-
-
-def normalise_patient_id(value: Any) -> str:
-    """A patient id as the unit of privacy compares it: case and surrounding or repeated whitespace do not
-    make two patients (" P-17" and "p-17" are one person); "" for a missing id."""
-    return " ".join(str(value or "").split()).casefold()
 
 
 def patient_ids(node: Node, records: list[Record]) -> tuple[list[str], str]:

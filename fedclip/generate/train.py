@@ -27,7 +27,7 @@ from fedclip import config as cfglib
 from fedclip import io, runlog, train_state
 from fedclip.accounting import epsilon_for
 from fedclip.data.images import load_rgb
-from fedclip.data.records import Record, fingerprint, manifest_text, read_metadata
+from fedclip.data.records import Record, fingerprint, manifest_text, normalise_patient_id, read_metadata
 from fedclip.errors import DataError, FedclipError
 from fedclip.generate.model import (
     BINARY_LABELS,
@@ -77,8 +77,6 @@ class GeneratorTrainConfig:
 
 # ------------------------------------------------------------------------------------------- data
 def _patient(r: Record, i: int) -> str:
-    from fedclip.federated.task import normalise_patient_id
-
     return normalise_patient_id(r.meta.get("patient_id")) or f"image:{i}"
 
 
@@ -327,3 +325,15 @@ def train_generator(cfg: GeneratorTrainConfig, out: str | Path, *, resume: bool 
             "config": asdict(cfg)}
 
 
+
+
+def ensure_generator(cfg: GeneratorTrainConfig, out: str | Path) -> Path:
+    """The run's last checkpoint after `cfg.steps` steps: reused when it is there, an interrupted run
+    resumed, else trained from the start — what a resumable pipeline stage wants."""
+    last = RunDir(Path(out)).checkpoint(LAST)
+    if (last / "config.json").exists():
+        from fedclip.generate.model import read_generator_config
+
+        if read_generator_config(last)["provenance"].get("steps") == cfg.steps:
+            return last
+    return Path(train_generator(cfg, out, resume=(last / TRAIN_STATE_DIR).is_dir())["checkpoint"])

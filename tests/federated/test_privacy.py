@@ -274,7 +274,7 @@ def test_a_spent_budget_or_a_malformed_request_is_refused_before_any_data_is_rea
 
 
 def test_patient_ids_differing_only_in_case_or_spaces_are_one_patient():
-    from fedclip.federated.task import normalise_patient_id
+    from fedclip.data.records import normalise_patient_id
 
     assert normalise_patient_id(" P-17 ") == normalise_patient_id("p-17") == "p-17"
     assert normalise_patient_id("Ann  Lee") == normalise_patient_id("ann lee")
