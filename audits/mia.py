@@ -273,9 +273,7 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
         "target": {"checkpoint": str(target), "model": checkpoint.get("model"),
                    "weights_sha256": checkpoint.get("weights_sha256"), "stage": provenance.get("stage", "unknown"),
                    "ledger_epsilon": provenance.get("epsilon_per_node"),
-                   "dp": (provenance.get("federate") or {}).get("dp"),
-                   "epsilon_budget": (provenance.get("federate") or {}).get("epsilon"),
-                   "unit": (provenance.get("federate") or {}).get("unit")},
+                   **target_privacy(provenance)},
         "data": {"members": str(roots[0]), "nonmembers": str(roots[1]),
                  "population": str(roots[2]) if roots[2] else None, "n_members": int(member.sum()),
                  "n_nonmembers": int((1 - member).sum()), "n_population": n_population,
@@ -286,6 +284,18 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
     io.write_text(out / SCORES_FILE, rows.getvalue())
     io.write_json(out / RESULTS_FILE, doc)
     return doc
+
+
+def target_privacy(provenance: dict[str, Any]) -> dict[str, Any]:
+    """What a target's checkpoint says about its DP: a federation's request lives under `federate.finetune`
+    (the nodes granted it within their policies and report their ledger epsilon); a pretrained model has
+    none (dp None: "pretrained, no DP")."""
+    ft = (provenance.get("federate") or {}).get("finetune") or {}
+    if provenance.get("stage") != "federate":
+        return {"dp": None, "epsilon_budget": None, "delta": None, "unit": None}
+    return {"dp": bool(ft.get("dp", True)), "epsilon_budget": ft.get("epsilon"), "delta": ft.get("delta"),
+            "unit": ft.get("unit"), "accountant": ft.get("accountant"),
+            "neighbouring": "add/remove-one " + str(ft.get("unit") or "image")}
 
 
 def load_results(audit_dir: str | Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fedclip import __version__, io  # noqa: E402
-from fedclip.audits.mia import SCORES_FILE, load_results  # noqa: E402
+from fedclip.audits.mia import SCORES_FILE, AuditError, load_results  # noqa: E402
 
 REDACTED = "[redacted]"
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
@@ -67,6 +67,10 @@ def _label(doc: dict[str, Any], redact: bool) -> str:
                 else f"{name.parent.parent.name}/{name.name}")
     if doc["kind"] == "copying":
         return "synthetic set" if redact else Path(doc["data"]["synthetic"]).name
+    if doc["kind"] == "generator":
+        name = Path(doc["target"]["checkpoint"])
+        return (f"generator {doc['target']['weights_sha256'][:8]}" if redact
+                else f"generator {name.parent.parent.name}/{name.name}")
     return f"{doc['threat']} {doc['method']} ε audit"
 
 
@@ -86,8 +90,10 @@ def _verdict(doc: dict[str, Any]) -> str:
 def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
     level, data, target = doc["level"], doc["data"], doc["target"]
     s = Section(f"Membership inference — {_label(doc, redact)}")
-    dp = (f"trained with {target.get('unit') or 'image'}-level DP" if target.get("dp")
-          else ("trained without DP" if target.get("dp") is False else "pretrained (no DP)"))
+    dp = (f"fine-tuned with {target.get('unit') or 'image'}-level DP ({target.get('neighbouring') or 'add/remove-one'}"
+          f", ε ≤ {target.get('epsilon_budget')} per node over its lifetime, δ = {target.get('delta')}, accounted by "
+          f"each node's {target.get('accountant') or 'rdp'} accountant)" if target.get("dp")
+          else ("fine-tuned without DP" if target.get("dp") is False else "pretrained (no DP)"))
     who = (f"{data['n_members']} member and {data['n_nonmembers']} non-member images"
            + (f" of {data['n_patients']} patients" if data.get("n_patients") else ""))
     unit = ("a patient counts as a member if any of their images trained the model" if level == "patient"
@@ -252,6 +258,40 @@ def copying_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Secti
     return s
 
 
+def generator_section(doc: dict[str, Any], redact: bool) -> Section:
+    """A learned generator: its privacy as trained, membership leakage of its patients, copies, fidelity."""
+    s = Section(f"Learned generator — {_label(doc, redact)}")
+    privacy, data = doc["target"].get("privacy") or {}, doc["data"]
+    trained = (f"trained with patient-level DP ({privacy['neighbouring']}, lifetime ε = {privacy['epsilon']:.2f} at "
+               f"δ = {privacy['delta']:g}, {privacy['accountant']} accountant, noise from the OS CSPRNG)"
+               if privacy.get("dp") else "trained without DP: it carries no privacy guarantee")
+    verdict = doc["verdict"]
+    answer = ("the generator reproduces its patients: " + "; ".join(verdict["reasons"]) if verdict["copies"]
+              else "no evidence that the generator reproduces its patients")
+    s.paragraphs.append(
+        f"What was tested: whether a generator ({doc['target']['model']}, {doc['target']['steps']} steps, {trained}) "
+        f"reproduces the {data['n_member_patients']} patients it was trained on, against {data['n_holdout_patients']} "
+        f"fresh patients of the same population, from {data['n_samples']} generated images. The answer: {answer}.")
+    if verdict.get("caution"):
+        s.paragraphs.append(f"Caution: {verdict['caution']}.")
+    rows = []
+    for name, e in doc["attacks"].items():
+        p = e["patient"]
+        rows.append([name, _ci(p, "auc"), str(p["n_members"]), str(p["n_nonmembers"]), doc["signal"][name]])
+    s.tables.append(("patient-level membership inference (bootstrap CIs over patients)",
+                     ["attack", "AUC [CI]", "trained", "fresh", "signal"], rows))
+    flags, cp, fid = doc["copying"]["flags"], doc["copies_per_patient"], doc["fidelity"]
+    s.tables.append(("copies and fidelity", ["quantity", "value"], [
+        ["near-copies among the samples", f"{flags['flagged']} of {data['n_samples']} ({flags['rate']:.1%}); "
+                                         f"fresh patients: at most {flags['alpha']:.1%}"],
+        ["training patients with a near-copy", f"{cp['patients_with_copies']} of {cp['of_patients']}"],
+        ["Fréchet distance: samples vs fresh / training vs fresh patients",
+         f"{fid['frechet_samples_to_holdout']:.3f} / {fid['frechet_members_to_holdout']:.3f} "
+         f"({fid['dimensions']} principal axes)"],
+        ["embedding", doc["copying"]["embedding"]]]))
+    return s
+
+
 def exposure_section(doc: dict[str, Any], redact: bool) -> Section:
     s = Section(f"Canary exposure — {_label(doc, redact)}")
     mem = doc["memorised_at_repeats"]
@@ -366,6 +406,12 @@ def _comparison(docs: list[dict[str, Any]], redact: bool) -> Section:
             g = d["gap"]
             rows.append([_label(d, redact), d["target"]["stage"], "-", "-", f"déjà-vu ({d['attribute']})",
                          f"gap {g['gap']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]", "-"])
+        elif d["kind"] == "generator":
+            privacy = d["target"].get("privacy") or {}
+            _, e = max(((a, x["patient"]) for a, x in d["attacks"].items()), key=lambda t: t[1]["auc"])
+            rows.append([_label(d, redact), "generator", "yes" if privacy.get("dp") else "no",
+                         f"{privacy['epsilon']:.2f}" if privacy.get("dp") else "∞", "generator MIA (patient)",
+                         _ci(e, "auc"), f"copies {d['copying']['flags']['rate']:.1%}"])
         elif d["kind"] == "copying":
             ct = d["three_sample_test"]["c_t"]
             rows.append([_label(d, redact), "synthetic data", "-", "-", "copying",
@@ -493,7 +539,9 @@ def section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
         return exposure_section(doc, redact)
     if kind == "dejavu":
         return dejavu_section(doc, redact)
-    raise ValueError(f"unknown audit kind {kind!r}")
+    if kind == "generator":
+        return generator_section(doc, redact)
+    raise AuditError(f"{audit_dir}: unknown audit kind {kind!r}; was it written by a newer fedclip?")
 
 
 def render(audit_dirs: list[str | Path], out: str | Path, *, redact: bool = False, title: str | None = None,

@@ -56,5 +56,9 @@ def test_the_audit_chain_on_a_tiny_generator_redacts_patients_and_refuses_a_hold
     assert not any(i in text for i in ids)  # patient ids only when asked for
     assert doc["fidelity"]["dimensions"] >= 1 and np.isfinite(doc["fidelity"]["frechet_samples_to_holdout"])
     assert json.loads((tmp_path / "a" / "samples" / "provenance.json").read_text())["n"] == 6
+    from fedclip.audits.report import render
+
+    html = render([tmp_path / "a"], tmp_path / "report")["html"].read_text()
+    assert "trained without DP: it carries no privacy guarantee" in html and "Learned generator" in html
     with pytest.raises(AuditError, match="not in the target.s manifest"):
         run_generator_audit(result["checkpoint"], gen_cohort / "holdout", gen_cohort / "data", tmp_path / "b", cfg)
