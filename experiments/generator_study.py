@@ -284,31 +284,46 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def figure(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Copy rate against cohort size, one line per DP setting (the main training length only)."""
+    """Left: copy rate against cohort size; right: white-box membership AUC with its CI; one line per DP
+    setting at the main training length, a star for the smallest cohort trained long."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    main = {}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    main: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
         main.setdefault(r["dp"], {}).setdefault(r["patients"], r)
-    for dp, by in main.items():
+    styles = {"nodp": ("o", "-", 1.0), "eps8": ("s", "--", 1.08), "eps1": ("^", ":", 1.16)}
+    for i, (dp, by) in enumerate(main.items()):
+        marker, line, shift = styles.get(dp, ("d", "-.", 1.0 + 0.08 * i))
         xs = sorted(by)
-        ax.plot(xs, [by[x]["copy_rate"] for x in xs], marker="o", label="no DP" if dp == "nodp" else
-                f"DP ε = {dp.removeprefix('eps')}")
+        label = "no DP" if dp == "nodp" else f"DP ε = {dp.removeprefix('eps')}"
+        left.plot([x * shift for x in xs], [by[x]["copy_rate"] for x in xs], marker=marker, ls=line, label=label)
+        auc = [by[x]["white_box_auc"] for x in xs]
+        err = [[a - by[x]["white_box_ci"][0] for a, x in zip(auc, xs, strict=True)],
+               [by[x]["white_box_ci"][1] - a for a, x in zip(auc, xs, strict=True)]]
+        right.errorbar([x * shift for x in xs], auc, yerr=err, marker=marker, ls=line, capsize=3, label=label)
     for r in rows:
         if r["dp"] == "nodp" and main["nodp"][r["patients"]] is not r:
-            ax.scatter([r["patients"]], [r["copy_rate"]], marker="*", s=120, color="black",
-                       label=f"no DP, {r['steps']} steps", zorder=3)
+            left.scatter([r["patients"]], [r["copy_rate"]], marker="*", s=140, color="black", zorder=3,
+                         label=f"no DP, {r['steps']} steps")
+            right.errorbar([r["patients"]], [r["white_box_auc"]], yerr=[[r["white_box_auc"] - r["white_box_ci"][0]],
+                           [r["white_box_ci"][1] - r["white_box_auc"]]], marker="*", ms=12, color="black",
+                           capsize=3, label=f"no DP, {r['steps']} steps")
     alpha = rows[0]["alpha"]
-    ax.axhline(alpha, color="grey", linestyle=":", label=f"fresh patients' flag rate ({alpha:.1%})")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("patients the generator trained on")
-    ax.set_ylabel("samples flagged as near-copies")
-    ax.set_title("Does the learned generator copy its patients?")
-    ax.legend(fontsize=7)
+    left.axhline(alpha, color="grey", linestyle=":", label=f"fresh patients' flag rate ({alpha:.1%})")
+    right.axhline(0.5, color="grey", linestyle=":", label="chance")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("patients the generator trained on")
+    left.set_ylabel("samples flagged as near-copies")
+    left.set_title("near-copies among the samples", fontsize=10)
+    right.set_ylabel("white-box membership AUC (patient, 95% CI)")
+    right.set_title("membership inference against the generator", fontsize=10)
+    left.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
