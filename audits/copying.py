@@ -36,7 +36,7 @@ from scipy.stats import binomtest, mannwhitneyu
 from sklearn.cluster import KMeans
 
 from fedclip import __version__, io, models
-from fedclip.audits.mia import RESULTS_FILE, AuditError
+from fedclip.audits.results import AuditError, data_fingerprint, write_results
 from fedclip.data.images import load_rgb
 from fedclip.data.records import Record, read_metadata, write_metadata
 from fedclip.progress import progress_bar
@@ -283,8 +283,8 @@ def run_copying(synthetic: str | Path, train: str | Path, holdout: str | Path, c
     }
     out = Path(out)
     io.write_text(out / COPIES_FILE, rows.getvalue())
-    io.write_json(out / RESULTS_FILE, doc)
-    return doc
+    return write_results(out, doc, {name: data_fingerprint(root, recs) for name, root, recs in
+                                    zip(("synthetic", "train", "holdout"), roots, (syn, tr, ho), strict=True)})
 
 
 def _quantiles(d: np.ndarray) -> dict[str, float]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from fedclip import __version__, evaluate, io, models
 from fedclip.audits.metrics import percentile_interval
-from fedclip.audits.mia import RESULTS_FILE, AuditError
+from fedclip.audits.results import AuditError, data_fingerprint, write_results
 from fedclip.data.records import read_metadata
 from fedclip.evaluate import balanced_accuracy
 from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_FINDINGS, DR_GRADE_PHRASES
@@ -150,5 +150,6 @@ def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, p
                    f"{cfg.k} nearest public images; {label} predicted by their majority"),
     }
     io.write_text(out / DEJAVU_FILE, rows.getvalue())
-    io.write_json(out / RESULTS_FILE, doc)
+    write_results(out, doc, {"target": str(target.resolve()), "reference": str(reference.resolve()),
+                             "members": data_fingerprint(members, mem), "public": data_fingerprint(public, pub)})
     return doc

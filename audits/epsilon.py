@@ -29,7 +29,7 @@ import torch
 from fedclip import __version__, io, models, tasks
 from fedclip.accounting import epsilon_for
 from fedclip.audits import bounds
-from fedclip.audits.mia import AuditError
+from fedclip.audits.results import SCORES_FILE, AuditError, write_results
 from fedclip.audits.signals import head_signals
 from fedclip.data.records import read_metadata
 from fedclip.finetune import (
@@ -43,9 +43,6 @@ from fedclip.finetune import (
     steps_per_round,
 )
 from fedclip.run import RunDir
-
-RESULTS_FILE = "results.json"
-SCORES_FILE = "scores.csv"
 
 
 @dataclass(frozen=True)
@@ -178,8 +175,7 @@ def run_epsilon(t: Training, cfg: EpsilonConfig, out: str | Path, *, source: dic
     }
     out = Path(out)
     io.write_text(out / SCORES_FILE, "\n".join(rows) + "\n")
-    io.write_json(out / RESULTS_FILE, doc)
-    return doc
+    return write_results(out, doc, {"source": source})
 
 
 def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, float | None]:

@@ -26,7 +26,7 @@ import torch
 
 from fedclip import __version__, evaluate, io, models
 from fedclip.audits.metrics import percentile_interval
-from fedclip.audits.mia import RESULTS_FILE, AuditError
+from fedclip.audits.results import AuditError, write_results
 from fedclip.data import canaries as canary_lib
 from fedclip.progress import progress_bar
 
@@ -133,5 +133,6 @@ def run_exposure(target: str | Path, run: str | Path, reference: str | Path | No
                    "estimated linearly; controls: canaries drawn the same way, never trained on"),
     }
     io.write_text(out / EXPOSURE_FILE, rows.getvalue())
-    io.write_json(out / RESULTS_FILE, doc)
+    write_results(out, doc, {"target": str(target.resolve()), "run": str(run.resolve()),
+                             "reference": str(Path(reference).resolve()) if reference else None})
     return doc

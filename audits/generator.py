@@ -41,7 +41,8 @@ from fedclip.audits.copying import (
     pixel_embedding,
     run_copying,
 )
-from fedclip.audits.mia import RESULTS_FILE, SCORES_FILE, AuditError, check_manifest
+from fedclip.audits.mia import check_manifest
+from fedclip.audits.results import SCORES_FILE, AuditError, data_fingerprint, write_results
 from fedclip.data.records import Record, normalise_patient_id, read_metadata
 from fedclip.generate.model import Generator, load_generator, read_generator_config
 from fedclip.generate.sample import SampleConfig, sample_dataset
@@ -199,7 +200,8 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
         "verdict": {"copies": bool(reasons), "reasons": reasons, "caution": "; ".join(cautions) or None},
     }
     io.write_text(out / SCORES_FILE, rows.getvalue())
-    io.write_json(out / RESULTS_FILE, doc)
+    write_results(out, doc, {"generator": str(checkpoint.resolve()), "members": data_fingerprint(roots[0], mem),
+                             "holdout": data_fingerprint(roots[1], hold)})
     return doc
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from io import StringIO
@@ -31,14 +30,12 @@ from fedclip import __version__, io, models, tasks
 from fedclip.audits import attacks, metrics
 from fedclip.audits.confound import confound_check
 from fedclip.audits.references import train_references
+from fedclip.audits.results import SCORES_FILE, AuditError, TargetPrivacy, data_fingerprint, write_results
 from fedclip.audits.signals import clip_signals, head_signals
 from fedclip.data.records import Record, fingerprint, read_manifest, read_metadata
-from fedclip.errors import FedclipError
 from fedclip.finetune import FinetuneConfig, load_pixels, prefix_tokens
 
 ATTACKS = ("loss", "lira", "lira-offline", "rmia", "rmia-offline")
-RESULTS_FILE = "results.json"
-SCORES_FILE = "scores.csv"
 
 
 @dataclass(frozen=True)
@@ -56,10 +53,6 @@ class MiaConfig:
     # reached it only through a synthetic corpus fitted to them (a synthetic-data model audited against the
     # cohort its generator learned from), so no manifest can list them
     members_via: str = "training"
-
-
-class AuditError(FedclipError):
-    """The audit's inputs are inconsistent (overlap, manifest mismatch, empty sets)."""
 
 
 def _patients(records: list[Record]) -> set[str]:
@@ -273,7 +266,7 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
         "target": {"checkpoint": str(target), "model": checkpoint.get("model"),
                    "weights_sha256": checkpoint.get("weights_sha256"), "stage": provenance.get("stage", "unknown"),
                    "ledger_epsilon": provenance.get("epsilon_per_node"),
-                   **target_privacy(provenance)},
+                   **TargetPrivacy.from_provenance(provenance).to_json()},
         "data": {"members": str(roots[0]), "nonmembers": str(roots[1]),
                  "population": str(roots[2]) if roots[2] else None, "n_members": int(member.sum()),
                  "n_nonmembers": int((1 - member).sum()), "n_population": n_population,
@@ -282,24 +275,7 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
         "manifest": manifest, "confound": confound, "warnings": warnings, "attacks": results,
     }
     io.write_text(out / SCORES_FILE, rows.getvalue())
-    io.write_json(out / RESULTS_FILE, doc)
-    return doc
-
-
-def target_privacy(provenance: dict[str, Any]) -> dict[str, Any]:
-    """What a target's checkpoint says about its DP: a federation's request lives under `federate.finetune`
-    (the nodes granted it within their policies and report their ledger epsilon); a pretrained model has
-    none (dp None: "pretrained, no DP")."""
-    ft = (provenance.get("federate") or {}).get("finetune") or {}
-    if provenance.get("stage") != "federate":
-        return {"dp": None, "epsilon_budget": None, "delta": None, "unit": None}
-    return {"dp": bool(ft.get("dp", True)), "epsilon_budget": ft.get("epsilon"), "delta": ft.get("delta"),
-            "unit": ft.get("unit"), "accountant": ft.get("accountant"),
-            "neighbouring": "add/remove-one " + str(ft.get("unit") or "image")}
-
-
-def load_results(audit_dir: str | Path) -> dict[str, Any]:
-    path = Path(audit_dir) / RESULTS_FILE
-    if not path.exists():
-        raise AuditError(f"{audit_dir} holds no {RESULTS_FILE}; run `fedclip audit ... --out {audit_dir}` first")
-    return json.loads(path.read_text())
+    return write_results(out, doc, {
+        "target": {"path": str(target.resolve()), "weights_sha256": checkpoint.get("weights_sha256")},
+        "members": data_fingerprint(roots[0], [r for r, m in zip(audited, member, strict=True) if m]),
+        "nonmembers": data_fingerprint(roots[1], [r for r, m in zip(audited, member, strict=True) if not m])})

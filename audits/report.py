@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fedclip import __version__, io  # noqa: E402
-from fedclip.audits.mia import SCORES_FILE, AuditError, load_results  # noqa: E402
+from fedclip.audits.results import SCORES_FILE, AuditError, load_results  # noqa: E402
 
 REDACTED = "[redacted]"
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf"

@@ -195,7 +195,7 @@ class GeneratorStudy:
 
     def _audit(self, arm: Arm, up: dict) -> dict[str, Any]:
         from fedclip.audits.generator import GeneratorAuditConfig, run_generator_audit
-        from fedclip.audits.mia import RESULTS_FILE as AUDIT_RESULTS
+        from fedclip.audits.results import RESULTS_FILE as AUDIT_RESULTS
 
         c = self.cfg
         out = self.root / "audits" / arm.name

@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedclip import config as cfglib  # noqa: E402
-from fedclip.audits.mia import load_results  # noqa: E402
 from fedclip.audits.report import Section, figure_png, strongest_attack  # noqa: E402
 from fedclip.audits.report import render as render_audits  # noqa: E402
+from fedclip.audits.results import load_results  # noqa: E402
 
 if TYPE_CHECKING:  # the study module imports this one
     from fedclip.experiments.study import StudyConfig

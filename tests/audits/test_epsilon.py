@@ -4,7 +4,7 @@ audit catches a mechanism whose noise is secretly off while its accounting claim
 import pytest
 
 from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon
-from fedclip.audits.mia import AuditError
+from fedclip.audits.results import AuditError
 from fedclip.finetune import FinetuneConfig
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from fedclip.audits.copying import anatomy_map, nearest, pixel_embedding
 from fedclip.audits.generator import GeneratorAuditConfig, frechet_distance, run_generator_audit
-from fedclip.audits.mia import AuditError
+from fedclip.audits.results import AuditError
 from fedclip.data.records import read_metadata
 
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from fedclip.audits.mia import AuditError, MiaConfig, run_mia
+from fedclip.audits.mia import MiaConfig, run_mia
+from fedclip.audits.results import AuditError
 from fedclip.data.records import read_metadata, write_metadata
 from fedclip.errors import FedclipError
 from tests.audits.conftest import federated_target
