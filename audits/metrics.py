@@ -1,8 +1,15 @@
-"""Membership-inference metrics: ROC, AUC, TPR at low FPR, each with a bootstrap confidence interval.
+"""Membership-inference metrics: AUC and TPR at fixed FPRs, each only as fine as the data resolve, with
+bootstrap confidence intervals that resample patients when images are clustered by patient.
 
 Scores are "higher = more likely a member". TPR at a given FPR is read off scikit-learn's ROC curve at
 the largest threshold whose FPR does not exceed it (no interpolation: an attack is credited only with
-operating points it actually has).
+operating points it actually has). With n non-members the smallest non-zero FPR an audit can observe is
+1/n, so a TPR at an FPR below it is recorded as None ("not resolvable with n non-members"); TPR at zero
+false positives (`tpr@0fp`, the share of members scored above every non-member) is reported instead.
+
+Images of one patient score alike (within-patient correlation 0.25-0.56 in our audits), so resampling
+images as if independent gives intervals that exclude 0.5 in 13-23% of null audits; `groups=` makes the
+bootstrap draw whole patients (a stratified cluster bootstrap: member and non-member patients apart).
 """
 
 from __future__ import annotations
@@ -13,20 +20,41 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-FPRS = (0.01, 0.001)
+FPRS = (0.1, 0.01, 0.001)  # the fixed-FPR table (as LeakPro's); each cell only where resolvable
+
+
+def tpr_key(fpr: float) -> str:
+    return f"tpr@{fpr:g}"
+
+
+def resolvable(fpr: float, n_nonmembers: int) -> bool:
+    """Can `n_nonmembers` non-members resolve a false-positive rate of `fpr`? (1/n is the finest step.)"""
+    return n_nonmembers > 0 and fpr * n_nonmembers >= 1 - 1e-9
 
 
 def tpr_at(member: np.ndarray, score: np.ndarray, fpr: float) -> float:
     fprs, tprs, _ = roc_curve(member, score)
-    ok = fprs <= fpr
+    return _tpr_on_curve(fprs, tprs, fpr)
+
+
+def _tpr_on_curve(fprs: np.ndarray, tprs: np.ndarray, fpr: float) -> float:
+    ok = fprs <= fpr + 1e-12
     return float(tprs[ok].max()) if ok.any() else 0.0
 
 
-def point(member: np.ndarray, score: np.ndarray, fprs: Sequence[float] = FPRS) -> dict[str, float]:
-    out = {"auc": float(roc_auc_score(member, score))}
-    for f in fprs:
-        out[f"tpr@{f:g}"] = tpr_at(member, score, f)
+def _raw(member: np.ndarray, score: np.ndarray, fprs: Sequence[float]) -> dict[str, float]:
+    curve_fpr, curve_tpr, _ = roc_curve(member, score)
+    out = {"auc": float(roc_auc_score(member, score)), "tpr@0fp": _tpr_on_curve(curve_fpr, curve_tpr, 0.0)}
+    out.update({tpr_key(f): _tpr_on_curve(curve_fpr, curve_tpr, f) for f in fprs})
     return out
+
+
+def point(member: np.ndarray, score: np.ndarray, fprs: Sequence[float] = FPRS) -> dict[str, float | None]:
+    """AUC, TPR at zero false positives, and TPR at each resolvable FPR (None where it is not)."""
+    member, score = np.asarray(member), np.asarray(score)
+    n_neg = int((member == 0).sum())
+    ok = [f for f in fprs if resolvable(f, n_neg)]
+    return {**_raw(member, score, ok), **{tpr_key(f): None for f in fprs if f not in ok}}
 
 
 def percentile_interval(draws: Sequence[float] | np.ndarray, confidence: float) -> list[float]:
@@ -35,26 +63,71 @@ def percentile_interval(draws: Sequence[float] | np.ndarray, confidence: float) 
     return [float(np.quantile(draws, lo)), float(np.quantile(draws, hi))]
 
 
+def _clusters(idx: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray]:
+    if groups is None:
+        return [np.array([i]) for i in idx]
+    by: dict[Any, list[int]] = {}
+    for i in idx:
+        by.setdefault(groups[i], []).append(int(i))
+    return [np.array(v) for _, v in sorted(by.items(), key=lambda kv: str(kv[0]))]
+
+
+def _draw(clusters: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    pick = rng.integers(0, len(clusters), len(clusters))
+    return np.concatenate([clusters[k] for k in pick])
+
+
 def summarise(member: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray, *, n_boot: int = 1000,
-              seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
-    """AUC and TPR@FPR with percentile bootstrap CIs (members and non-members resampled separately)."""
+              seed: int = 0, confidence: float = 0.95, groups: Sequence[Any] | None = None,
+              family: int = 1) -> dict[str, Any]:
+    """AUC, TPR@0fp and TPR at each resolvable FPR, with percentile bootstrap CIs.
+
+    Members and non-members are resampled apart; with `groups` (a patient id per score) whole patients are
+    drawn. `family` > 1 widens every interval by Bonferroni (each at 1 - (1 - confidence) / family), so that
+    a verdict taking the strongest of `family` attacks with that attack's interval still holds at
+    `confidence` (with 3-5 attacks and unadjusted intervals, null audits said "leaks" 8-18% of the time).
+    """
     member, score = np.asarray(member, dtype=int), np.asarray(score, dtype=float)
     if member.min() == member.max():
         raise ValueError("need both members and non-members to score an attack")
-    out: dict[str, Any] = {**point(member, score), "n_members": int(member.sum()),
-                           "n_nonmembers": int((1 - member).sum())}
+    g = None if groups is None else np.asarray([str(x) for x in groups], dtype=object)
+    n_neg = int((1 - member).sum())
+    out: dict[str, Any] = {**point(member, score), "n_members": int(member.sum()), "n_nonmembers": n_neg,
+                           "min_fpr": 1 / n_neg}
+    level = 1 - (1 - confidence) / max(1, family)
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(member == 1), np.flatnonzero(member == 0)
-    boots: dict[str, list[float]] = {k: [] for k in out if k.startswith(("auc", "tpr"))}
+    pos = _clusters(np.flatnonzero(member == 1), g)
+    neg = _clusters(np.flatnonzero(member == 0), g)
+    ok = [f for f in FPRS if out[tpr_key(f)] is not None]  # resolution is judged on the observed data
+    boots: dict[str, list[float]] = {}
     for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        for k, v in point(member[idx], score[idx]).items():
-            boots[k].append(v)
-    out["ci"] = {k: percentile_interval(v, confidence) for k, v in boots.items()}
-    out["ci_level"] = confidence
+        idx = np.concatenate([_draw(pos, rng), _draw(neg, rng)])
+        for k, v in _raw(member[idx], score[idx], ok).items():
+            boots.setdefault(k, []).append(v)
+    out["ci"] = {k: percentile_interval(v, level) for k, v in boots.items()}
+    out["ci"].update({tpr_key(f): None for f in FPRS if out[tpr_key(f)] is None})
+    out["ci_level"] = level
+    out["confidence"] = confidence
+    out["family"] = max(1, family)
+    out["bootstrap"] = "patients" if groups is not None else "records"
     return out
 
 
 def roc(member: Sequence[int], score: Sequence[float]) -> tuple[list[float], list[float]]:
     fprs, tprs, _ = roc_curve(np.asarray(member), np.asarray(score))
     return fprs.tolist(), tprs.tolist()
+
+
+def describe_tpr(entry: dict[str, Any], fpr: float) -> str:
+    """A TPR cell: the value with its CI, or why there is none."""
+    v = entry.get(tpr_key(fpr))
+    if v is None:
+        return f"not resolvable with {entry['n_nonmembers']} non-members"
+    ci = (entry.get("ci") or {}).get(tpr_key(fpr))
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def finest_fpr(entry: dict[str, Any]) -> float | None:
+    """The smallest fixed FPR this entry resolves (the one a verdict may quote), or None."""
+    ok = [f for f in FPRS if entry.get(tpr_key(f)) is not None]
+    return min(ok) if ok else None

@@ -218,6 +218,55 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
                   confound, warnings, roots, len(pop))
 
 
+def strongest_attack(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The attack with the highest AUC at the audit's level, and its entry (intervals are simultaneous)."""
+    level = doc["level"]
+    return max(((a, e[level]) for a, e in doc["attacks"].items()), key=lambda x: x[1]["auc"])
+
+
+MIN_PER_SIDE = 10  # fewer members or non-members at the audited level: the AUCs are shown, not judged
+
+
+def verdict(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the figures support, weighing the audit's own checks: a confound means the attack cannot be told
+    from distribution shift; an AUC significantly below 0.5 is a shift or a flipped score, never leakage;
+    the strongest attack is judged with its simultaneous (Bonferroni) interval; a TPR is quoted only at the
+    finest FPR the non-members resolve."""
+    level, confound = doc["level"], doc["confound"]
+    name, e = strongest_attack(doc)
+    lo, hi = e["ci"]["auc"]
+    k = e["family"]
+    how = (f"{e['confidence']:.0%} confidence interval {lo:.3f}-{hi:.3f}"
+           + (f", simultaneous over {k} attacks" if k > 1 else ""))
+    blind = confound.get("auc")
+    below = [a for a, x in doc["attacks"].items() if x[level]["ci"]["auc"][1] < 0.5]
+    strongest = f"the strongest attack ({name}) reached AUC {e['auc']:.3f} ({how})"
+    if min(e["n_members"], e["n_nonmembers"]) < MIN_PER_SIDE:
+        return {"answer": "too few", "attack": name, "text": (
+            f"not decided: {e['n_members']} members and {e['n_nonmembers']} non-members at the {level} level are "
+            f"too few (< {MIN_PER_SIDE} a side) for an interval to carry a verdict; {strongest}")}
+    if confound.get("confounded"):
+        return {"answer": "confounded", "attack": name, "text": (
+            f"these figures cannot separate leakage from distribution shift: a classifier that never sees the "
+            f"model tells members from non-members by metadata and image statistics alone (blind-baseline AUC "
+            f"{blind:.3f} > {confound['threshold']}), and {strongest}. Audit again with non-members matched to the "
+            "members (same hospitals, cameras and visit mix, patients the model never saw)")}
+    if lo > 0.5:
+        f = metrics.finest_fpr(e)
+        tpr = (f"; it identified {e[metrics.tpr_key(f)]:.1%} of members at a {f:.1%} false-positive rate (the finest "
+               f"rate {e['n_nonmembers']} non-members resolve)" if f is not None else
+               f"; {e['n_nonmembers']} non-members resolve no false-positive rate of 10% or below")
+        return {"answer": "leaks", "attack": name, "text": f"membership leaks: {strongest}{tpr}"}
+    if below:
+        return {"answer": "below chance", "attack": below[0], "text": (
+            f"no evidence of leakage, and {', '.join(below)} scored members significantly *lower* than non-members "
+            "(AUC interval below 0.5): that is a distribution shift between the sets or a flipped score, not "
+            f"membership leakage; {strongest}")}
+    blind_text = f"; the blind baseline reached AUC {blind:.3f}" if blind is not None and blind == blind else ""
+    return {"answer": "no evidence", "attack": name, "text": (
+        f"no attack told members from non-members better than chance: {strongest}, which contains 0.5{blind_text}")}
+
+
 def _level(cfg: MiaConfig, records: list[Record]) -> str:
     has_ids = all(r.meta.get("patient_id") not in (None, "") for r in records)
     if cfg.level == "auto":
@@ -239,23 +288,28 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
     rows = StringIO(newline="")
     writer = csv.writer(rows)
     writer.writerow(["record", "patient_id", "hospital", "member", "attack", "score"])
+    family = len(scores)  # the verdict takes the strongest attack: every interval is simultaneous over them
+    groups = patients if level == "patient" else None  # images of a patient score alike: resample patients
     for name, score in scores.items():
         entry: dict[str, Any] = {"image": metrics.summarise(member, score, n_boot=cfg.n_boot, seed=cfg.seed,
-                                                              confidence=cfg.confidence)}
+                                                              confidence=cfg.confidence, groups=groups,
+                                                              family=family)}
         entry["image"]["roc"] = metrics.roc(member, score)
         if level == "patient":
             ids, pscore = attacks.patient_scores(score, patients)
             pmember = np.array([int(any(m for m, p in zip(member, patients, strict=True) if p == i)) for i in ids])
             entry["patient"] = metrics.summarise(pmember, pscore, n_boot=cfg.n_boot, seed=cfg.seed,
-                                                 confidence=cfg.confidence)
+                                                 confidence=cfg.confidence, family=family)
             entry["patient"]["roc"] = metrics.roc(pmember, pscore)
             for i, s, m in zip(ids, pscore, pmember, strict=True):
                 writer.writerow(["", i, "", int(m), f"{name}:patient", f"{s:.6g}"])
         per_hospital = {}
         for h in sorted(set(hospitals)):
-            idx = [i for i, x in enumerate(hospitals) if x == h]
+            idx = np.array([i for i, x in enumerate(hospitals) if x == h])
             if 0 < member[idx].sum() < len(idx):
-                per_hospital[h] = metrics.point(member[idx], score[idx]) | {"n": len(idx)}
+                per_hospital[h] = metrics.summarise(
+                    member[idx], score[idx], n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence,
+                    groups=None if groups is None else [groups[i] for i in idx], family=family) | {"n": len(idx)}
         entry["per_hospital"] = per_hospital
         results[name] = entry
         for r, m, s in zip(audited, member, score, strict=True):
@@ -274,6 +328,7 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
         "signal": signal, "references": references, "seed": cfg.seed, "config": asdict(cfg),
         "manifest": manifest, "confound": confound, "warnings": warnings, "attacks": results,
     }
+    doc["verdict"] = verdict(doc)
     io.write_text(out / SCORES_FILE, rows.getvalue())
     return write_results(out, doc, {
         "target": {"path": str(target.resolve()), "weights_sha256": checkpoint.get("weights_sha256")},

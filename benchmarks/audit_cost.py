@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedclip import models  # noqa: E402
+from fedclip.audits import metrics  # noqa: E402
 from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon  # noqa: E402
 from fedclip.audits.mia import MiaConfig, run_mia  # noqa: E402
 from fedclip.audits.report import render  # noqa: E402
@@ -48,7 +49,7 @@ def main() -> None:
             e = doc["attacks"][attack]["image"]
             figures[name] = (e["auc"], e["ci"]["auc"], e["tpr@0.01"], time.perf_counter() - t)
             print(f"{name:8s} AUC {e['auc']:.3f} [{e['ci']['auc'][0]:.3f}, {e['ci']['auc'][1]:.3f}]  "
-                  f"TPR@1%FPR {e['tpr@0.01']:.3f}  {figures[name][3]:6.1f} s")
+                  f"TPR@1%FPR {metrics.describe_tpr(e, 0.01)}  {figures[name][3]:6.1f} s")
         r, lira = figures["RMIA-2"], figures["LiRA-16"]
         print(f"AUC difference RMIA-2 - LiRA-16: {r[0] - lira[0]:+.3f}; wall-time ratio RMIA-2/LiRA-16: "
               f"{r[3] / lira[3]:.3f}")

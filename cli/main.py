@@ -425,14 +425,17 @@ def audit_mia(
             doc = run_mia(target, members, nonmembers, population, cfg, out, advance=advance)
     except FedclipError as e:
         _fail(e)
+    from fedclip.audits.metrics import FPRS, describe_tpr
+
     table = Table(title=f"membership inference, {doc['level']} level")
-    for col in ("attack", "AUC [95% CI]", "TPR@1% FPR", "TPR@0.1% FPR"):
+    for col in ("attack", "AUC [95% CI]", *(f"TPR@{f:.1%} FPR" for f in FPRS)):
         table.add_column(col)
     for name, e in doc["attacks"].items():
         m = e[doc["level"]]
         table.add_row(name, f"{m['auc']:.3f} [{m['ci']['auc'][0]:.3f}, {m['ci']['auc'][1]:.3f}]",
-                      f"{m['tpr@0.01']:.3f}", f"{m['tpr@0.001']:.3f}")
+                      *(describe_tpr(m, f) for f in FPRS))
     console.print(table)
+    console.print(escape(doc["verdict"]["text"]))
     for w in doc["warnings"]:
         console.print(f"[yellow]caution:[/] {escape(w)}")
     console.print(f"confound check AUC {doc['confound']['auc']:.3f}; results: {out / 'results.json'}")
@@ -622,39 +625,82 @@ def audit_generator(
     console.print(f"results: {out / 'results.json'}")
 
 
+ShowRecords = Annotated[bool, typer.Option(
+    "--show-records", help="Name the most exposed patients and show their images and all paths (a banner marks "
+                           "every page). Default: redacted, no patient id, image, file name or path anywhere.")]
+Criteria = Annotated[Path | None, typer.Option(
+    help="Acceptance criteria (TOML, see docs/audits.md) for a sign-off page: met / not met / not resolvable.")]
+SignKey = Annotated[Path | None, typer.Option(
+    help="Ed25519 private key (PEM, from `fedclip keygen`) that signs evidence.json.")]
+
+
+def _render(audits: list[Path], out: Path, show_records: bool, criteria: Path | None, sign_key: Path | None) -> None:
+    from fedclip.audits.report import render
+
+    try:
+        paths = render(audits, out, redact=not show_records, criteria=criteria, sign_key=sign_key)
+    except FedclipError as e:
+        _fail(e)
+    console.print(f"wrote {paths['html']}, {paths['pdf']}, {paths['json']}; evidence: {paths['evidence']}"
+                  + (" [bold red](contains patient records)[/]" if show_records else ""))
+
+
 @app.command()
 def report(
     audits: Annotated[list[Path], typer.Argument(help="Audit dirs (each with results.json).")],
     out: Annotated[Path | None, typer.Option(
-        help="Where report.html / .pdf / .json go (default: the first audit dir).")] = None,
-    redact: Annotated[bool, typer.Option(help="No patient image, id, file name or path anywhere.")] = False,
+        help="Where report.html / .pdf / .json and evidence.json go (default: the first audit dir).")] = None,
+    show_records: ShowRecords = False,
+    criteria: Criteria = None,
+    sign_key: SignKey = None,
 ) -> None:
-    """The audit report a privacy officer signs: report.html, report.pdf, report.json."""
-    from fedclip.audits.report import render
-
-    try:
-        paths = render(audits, out or audits[0], redact=redact)
-    except FedclipError as e:
-        _fail(e)
-    console.print(f"wrote {paths['html']}, {paths['pdf']}, {paths['json']}")
+    """The audit report a privacy officer signs: report.html, report.pdf, report.json, evidence.json."""
+    _render(audits, out or audits[0], show_records, criteria, sign_key)
 
 
 @app.command()
 def compare(
     audits: Annotated[list[Path], typer.Argument(help="Audit dirs of the models to compare.")],
     out: Annotated[Path, typer.Option(help="Where report.html / .pdf / .json go.")] = Path("runs/compare"),
-    redact: Annotated[bool, typer.Option(help="No patient image, id, file name or path anywhere.")] = False,
+    show_records: ShowRecords = False,
+    criteria: Criteria = None,
+    sign_key: SignKey = None,
 ) -> None:
-    """Models side by side: one table, one ROC plot, then each audit; HTML + PDF + JSON."""
-    from fedclip.audits.report import render
-
+    """Models side by side: one table, one ROC plot, then each audit; HTML + PDF + JSON + evidence."""
     if len(audits) < 2:
         _fail(FedclipError("compare needs at least two audit dirs; use `fedclip report` for one"))
+    _render(audits, out, show_records, criteria, sign_key)
+
+
+@app.command()
+def verify(
+    evidence: Annotated[Path, typer.Argument(help="A report dir or its evidence.json.")],
+    public_key: Annotated[Path | None, typer.Option(
+        help="The officer's public key (PEM) to check the signature against.")] = None,
+) -> None:
+    """Check that a report and every input it lists are unchanged since it was written (and who signed it)."""
+    from fedclip.audits.report.evidence import verify as check
+
     try:
-        paths = render(audits, out, redact=redact)
+        res = check(evidence, public_key)
     except FedclipError as e:
         _fail(e)
-    console.print(f"wrote {paths['html']}, {paths['pdf']}, {paths['json']}")
+    signed = f"; signature valid ({res['checked_against']})" if res["signed"] else "; not signed"
+    console.print(f"{res['files']} files unchanged{signed}")
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Private key file to create (the public key goes to OUT.pub).")],
+) -> None:
+    """An Ed25519 key pair for signing evidence bundles (`report --sign-key`)."""
+    from fedclip.audits.report.evidence import keygen as make
+
+    try:
+        private, public = make(out)
+    except FedclipError as e:
+        _fail(e)
+    console.print(f"private key {private} (keep it to yourself); public key {public} (give it to reviewers)")
 
 
 experiment_app = typer.Typer(no_args_is_help=True, help="Studies: synthetic vs real, with and without DP, quality "

@@ -16,7 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedclip import config as cfglib  # noqa: E402
-from fedclip.audits.report import Section, figure_png, strongest_attack  # noqa: E402
+from fedclip.audits import metrics  # noqa: E402
+from fedclip.audits.mia import strongest_attack  # noqa: E402
+from fedclip.audits.report import Section, figure_png  # noqa: E402
 from fedclip.audits.report import render as render_audits  # noqa: E402
 from fedclip.audits.results import load_results  # noqa: E402
 
@@ -27,8 +29,8 @@ FORMAT = 2  # of results.json: the report stage reruns when it changes
 
 HEADER = ["model", "pretraining data", "DP ε (ledger, per patient)", "external bal. acc. [95% CI]",
           "external AUC [95% CI]", "bal. acc. at the hospitals", "MIA AUC [95% CI] (patient)",
-          "MIA TPR@1% FPR [95% CI]", "ε lower bound"]
-CONSOLE_HEADER = ["model", "DP ε", "ext. bal. acc.", "ext. AUC", "at hospitals", "MIA AUC", "TPR@1%", "ε_lb"]
+          "MIA TPR at the finest resolvable FPR [95% CI]", "ε lower bound"]
+CONSOLE_HEADER = ["model", "DP ε", "ext. bal. acc.", "ext. AUC", "at hospitals", "MIA AUC", "TPR (FPR)", "ε_lb"]
 
 
 def _task_entry(results: list[dict[str, Any]], task: str) -> dict[str, Any]:
@@ -50,8 +52,16 @@ def _mia(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     attack, e = strongest_attack(doc)
     return {"attack": attack, "level": doc["level"], "auc": {"value": e["auc"], "ci": e["ci"]["auc"]},
-            "tpr@0.01": {"value": e["tpr@0.01"], "ci": e["ci"]["tpr@0.01"]},
+            "tpr": _finest_tpr(e),
             "confounded": bool(doc["confound"].get("confounded"))}
+
+
+def _finest_tpr(e: dict[str, Any]) -> dict[str, Any]:
+    """TPR at the finest FPR the non-members resolve (a TPR at 1% FPR means nothing with 20 non-members)."""
+    f = metrics.finest_fpr(e)
+    if f is None:
+        return {"value": None, "fpr": None, "ci": None, "note": f"not resolvable with {e['n_nonmembers']} non-members"}
+    return {"value": e[metrics.tpr_key(f)], "fpr": f, "ci": e["ci"][metrics.tpr_key(f)]}
 
 
 def _eps_lb(doc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -167,7 +177,7 @@ def table_rows(doc: Mapping[str, Any], compact: bool = False) -> list[list[str]]
             ("-" if hosp is None else f"{hosp:.3f}") + (f" (from {start:.3f})" if start is not None and not compact
                                                         else ""),
             ci(mia["auc"]) + (f" {mia['attack']}" if not compact else "") if mia else "-",
-            ci(mia["tpr@0.01"]) if mia else "-",
+            (ci(mia["tpr"]) + (f" @{mia['tpr']['fpr']:.1%}" if mia["tpr"]["fpr"] else "")) if mia else "-",
             f"{r['epsilon_lb']['epsilon_lb']:.2f}" if r["epsilon_lb"] else "-",
         ]
         out.append([row[0], r["dp_short"], *row[3:]] if compact else row)

@@ -38,13 +38,14 @@ def test_audit_cli_report_and_redaction(cohort, tmp_path):
     ids = {r.meta["patient_id"] for r in read_metadata(d["members"])}
     names = {r.filepath.rsplit("/", 1)[-1] for r in read_metadata(d["members"])}
     plain = tmp_path / "plain"
-    res = runner.invoke(app, ["report", str(audit), "--out", str(plain)])
+    res = runner.invoke(app, ["report", str(audit), "--out", str(plain), "--show-records"])
     assert res.exit_code == 0, res.output
     html = _visible((plain / "report.html").read_text())
     assert "What was tested" in html and "The answer" in html and "confound check" in html
-    assert any(n in html for n in names)  # unredacted: the most exposed records are named and shown
+    assert any(n in html for n in names)  # --show-records: the most exposed records are named and shown
+    assert "CONTAINS PATIENT RECORDS" in html
     red = tmp_path / "red"
-    res = runner.invoke(app, ["compare", str(audit), str(eps), "--out", str(red), "--redact"])
+    res = runner.invoke(app, ["compare", str(audit), str(eps), "--out", str(red)])  # redacted by default
     assert res.exit_code == 0, res.output
     html = _visible((red / "report.html").read_text())
     body = html + (red / "report.json").read_text()
