@@ -25,11 +25,15 @@ __all__ = ["REDACTED", "Section", "figure_png", "render"]
 
 REDACTED = "[redacted]"
 PATH_KEYS = ("checkpoint", "members", "nonmembers", "population", "manifest", "base", "source", "synthetic",
-             "train", "holdout", "public", "reference", "run", "embedding", "path", "generator", "target", "file")
+             "train", "holdout", "public", "reference", "run", "embedding", "path", "generator", "target", "file",
+             "data")
 
 
 def redact_doc(doc: Any) -> Any:
-    """Drop every path, file name and patient id from a results document."""
+    """Drop every path, file name and patient id from a results document (by key, and any absolute path
+    under a key no audit has used yet)."""
+    if isinstance(doc, str) and Path(doc).is_absolute():
+        return REDACTED
     if isinstance(doc, dict):
         out = {}
         for k, v in doc.items():
