@@ -448,8 +448,8 @@ def audit_epsilon(
     checkpoint: Annotated[Path | None, typer.Option(help="Base checkpoint (instead of --run).")] = None,
     data: Annotated[Path | None, typer.Option(
         help="A node's dataset dir (instead of, or overriding, --run's).")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Target epsilon (with --checkpoint).")] = None,
-    delta: Annotated[float | None, typer.Option(help="Delta (with --checkpoint).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Claimed epsilon, > 0 (required with --checkpoint).")] = None,
+    delta: Annotated[float | None, typer.Option(help="Delta (with --checkpoint; default 1e-5).")] = None,
     method: Annotated[str, typer.Option(help="one-run | trials.")] = "one-run",
     threat: Annotated[str, typer.Option(help="white-box (the server's view) | black-box.")] = "white-box",
     canaries: Annotated[int, typer.Option(help="one-run: canaries, each included with probability 1/2.")] = 500,
@@ -469,7 +469,12 @@ def audit_epsilon(
             source = {"run": str(run)}
         elif checkpoint is not None:
             base, run_data, ledger_eps = checkpoint, data, None
-            ft = FinetuneConfig(epsilon=epsilon or 8.0, delta=delta or 1e-5, train_blocks=0, epochs=3,
+            if epsilon is None or not epsilon > 0:
+                raise FedclipError(f"--epsilon {epsilon}: with --checkpoint, pass the claimed epsilon (> 0) to audit")
+            delta = 1e-5 if delta is None else delta
+            if not 0 < delta < 1:
+                raise FedclipError(f"--delta {delta}: pass a delta between 0 and 1 (exclusive), e.g. 1e-5")
+            ft = FinetuneConfig(epsilon=epsilon, delta=delta, train_blocks=0, epochs=3,
                                 batch_size=256, lr=1.0, rounds=1)
             source = {"checkpoint": str(checkpoint)}
         else:

@@ -56,3 +56,17 @@ def test_unknown_method_or_threat_and_non_dp_training_are_errors(cohort, tmp_pat
     root, base, d = cohort
     with pytest.raises(AuditError, match="dp=false"):
         prepare(base, d["members"], FinetuneConfig(dp=False))
+
+
+def test_a_checkpoint_audit_needs_a_positive_claimed_epsilon_and_never_assumes_one(cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedclip.cli.main import app
+
+    root, base, d = cohort
+    for args, needle in ((["--epsilon", "0"], "--epsilon 0.0"), ([], "--epsilon None"),
+                         (["--epsilon", "1", "--delta", "0"], "--delta 0.0")):
+        res = CliRunner().invoke(app, ["audit", "epsilon", "--checkpoint", str(base), "--data", str(d["members"]),
+                                       *args, "--out", str(tmp_path / "a")])
+        assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "a").exists()

@@ -186,3 +186,10 @@ def test_the_evidence_bundle_detects_a_changed_file_and_checks_the_officers_sign
     assert res.exit_code == 2 and "scores.csv changed" in res.output and "Traceback" not in res.output
     with pytest.raises(AuditError, match="exists"):
         keygen(key)
+
+
+def test_the_shipped_criteria_example_names_every_criterion():
+    from fedclip.audits.report.signoff import CRITERIA, read_criteria
+
+    crit = read_criteria(Path(__file__).parents[2] / "docs" / "signoff-criteria.toml")
+    assert set(crit["criteria"]) == set(CRITERIA) and crit["signatories"]
