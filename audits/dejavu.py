@@ -87,12 +87,15 @@ def knn_predict(queries: np.ndarray, public: np.ndarray, labels: np.ndarray, k: 
 
 
 def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int,
-               confidence: float) -> dict[str, Any]:
-    """Balanced accuracy of predictions a minus b on the same records, with a paired bootstrap CI."""
+               confidence: float, groups: list[str] | None = None) -> dict[str, Any]:
+    """Balanced accuracy of predictions a minus b on the same records, with a paired bootstrap CI that
+    draws whole patients when `groups` gives each record's patient (their records are not independent)."""
     rng = np.random.default_rng(seed)
+    clusters = ([np.flatnonzero(np.asarray(groups) == g) for g in sorted(set(groups))] if groups
+                else [np.array([i]) for i in range(len(y))])
     gaps = []
     for _ in range(n_boot):
-        idx = rng.choice(len(y), len(y))
+        idx = np.concatenate([clusters[k] for k in rng.integers(0, len(clusters), len(clusters))])
         if y[idx].min() == y[idx].max():
             continue
         gaps.append(balanced_accuracy(y[idx], a[idx]) - balanced_accuracy(y[idx], b[idx]))
@@ -123,8 +126,10 @@ def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, p
         q_emb = np.concatenate([evaluate.text_embeddings(vc, queries[i:i + 256]).numpy()
                                 for i in range(0, len(queries), 256)])
         preds[name], agree[name] = knn_predict(q_emb, pub_emb, y_pub, cfg.k)
+    ids = [str(r.meta.get("patient_id") or "") for r in mem]
     gap = paired_gap(y, preds["target"], preds["reference"], n_boot=cfg.n_boot, seed=cfg.seed,
-                     confidence=cfg.confidence)
+                     confidence=cfg.confidence, groups=ids if all(ids) else None)
+    gap["bootstrap"] = "patients" if all(ids) else "records"
     confident_right = ((agree["target"] >= cfg.confident) & (preds["target"] == y) & (preds["reference"] != y))
     rows = StringIO(newline="")
     w = csv.writer(rows)

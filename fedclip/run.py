@@ -7,7 +7,6 @@
       checkpoints/<tag>/    model.safetensors + config.json (provenance, weights SHA-256) + open_clip_config.json
       ledger.json           a federation's server-side summary of what nodes reported
       state.json            a federation's last completed round and the settings a resume must share
-      audit/                audit results (results.json, scores.csv)
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ MEMBERS_FILE = "members.csv"
 CHECKPOINTS_DIR = "checkpoints"
 LEDGER_SUMMARY_FILE = "ledger.json"
 STATE_FILE = "state.json"
-AUDIT_DIR = "audit"
 LAST = "last"
 
 
@@ -48,10 +46,6 @@ class RunDir:
     @property
     def state(self) -> Path:
         return self.root / STATE_FILE
-
-    @property
-    def audit(self) -> Path:
-        return self.root / AUDIT_DIR
 
     def checkpoint(self, tag: str = LAST) -> Path:
         return self.root / CHECKPOINTS_DIR / tag

@@ -66,3 +66,16 @@ def test_an_unknown_attribute_is_a_clear_error(tmp_path, small_dataset, attribut
                                       "--members", str(small_dataset), "--public", str(small_dataset),
                                       "--attribute", attribute, "--out", str(tmp_path / "a")])
     assert result.exit_code == 2 and "unknown attribute" in result.output and "Traceback" not in result.output
+
+
+def test_the_gap_interval_resamples_patients_when_their_records_repeat():
+    rng = np.random.default_rng(0)
+    y1 = rng.integers(0, 2, 40)
+    a1 = np.where(rng.random(40) < 0.7, y1, 1 - y1)  # right 70% of the time
+    b1 = np.where(rng.random(40) < 0.6, y1, 1 - y1)
+    y, a, b = (np.repeat(v, 8) for v in (y1, a1, b1))  # 8 records per patient, all alike
+    groups = [f"p{i}" for i in np.repeat(np.arange(40), 8)]
+    naive = paired_gap(y, a, b, n_boot=300, seed=0, confidence=0.95)
+    clustered = paired_gap(y, a, b, n_boot=300, seed=0, confidence=0.95, groups=groups)
+    assert clustered["gap"] == naive["gap"]
+    assert np.diff(clustered["ci"])[0] > 2 * np.diff(naive["ci"])[0]
