@@ -26,8 +26,18 @@ def _fail(err: FedclipError) -> None:
     raise typer.Exit(2)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from fedclip import __version__
+
+        console.print(f"fedclip {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
+def _main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print fedclip's version and exit.")] = False) -> None:
     progress.enable(not quiet)
 
 
@@ -421,7 +431,7 @@ def audit_mia(
 
     cfg = MiaConfig(attacks=tuple(attack or ("loss", "lira", "rmia")), refs=refs, level=level, seed=seed)
     try:
-        with progress_bar("reference models", refs if any(a != "loss" for a in cfg.attacks) else None) as advance:
+        with progress_bar("reference models", refs if any(a != "loss" for a in cfg.attacks) else 0) as advance:
             doc = run_mia(target, members, nonmembers, population, cfg, out, advance=advance)
     except FedclipError as e:
         _fail(e)
@@ -775,7 +785,7 @@ def experiment_run(
     console.print(f"report: {outputs['report']['pdf']} (also .html, .json); results: {outputs['report']['results']}")
 
 
-def main() -> None:  # pragma: no cover - console-script shim for `python -m fedclip.cli.main`
+def main() -> None:  # pragma: no cover - `python -m fedclip` and `python -m fedclip.cli.main`
     app(sys.argv[1:])
 
 

@@ -22,6 +22,26 @@ from typing import Any
 
 from fedclip.errors import StorageError
 
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux reports it in /proc; elsewhere it is set and
+    restored at once, at import, before any thread runs)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp / mkdtemp create 0600 / 0700; a finished file or directory gets what `open` / `mkdir` would
+# have given it, so a colleague (or a privacy officer's account) can read outputs where the umask allows
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
@@ -46,7 +66,8 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
+def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> Path:
+    """`mode` (e.g. 0o600 for a private key) is set before the file appears under its name."""
     path = Path(path)
     with _storage(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +76,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
+                os.fchmod(fh.fileno(), FILE_MODE if mode is None else mode)
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
@@ -124,6 +146,7 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
     with _storage(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, DIR_MODE)
     try:
         with _storage(path):
             yield tmp

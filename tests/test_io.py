@@ -5,6 +5,8 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -111,3 +113,13 @@ def test_a_full_disk_during_a_command_is_exit_2_and_one_line(tmp_path, monkeypat
                                    str(tmp_path / "r.json")])
     assert res.exit_code == 2 and "No space left on device" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_and_directories_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    code = ("import sys; from pathlib import Path; from fedclip import io; root = Path(sys.argv[1]); "
+            "io.write_text(root / 'a.txt', 'x'); cm = io.replace_dir(root / 'ckpt'); d = cm.__enter__(); "
+            "(d / 'w').write_text('y'); cm.__exit__(None, None, None)")
+    subprocess.run(["bash", "-c", f'umask {umask:03o} && "{sys.executable}" -c "{code}" "{tmp_path}"'], check=True)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "ckpt").stat().st_mode & 0o777 == dir_mode

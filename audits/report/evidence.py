@@ -123,6 +123,5 @@ def keygen(out: str | Path) -> tuple[Path, Path]:
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    priv = io.write_bytes(out, private)
-    os.chmod(priv, 0o600)
+    priv = io.write_bytes(out, private, mode=0o600)  # owner-only before it appears under its name
     return priv, io.write_bytes(out.with_name(out.name + ".pub"), public)

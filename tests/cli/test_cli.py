@@ -63,3 +63,15 @@ def test_eval_and_predict_on_real_files(tmp_path, small_dataset):
     image = read_metadata(small_dataset)[0].path(small_dataset)
     res = runner.invoke(app, ["predict", str(image), "--checkpoint", str(ckpt), "--top", "2"])
     assert res.exit_code == 0 and "DR grade" in res.output and res.output.count(",") >= 1
+
+
+def test_version_and_python_dash_m_run_the_same_cli():
+    import subprocess
+    import sys
+
+    from fedclip import __version__
+
+    res = subprocess.run([sys.executable, "-m", "fedclip", "--version"], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == f"fedclip {__version__}"
+    res = subprocess.run([sys.executable, "-m", "fedclip", "audit", "epsilon"], capture_output=True, text=True)
+    assert res.returncode == 2 and "--run" in res.stderr + res.stdout
