@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,29 @@ def append_line(path: str | Path, line: str) -> None:
             os.fsync(fh.fileno())
         if new:
             fsync_dir(path.parent)
+
+
+@contextmanager
+def line_log(path: str | Path) -> Iterator[Callable[[str], None]]:
+    """Append lines to a per-step log (pretraining's metrics.jsonl): each is flushed so a reader sees it at
+    once, and the file is fsync'd when the log closes; one fsync per line (`append_line`) would cost more
+    than a fast GPU step."""
+    path = Path(path)
+    with _storage(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally, after the fsync
+    try:
+        def write(line: str) -> None:
+            with _storage(path):
+                fh.write(line.rstrip("\n") + "\n")
+                fh.flush()
+
+        yield write
+    finally:
+        with _storage(path):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
 
 
 _RENAME_EXCHANGE = 2

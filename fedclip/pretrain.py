@@ -234,66 +234,61 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_skipping,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    provenance = {"stage": "pretrain", **source, "world_size": world, "config": _config_record(cfg)}
+    provenance = {"stage": "pretrain", **source, "world_size": world, "config": cfglib.plain(cfg)}
 
     model.train()
-    metrics_file = open(RunDir(run).metrics, "a") if rank == 0 else None
+    log = io.line_log(RunDir(run).metrics) if rank == 0 else nullcontext(None)
     loss_value, t_last, seen = float("nan"), time.perf_counter(), 0
     skipped: list[str] = []
     t_start = t_last
-    try:
-        with progress_bar(f"pretrain {cfg.model}", cfg.steps - start) if rank == 0 else nullcontext(
-                lambda *a, **k: None) as advance:
-            for step, (images, texts, bad) in enumerate(loader, start=start):
-                skipped += bad
-                if len(skipped) > cfg.max_undecodable * len(dataset):
-                    raise DataError(f"{len(skipped)} training images cannot be decoded so far (first: {skipped[0]}), "
-                                    f"more than max_undecodable = {cfg.max_undecodable:g} of {len(dataset)}; run "
-                                    f"`fedclip data check {cfg.data or 'DIR'}` to list them, fix or remove them, "
-                                    "then run again (with --resume if a checkpoint was saved)")
-                if images is None:
-                    continue  # every image of this batch was broken: no step
-                images = images.to(device, non_blocking=True)
-                texts = texts.to(device, non_blocking=True)
-                micro = max(1, cfg.accum)
-                total = 0.0
-                for k, (img, txt) in enumerate(zip(images.chunk(micro), texts.chunk(micro), strict=True)):
-                    sync = model.no_sync() if world > 1 and k < micro - 1 else nullcontext()
-                    with sync, autocast:
-                        out = model(img, txt)
-                        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"]) / micro
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    total += float(loss.detach())
-                if scaler:
-                    scaler.unscale_(opt)
-                grad_norm = torch.nn.utils.clip_grad_norm_(vc.model.parameters(), cfg.grad_clip)
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                lr = sched.get_last_lr()[-1]
-                sched.step()
-                with torch.no_grad():
-                    vc.model.logit_scale.clamp_(0, math.log(100))
-                loss_value = total
-                seen += images.shape[0] * world
-                now = time.perf_counter()
-                rate = images.shape[0] * world / max(now - t_last, 1e-9)
-                t_last = now
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps({"step": step + 1, "loss": loss_value, "lr": lr,
-                                                   "grad_norm": float(grad_norm), "samples_per_s": rate,
-                                                   "epoch": (step * cfg.batch_size) // len(dataset)}) + "\n")
-                    metrics_file.flush()
-                    advance(1, loss=loss_value, lr=lr, **{"samples/s": round(rate, 1)})
-                if rank == 0 and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-                    save(run, f"step-{step + 1:06d}", vc, opt=opt, sched=sched, scaler=scaler, step=step + 1,
-                         provenance=provenance)
-    finally:
-        if metrics_file is not None:
-            metrics_file.close()
+    with log as write_metrics, progress_bar(f"pretrain {cfg.model}", cfg.steps - start) if rank == 0 \
+            else nullcontext(lambda *a, **k: None) as advance:
+        for step, (images, texts, bad) in enumerate(loader, start=start):
+            skipped += bad
+            if len(skipped) > cfg.max_undecodable * len(dataset):
+                raise DataError(f"{len(skipped)} training images cannot be decoded so far (first: {skipped[0]}), "
+                                f"more than max_undecodable = {cfg.max_undecodable:g} of {len(dataset)}; run "
+                                f"`fedclip data check {cfg.data or 'DIR'}` to list them, fix or remove them, "
+                                "then run again (with --resume if a checkpoint was saved)")
+            if images is None:
+                continue  # every image of this batch was broken: no step
+            images = images.to(device, non_blocking=True)
+            texts = texts.to(device, non_blocking=True)
+            micro = max(1, cfg.accum)
+            total = 0.0
+            for k, (img, txt) in enumerate(zip(images.chunk(micro), texts.chunk(micro), strict=True)):
+                sync = model.no_sync() if world > 1 and k < micro - 1 else nullcontext()
+                with sync, autocast:
+                    out = model(img, txt)
+                    loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"]) / micro
+                (scaler.scale(loss) if scaler else loss).backward()
+                total += float(loss.detach())
+            if scaler:
+                scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(vc.model.parameters(), cfg.grad_clip)
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            lr = sched.get_last_lr()[-1]
+            sched.step()
+            with torch.no_grad():
+                vc.model.logit_scale.clamp_(0, math.log(100))
+            loss_value = total
+            seen += images.shape[0] * world
+            now = time.perf_counter()
+            rate = images.shape[0] * world / max(now - t_last, 1e-9)
+            t_last = now
+            if write_metrics is not None:
+                write_metrics(json.dumps({"step": step + 1, "loss": loss_value, "lr": lr,
+                                          "grad_norm": float(grad_norm), "samples_per_s": rate,
+                                          "epoch": (step * cfg.batch_size) // len(dataset)}))
+                advance(1, loss=loss_value, lr=lr, **{"samples/s": round(rate, 1)})
+            if rank == 0 and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                save(run, f"step-{step + 1:06d}", vc, opt=opt, sched=sched, scaler=scaler, step=step + 1,
+                     provenance=provenance)
     elapsed = time.perf_counter() - t_start
     ckpt = None
     if rank == 0:
@@ -315,7 +310,3 @@ def ensure_pretrained(cfg: PretrainConfig, run: str | Path) -> Path:
     if not finished:
         pretrain(cfg, run, resume=(last / "train_state").exists())
     return last
-
-
-def _config_record(cfg: PretrainConfig) -> dict[str, Any]:
-    return {k: cfglib.to_toml_value(v) for k, v in cfg.__dict__.items() if v is not None}
