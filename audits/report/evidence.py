@@ -82,7 +82,8 @@ def verify(path: str | Path, public_key: str | Path | None = None) -> dict[str, 
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise AuditError(f"{path}: no evidence bundle here; write one with `fedclip report ... --evidence`") from None
+        raise AuditError(f"{path}: no evidence.json here; every `fedclip report` and `fedclip compare` writes "
+                         "one beside the report") from None
     except json.JSONDecodeError as e:
         raise AuditError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if doc.get("format") != FORMAT:
