@@ -91,11 +91,11 @@ def prepare(base: str | Path, data: str | Path, ft: FinetuneConfig) -> Training:
 
 
 def _train(t: Training, *, tokens: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-           canaries: GradientCanaries | None = None, broken: bool = False) -> models.VisionClip:
+           canaries: GradientCanaries | None = None, broken: str | None = None) -> models.VisionClip:
     vc = copy.deepcopy(t.base)
     tok = t.tokens if tokens is None else tokens
     finetune(vc, tok, t.targets if targets is None else targets, t.ft, noise_multiplier=t.sigma, sample_rate=t.q,
-             steps=t.steps, public_size=len(t.tokens), canaries=canaries, insecure_disable_noise_for_tests=broken)
+             steps=t.steps, public_size=len(t.tokens), canaries=canaries, insecure_break_for_tests=broken)
     return vc
 
 
@@ -105,8 +105,9 @@ def _directions(m: int, dim: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def white_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
-                     broken: bool = False) -> np.ndarray:
-    """Inner product of each canary direction with the (negated) update the server would observe."""
+                     broken: str | None = None) -> np.ndarray:
+    """Inner product of each canary direction with the (negated) update the server would observe. The
+    canaries enter before clipping with 25x the clip norm, so a clip that does not bind shows."""
     before = head_vector(t.base, t.ft)
     dirs = _directions(len(included), len(before), gen)
     canaries = GradientCanaries(dirs, torch.from_numpy(included), int(torch.randint(0, 2**62, (1,), generator=gen)))
@@ -115,7 +116,7 @@ def white_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
 
 
 def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
-                     broken: bool = False) -> np.ndarray:
+                     broken: str | None = None) -> np.ndarray:
     """Crafted input canaries: random prefix outputs (with the data's own spread) and random labels; score:
     how much training raised the head's margin for the canary's label (after minus before: the model
     before training is public, and the difference removes each canary's own starting margin)."""
@@ -135,19 +136,38 @@ def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
 SCORERS = {"white-box": white_box_scores, "black-box": black_box_scores}
 
 
+def one_run(t: Training, cfg: EpsilonConfig, broken: str | None = None) -> tuple[dict[str, Any], np.ndarray,
+                                                                                 np.ndarray]:
+    """One training with m canaries, each included with probability 1/2: (bound, included, scores)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    included = np.random.default_rng(cfg.seed).random(cfg.canaries) < 0.5
+    scores = SCORERS[cfg.threat](t, included, gen, broken=broken)
+    return bounds.one_run_audit(scores, included, delta=t.ft.delta, confidence=cfg.confidence), included, scores
+
+
+def power(t: Training, cfg: EpsilonConfig, breaks: tuple[str, ...] = ("noise-half", "clip-off")) -> dict[str, Any]:
+    """What this audit would have caught: the same one-run audit on the same training with the mechanism
+    broken the way a bug would break it (noise halved, clip not applied), while the claim stays the same.
+    A break is caught when its lower bound exceeds the claimed epsilon."""
+    claim = t.theoretical["epsilon"]
+    out = {}
+    for how in breaks:
+        lb = one_run(t, cfg, broken=how)[0]["epsilon_lb"]
+        out[how] = {"epsilon_lb": lb, "caught": lb > claim}
+    return out
+
+
 def run_epsilon(t: Training, cfg: EpsilonConfig, out: str | Path, *, source: dict[str, Any],
-                ledger_epsilon: float | None = None, insecure_disable_noise_for_tests: bool = False,
-                advance: Callable[..., None] | None = None) -> dict[str, Any]:
+                ledger_epsilon: float | None = None, insecure_break_for_tests: str | None = None,
+                check_power: bool = False, advance: Callable[..., None] | None = None) -> dict[str, Any]:
     if cfg.threat not in SCORERS:
         raise AuditError(f"unknown threat {cfg.threat!r}; use white-box or black-box")
     score = SCORERS[cfg.threat]
     gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     rows = ["canary,included,score"]
+    broken = insecure_break_for_tests
     if cfg.method == "one-run":
-        included = rng.random(cfg.canaries) < 0.5
-        scores = score(t, included, gen, broken=insecure_disable_noise_for_tests)
-        bound = bounds.one_run_audit(scores, included, delta=t.ft.delta, confidence=cfg.confidence)
+        bound, included, scores = one_run(t, cfg, broken)
         rows += [f"{i},{int(inc)},{s:.6g}" for i, (inc, s) in enumerate(zip(included, scores, strict=True))]
         if advance:
             advance(1)
@@ -157,7 +177,7 @@ def run_epsilon(t: Training, cfg: EpsilonConfig, out: str | Path, *, source: dic
         for k in range(cfg.trials):
             inc = np.array([k % 2 == 0])
             # the same canary (same direction / same image and label) in every trial
-            s = float(score(t, inc, torch.Generator().manual_seed(seed), broken=insecure_disable_noise_for_tests)[0])
+            s = float(score(t, inc, torch.Generator().manual_seed(seed), broken=broken)[0])
             (s_in if inc[0] else s_out).append(s)
             rows.append(f"{k},{int(inc[0])},{s:.6g}")
             if advance:
@@ -171,8 +191,12 @@ def run_epsilon(t: Training, cfg: EpsilonConfig, out: str | Path, *, source: dic
         "config": asdict(cfg), "bound": bound, "epsilon_lb": bound["epsilon_lb"], "theoretical": theory,
         "tightness": bound["epsilon_lb"] / theory["epsilon"] if theory["epsilon"] > 0 else None,
         "ledger_epsilon": ledger_epsilon, "source": source, "training": asdict(t.ft) | {"n": len(t.tokens)},
-        "noise": "SECRETLY OFF (test-only broken mechanism)" if insecure_disable_noise_for_tests else "as configured",
+        "mechanism": f"SECRETLY BROKEN: {broken} (test-only)" if broken else "as configured",
     }
+    if check_power:
+        if cfg.method != "one-run":
+            raise AuditError("--power runs the one-run audit on broken copies of the mechanism; use --method one-run")
+        doc["power"] = power(t, cfg)
     out = Path(out)
     io.write_text(out / SCORES_FILE, "\n".join(rows) + "\n")
     return write_results(out, doc, {"source": source})

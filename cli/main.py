@@ -466,6 +466,9 @@ def audit_epsilon(
     trials: Annotated[int, typer.Option(help="trials: trainings, half of them with the canary.")] = 100,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
     seed: Annotated[int, typer.Option(help="The auditor's seed (canaries), never the training's noise.")] = 0,
+    power: Annotated[bool, typer.Option(
+        "--power", help="Also audit copies of the training with the noise halved and the clip off (the claim "
+                        "unchanged) and report which of these breaks the audit catches (one-run only).")] = False,
     out: Annotated[Path, typer.Option(help="Audit dir (results.json, scores.csv).")] = Path("runs/audit-epsilon"),
 ) -> None:
     """Empirical epsilon lower bound of the federation's DP fine-tuning, against its accountant's epsilon."""
@@ -497,7 +500,7 @@ def audit_epsilon(
         training = prepare(base, data, ft)
         with progress_bar(f"{threat} {method} audit", 1 if method == "one-run" else trials) as advance:
             doc = run_epsilon(training, cfg, out, source={**source, "data": str(data)}, ledger_epsilon=ledger_eps,
-                              advance=advance)
+                              check_power=power, advance=advance)
     except FedclipError as e:
         _fail(e)
     th = doc["theoretical"]
@@ -506,6 +509,8 @@ def audit_epsilon(
                   f" {th['accountant']})" + (f"; ledger ε {ledger_eps:.3f}" if ledger_eps else ""))
     if doc["epsilon_lb"] > th["epsilon"]:
         console.print("[bold red]the lower bound exceeds the claimed epsilon: the mechanism leaks more than stated[/]")
+    for how, p in (doc.get("power") or {}).items():
+        console.print(f"power: {how} → ε lower bound {p['epsilon_lb']:.3f}: {'caught' if p['caught'] else 'missed'}")
     console.print(f"results: {out / 'results.json'}")
 
 

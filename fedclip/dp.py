@@ -24,7 +24,7 @@ patient-level records (several images per sample) nor canary injection before th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -50,7 +50,8 @@ class BookKeeping:
 
     Use: `with bk.recording(): out = head(x)`, then `bk.private_grads(per_sample_loss)`, then the
     ordinary optimizer's `step()`. Like Opacus' `DPOptimizer`, the clipped sum is `p.summed_grad` when
-    `add_noise()` runs, so the audit's gradient canaries wrap `add_noise` the same way for both.
+    `add_noise()` runs. Audit canaries enter through `extra_rows` *before* clipping (as they enter
+    Opacus' per-sample gradients), so a broken clip shows in the audit.
     """
 
     def __init__(self, head: nn.Module, params: list[torch.Tensor], *, max_grad_norm: float,
@@ -60,6 +61,8 @@ class BookKeeping:
         self.params = params
         self.max_grad_norm, self.noise_multiplier = max_grad_norm, noise_multiplier
         self.expected_batch_size, self.generator = expected_batch_size, generator
+        # audit canaries: per-parameter rows (k, *p.shape) of records' gradients, clipped with the batch's
+        self.extra_rows: Callable[[], dict[int, torch.Tensor] | None] | None = None
         self._seen: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self._recording = False
         for m in _layers(head):
@@ -93,12 +96,21 @@ class BookKeeping:
             norm2 = torch.zeros(batch, dtype=per_sample_loss.dtype)
             for layer in layers:
                 norm2 += layer.norm2()
-            clip = (self.max_grad_norm / (norm2.sqrt() + CLIP_EPS)).clamp(max=1.0)
+            clip = self.clip_factors(norm2)
             for layer in layers:
                 layer.add_clipped_sum(clip, sums)
+        rows = self.extra_rows() if self.extra_rows is not None else None
+        if rows:  # records whose gradient is given whole (audit canaries): the same clip rule
+            clip = self.clip_factors(sum(r.flatten(1).pow(2).sum(1) for r in rows.values()))
+            for p in self.params:
+                sums[id(p)] += torch.einsum("b,b...->...", clip, rows[id(p)].to(sums[id(p)].dtype))
         for p in self.params:
             p.summed_grad = sums[id(p)]
         self.add_noise()
+
+    def clip_factors(self, norm2: torch.Tensor) -> torch.Tensor:
+        """Each record's clip factor from its squared gradient norm: Opacus' `min(1, C / (norm + 1e-6))`."""
+        return (self.max_grad_norm / (norm2.sqrt() + CLIP_EPS)).clamp(max=1.0)
 
     def add_noise(self) -> None:
         """`p.grad` = (clipped sum + noise) / expected batch size: Opacus' `add_noise` and `scale_grad`."""

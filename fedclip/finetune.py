@@ -21,7 +21,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,34 +352,84 @@ class GradientCanaries:
     """Audit canaries in gradient space (white-box, the server's view; Andrew et al. 2023, Steinke et al. 2023).
 
     Each row of `directions` is a unit vector over the trained parameters (flattened in `Head`
-    parameter order). An included canary acts as one extra record whose clipped gradient is
-    `max_grad_norm * direction`: Poisson-sampled at the training's rate each step, added to the sum of
-    clipped gradients before the noise. The DP guarantee covers it like any record, so its
-    inner product with the final update can only reveal what the guarantee allows.
+    parameter order). An included canary acts as one extra record whose gradient is
+    `norm * max_grad_norm * direction`, Poisson-sampled at the training's rate each step. It joins the
+    records' per-sample gradients *before* clipping (Opacus' `grad_sample`, book-keeping's `extra_rows`),
+    so the mechanism's own clip scales it to `max_grad_norm`: with `norm` > 1 a clip that does not bind
+    shows as a larger canary signal. The DP guarantee covers it like any record, so its inner product
+    with the final update can only reveal what the guarantee allows.
     """
 
     directions: torch.Tensor  # (m, trained parameter count)
     included: torch.Tensor  # (m,) bool
     seed: int  # the auditor's sampling of canaries into steps (not the training's)
+    norm: float = 25.0  # the canary gradient's norm before clipping, in units of max_grad_norm
 
 
-def _add_canaries(opt: Any, params: list[torch.Tensor], canaries: GradientCanaries, q: float,
-                  clip: float) -> None:
-    """Wrap `add_noise` (Opacus' DP optimizer's or book-keeping's) to add the sampled canaries' gradients
-    to the clipped sum just before the noise."""
+BREAKS = ("noise-off", "noise-half", "clip-off")
+"""Test-only broken mechanisms the audits must catch; everything else (sigma reported, accounting)
+claims the mechanism ran as configured."""
+
+
+def _canary_rows(params: list[torch.Tensor], canaries: GradientCanaries, q: float,
+                 clip: float) -> Callable[[], dict[int, torch.Tensor] | None]:
+    """A function that Poisson-samples the included canaries for one step and returns their gradients as
+    per-parameter rows (k, *p.shape), or None when none was drawn."""
     gen = torch.Generator().manual_seed(canaries.seed)
-    add_noise = opt.add_noise
     sizes = [p.numel() for p in params]
 
-    def with_canaries() -> None:
+    def draw() -> dict[int, torch.Tensor] | None:
         chosen = canaries.included & (torch.rand(len(canaries.included), generator=gen) < q)
-        if chosen.any():
-            total = clip * canaries.directions[chosen].sum(0)
-            for p, part in zip(params, total.split(sizes), strict=True):
-                p.summed_grad += part.view_as(p).to(p.summed_grad.dtype)
-        add_noise()
+        if not chosen.any():
+            return None
+        rows = canaries.norm * clip * canaries.directions[chosen]
+        return {id(p): part.reshape(len(rows), *p.shape).to(p.dtype)
+                for p, part in zip(params, rows.split(sizes, dim=1), strict=True)}
 
-    opt.add_noise = with_canaries
+    return draw
+
+
+def _insert_canaries(privatizer: Any, params: list[torch.Tensor], canaries: GradientCanaries, q: float,
+                     clip: float) -> None:
+    """Canary gradients join the records' per-sample gradients before the privatizer clips them."""
+    draw = _canary_rows(params, canaries, q, clip)
+    if isinstance(privatizer, BookKeeping):
+        privatizer.extra_rows = draw
+        return
+    clip_and_accumulate = privatizer.clip_and_accumulate
+
+    def with_canaries() -> None:
+        rows = draw()
+        if rows is not None:
+            for p in params:
+                p.grad_sample = torch.cat([p.grad_sample, rows[id(p)].to(p.grad_sample.dtype)])
+        clip_and_accumulate()
+
+    privatizer.clip_and_accumulate = with_canaries
+
+
+def _break(privatizer: Any, how: str) -> None:
+    """Break the mechanism the way a bug would, for the audits' power checks (tests and `--power` only)."""
+    if how == "noise-off":
+        privatizer.noise_multiplier = 0.0
+    elif how == "noise-half":
+        privatizer.noise_multiplier *= 0.5
+    elif how == "clip-off":
+        if isinstance(privatizer, BookKeeping):
+            privatizer.clip_factors = lambda norm2: torch.ones_like(norm2)
+        else:  # Opacus clips with max_grad_norm and scales its noise by it: lift it for the clip only
+            clip_and_accumulate, bound = privatizer.clip_and_accumulate, privatizer.max_grad_norm
+
+            def unclipped() -> None:
+                privatizer.max_grad_norm = float("inf")
+                try:
+                    clip_and_accumulate()
+                finally:
+                    privatizer.max_grad_norm = bound
+
+            privatizer.clip_and_accumulate = unclipped
+    else:
+        raise FedclipError(f"unknown break {how!r}; use one of {', '.join(BREAKS)}")
 
 
 def group_by_patient(tokens: torch.Tensor, targets: torch.Tensor, patients: Sequence[str],
@@ -426,7 +476,7 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
              noise_multiplier: float | None = None, sample_rate: float | None = None, steps: int | None = None,
              public_size: int | None = None, noise_seed: int | None = None,
              canaries: GradientCanaries | None = None, patients: Sequence[str] | None = None,
-             insecure_disable_noise_for_tests: bool = False) -> FinetuneResult:
+             insecure_break_for_tests: str | None = None) -> FinetuneResult:
     """Train the head on cached prefix tokens; DP-SGD with Poisson sampling when `cfg.dp`.
 
     The model `vc` is updated in place with the trained weights (open_clip layout) and they are
@@ -436,9 +486,10 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
     `noise_seed` is for tests only: DP randomness otherwise comes from the OS CSPRNG.
     With `cfg.unit == "patient"`, `patients` names each image's patient and a patient is the record
     (sampling, clipping, `public_size` and `batch_size` count patients).
-    `canaries` plants gradient-space audit canaries; `insecure_disable_noise_for_tests` trains with
-    the noise secretly off while everything else (sigma reported, accounting) claims it was on: a
-    broken mechanism that the audits must catch, never to be used otherwise.
+    `canaries` plants gradient-space audit canaries; `insecure_break_for_tests` (one of `BREAKS`) trains
+    with the noise secretly off or halved, or the clip secretly off, while everything else (sigma
+    reported, accounting) claims it ran as configured: a broken mechanism the audits must catch, for
+    tests and the audits' power checks only.
     """
     if len(tokens) == 0 and not (cfg.dp and public_size):
         raise FedclipError("no training images: this client's partition is empty")
@@ -490,9 +541,9 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
                                                      noise_seed=noise_seed)
         privatizer = bk if bk is not None else opt  # either one adds the noise to the clipped sum
         if canaries is not None:
-            _add_canaries(privatizer, params, canaries, q, cfg.max_grad_norm)
-        if insecure_disable_noise_for_tests:
-            privatizer.noise_multiplier = 0.0
+            _insert_canaries(privatizer, params, canaries, q, cfg.max_grad_norm)
+        if insecure_break_for_tests is not None:
+            _break(privatizer, insecure_break_for_tests)
     else:  # no privacy promised: data order from the config seed
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(cfg.seed))

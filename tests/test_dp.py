@@ -114,3 +114,25 @@ def test_an_empty_batch_is_a_noise_only_step():
         head(torch.zeros(0, 1, head.ln_post.normalized_shape[0]))
     bk.private_grads(torch.zeros(0))
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_a_records_whole_gradient_given_as_extra_rows_is_clipped_like_any_record():
+    """An audit canary of norm 25 C enters before clipping: the clip scales it to exactly C; with the clip
+    broken (as the power check breaks it) it passes whole, which is what lets the audit see a missing clip."""
+    head = _head(0, 0)
+    params = [p for p in head.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(SEED)
+    rows = {id(p): torch.randn((1, *p.shape), generator=gen) for p in params}
+    norm = torch.sqrt(sum(r.pow(2).sum() for r in rows.values()))
+    rows = {k: 25 * 0.5 * r / norm for k, r in rows.items()}  # norm 25 C, C = 0.5
+    for broken, scale in ((False, 1 / 25), (True, 1.0)):
+        bk = BookKeeping(head, params, max_grad_norm=0.5, noise_multiplier=0.0, expected_batch_size=2.0,
+                         generator=torch.Generator().manual_seed(SEED))
+        bk.extra_rows = lambda: rows
+        if broken:
+            bk.clip_factors = lambda norm2: torch.ones_like(norm2)
+        with bk.recording():
+            head(torch.zeros(0, 1, head.ln_post.normalized_shape[0]))
+        bk.private_grads(torch.zeros(0))
+        for p in params:
+            assert torch.allclose(p.grad, scale * rows[id(p)][0] / 2.0, atol=1e-6)

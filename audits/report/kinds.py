@@ -223,8 +223,21 @@ def epsilon_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Secti
         + ("This is consistent with the guarantee (a lower bound below the claim)." if ok else
            "THE LOWER BOUND EXCEEDS THE CLAIMED EPSILON: the mechanism does not deliver the privacy its ledger "
            "states (or, with probability at most 1 - confidence, this is a statistical fluke)."))
-    if doc.get("noise") != "as configured":
-        s.paragraphs.append(f"Note: noise {doc['noise']}.")
+    if doc.get("mechanism", "as configured") != "as configured":
+        s.paragraphs.append(f"Note: the audited mechanism was {doc['mechanism']}.")
+    if doc.get("power"):
+        caught = [k for k, v in doc["power"].items() if v["caught"]]
+        missed = [k for k, v in doc["power"].items() if not v["caught"]]
+        s.paragraphs.append(
+            "Power: the same audit on copies of this training with the mechanism broken as a bug would break it "
+            "(the claim unchanged) " + (f"caught {', '.join(caught)}" if caught else "caught nothing")
+            + (f" and missed {', '.join(missed)}" if missed else "") + " ("
+            + "; ".join(f"{k}: ε_lb {v['epsilon_lb']:.3f}" for k, v in doc["power"].items())
+            + f" against the claimed {th['epsilon']:.3f}). A bound below the claim says nothing about breaks this "
+              "audit cannot see.")
+    else:
+        s.paragraphs.append("Power: not checked (run `fedclip audit epsilon --power`); without it a bound below "
+                            "the claim does not say which broken mechanisms this audit would have caught.")
     rows = [["epsilon lower bound", f"{doc['epsilon_lb']:.3f}"], ["theoretical epsilon", f"{th['epsilon']:.3f}"],
             ["tightness (lower bound / epsilon)", f"{doc['tightness']:.3f}" if doc.get("tightness") is not None
              else "-"], ["ledger epsilon", f"{doc['ledger_epsilon']:.3f}" if doc.get("ledger_epsilon") else "-"],
@@ -539,7 +552,9 @@ def epsilon_method(d: dict[str, Any]) -> list[list[str]]:
 
 def epsilon_limitations(d: dict[str, Any]) -> list[str]:
     return ["a lower bound below the claim does not prove the claim: it rules out only larger leakage than the "
-            "bound", "the audited training re-runs the federation's settings at image level; it does not yet "
+            "bound", "the white-box score reads the final update, not every iterate; f-DP (Gaussian) one-run "
+            "analysis is not yet implemented",
+            "the audited training re-runs the federation's settings at image level; it does not yet "
             "replay the deployed patient-level mechanism round by round (see docs/audits.md)"]
 
 

@@ -30,10 +30,10 @@ def test_the_bound_never_exceeds_the_accountants_epsilon_on_correct_dp(cohort, t
 def test_the_white_box_audit_catches_noise_secretly_off(cohort, tmp_path):
     t = _training(cohort, 1.0)
     doc = run_epsilon(t, EpsilonConfig(threat="white-box", canaries=400, confidence=0.95), tmp_path / "lie",
-                      source={}, insecure_disable_noise_for_tests=True)
+                      source={}, insecure_break_for_tests="noise-off")
     assert doc["theoretical"]["epsilon"] == pytest.approx(1.0, rel=0.02)  # what the ledger would claim
     assert doc["epsilon_lb"] > 1.0, doc["bound"]
-    assert "SECRETLY OFF" in doc["noise"]
+    assert "SECRETLY BROKEN: noise-off" in doc["mechanism"]
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ def test_trials_bound_from_many_trainings(cohort, tmp_path):
     assert honest["epsilon_lb"] <= honest["theoretical"]["epsilon"]
     assert honest["bound"]["trials_in"] == 50 and honest["bound"]["trials_out"] == 50
     broken = run_epsilon(t, EpsilonConfig(method="trials", trials=100, confidence=0.95), tmp_path / "b", source={},
-                         insecure_disable_noise_for_tests=True)
+                         insecure_break_for_tests="noise-off")
     assert broken["epsilon_lb"] > 1.0, broken["bound"]  # the lie caught by the many-trainings method too
 
 
@@ -70,3 +70,22 @@ def test_a_checkpoint_audit_needs_a_positive_claimed_epsilon_and_never_assumes_o
                                        *args, "--out", str(tmp_path / "a")])
         assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("engine", ["bk", "hooks"])
+def test_the_white_box_audit_catches_a_missing_clip_and_reports_its_power(cohort, tmp_path, engine):
+    """Canaries enter before clipping, so a clip secretly off is caught (measured: ε_lb 2.5-3.0 against a
+    claimed 1.0, on both engines); the honest mechanism is not. The power check records what the audit
+    catches and what it misses (noise halved, true ε about 2.2: ε_lb 0.3-0.6, missed by this one-run audit)."""
+    root, base, d = cohort
+    ft = FinetuneConfig(task="referable_dr", train_blocks=0, epochs=3, batch_size=32, lr=1.0, dp=True,
+                        epsilon=1.0, rounds=1, grad_sample_mode=engine)
+    t = prepare(base, d["members"], ft)
+    doc = run_epsilon(t, EpsilonConfig(threat="white-box", canaries=400), tmp_path / "a", source={},
+                      check_power=True)
+    claim = doc["theoretical"]["epsilon"]
+    assert doc["epsilon_lb"] <= claim and doc["mechanism"] == "as configured"
+    assert doc["power"]["clip-off"]["caught"] and doc["power"]["clip-off"]["epsilon_lb"] > claim
+    assert set(doc["power"]) == {"noise-half", "clip-off"}
+    with pytest.raises(AuditError, match="one-run"):
+        run_epsilon(t, EpsilonConfig(method="trials", trials=2), tmp_path / "b", source={}, check_power=True)
