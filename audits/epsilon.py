@@ -204,10 +204,9 @@ def run_epsilon(t: Training, cfg: EpsilonConfig, out: str | Path, *, source: dic
 
 def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, float | None]:
     """(base checkpoint, data, fine-tuning settings, largest ledger epsilon) of a simulated federation's run dir."""
-    import json
-
     from fedclip import config as cfglib
     from fedclip.audits.mia import finetune_settings
+    from fedclip.run import largest_node_epsilon, read_ledger
 
     run = RunDir(Path(run))
     if not run.config.exists():
@@ -215,7 +214,4 @@ def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, floa
     fed = cfglib.read_section(run.config, "federate")
     if not fed.get("checkpoint") or not fed.get("data"):
         raise AuditError(f"{run.config} names no checkpoint or data; pass --checkpoint and --data")
-    ledger = run.ledger_summary
-    eps = [e["epsilon"] for e in json.loads(ledger.read_text()) if e.get("node") != "server"
-           and "epsilon" in e] if ledger.exists() else []
-    return Path(fed["checkpoint"]), Path(fed["data"]), finetune_settings(fed), max(eps) if eps else None
+    return Path(fed["checkpoint"]), Path(fed["data"]), finetune_settings(fed), largest_node_epsilon(read_ledger(run))

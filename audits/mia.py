@@ -34,6 +34,7 @@ from fedclip.audits.results import SCORES_FILE, AuditError, TargetPrivacy, data_
 from fedclip.audits.signals import clip_signals, head_signals
 from fedclip.data.records import Record, fingerprint, read_manifest, read_metadata
 from fedclip.finetune import FinetuneConfig, load_pixels, prefix_tokens
+from fedclip.run import EPSILON_PER_NODE
 
 ATTACKS = ("loss", "lira", "lira-offline", "rmia", "rmia-offline")
 
@@ -319,7 +320,7 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
         "kind": "mia", "fedclip_version": __version__, "level": level,
         "target": {"checkpoint": str(target), "model": checkpoint.get("model"),
                    "weights_sha256": checkpoint.get("weights_sha256"), "stage": provenance.get("stage", "unknown"),
-                   "ledger_epsilon": provenance.get("epsilon_per_node"),
+                   "ledger_epsilon": provenance.get(EPSILON_PER_NODE),
                    **TargetPrivacy.from_provenance(provenance).to_json()},
         "data": {"members": str(roots[0]), "nonmembers": str(roots[1]),
                  "population": str(roots[2]) if roots[2] else None, "n_members": int(member.sum()),

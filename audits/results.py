@@ -44,15 +44,21 @@ class TargetPrivacy:
     def from_provenance(cls, provenance: dict[str, Any]) -> TargetPrivacy:
         """A federation's request lives under `federate.finetune` (the nodes granted it within their
         policies and report their ledger epsilon); anything else was pretrained without DP."""
+        from fedclip import config as cfglib
+        from fedclip.finetune import FinetuneConfig
+
         if provenance.get("stage") != "federate":
             return cls(dp=None)
-        ft = (provenance.get("federate") or {}).get("finetune") or {}
-        dp = bool(ft.get("dp", True))
-        if not dp:
+        table = (provenance.get("federate") or {}).get("finetune")
+        if not isinstance(table, dict):
+            raise AuditError("the target's provenance has no [federate.finetune] table: it was federated by an older "
+                             "fedclip; federate again with this version to audit it")
+        # rebuilt through the config tree: a renamed or moved key fails here instead of reading as "no DP"
+        ft = cfglib.build(FinetuneConfig, table, "federate.finetune")
+        if not ft.dp:
             return cls(dp=False)
-        unit = str(ft.get("unit") or "image")
-        return cls(dp=True, epsilon_budget=ft.get("epsilon"), delta=ft.get("delta"), unit=unit,
-                   accountant=ft.get("accountant") or "rdp", neighbouring=f"add/remove-one {unit}")
+        return cls(dp=True, epsilon_budget=ft.epsilon, delta=ft.delta, unit=ft.unit, accountant=ft.accountant,
+                   neighbouring=f"add/remove-one {ft.unit}")
 
     @classmethod
     def from_json(cls, target: dict[str, Any]) -> TargetPrivacy:

@@ -372,15 +372,15 @@ def federate(
     for col in ("round", "server balanced acc.", "nodes (status, ε)"):
         table.add_column(col)
     reasons = {}
-    for r in summary["rounds"]:
-        clients = sorted(r.get("clients", []), key=lambda c: c.get("partition", -1))
+    for r in summary.rounds:
+        clients = sorted(r.clients, key=lambda c: c.get("partition", -1))
         text = ", ".join(f"{int(c.get('partition', -1))}: {c['status']}"
                          + (f" ε={c['epsilon']:.2f}" if "epsilon" in c else "") for c in clients)
         reasons.update({int(c.get("partition", -1)): c["reason"] for c in clients if c.get("reason")})
-        if r.get("central"):
-            text += f"; central ε={r['central']['epsilon']:.2f} per hospital"
-        bacc = r["server"].get("balanced-accuracy")
-        table.add_row(str(r["round"]), f"{bacc:.3f}" if bacc is not None else "-", text or "(start)")
+        if r.central:
+            text += f"; central ε={r.central['epsilon']:.2f} per hospital"
+        bacc = r.server.get("balanced-accuracy")
+        table.add_row(str(r.round), f"{bacc:.3f}" if bacc is not None else "-", text or "(start)")
     console.print(table)
     for pid, reason in sorted(reasons.items()):
         console.print(f"node {pid}: {reason}")
@@ -388,7 +388,7 @@ def federate(
     for col in ("node", "ε (lifetime, per unit)", "δ", "relation, unit, accountant", "noise",
                 "per patient (group privacy)"):
         ledgers.add_column(col)
-    for name, entries in summary["nodes"].items():
+    for name, entries in summary.nodes.items():
         if entries:
             ledgers.add_row(name, *_ledger_cells(entries[-1]))
     if ledgers.rows:

@@ -405,12 +405,13 @@ def _sha256(path: Path) -> str:
 def _federation_result(out: Path) -> dict[str, Any]:
     """Per-round server evaluation at the hospitals' test patients and the nodes' ledger spend."""
     from fedclip.federated.simulation import summary
+    from fedclip.run import largest_node_epsilon
 
     s = summary(out)
-    rounds = [{"round": r["round"], **{k: r["server"][k] for k in ("balanced-accuracy", "auc") if k in r["server"]}}
-              for r in s["rounds"] if "server" in r]
-    eps = [e["epsilon"] for e in s["ledger"] if e.get("node") != "server" and "epsilon" in e]
-    return {"rounds": rounds, "ledger_epsilon": max(eps) if eps else None, "ledger": s["ledger"]}
+    rounds = [{"round": r.round, **{k: r.server[k] for k in ("balanced-accuracy", "auc") if k in r.server}}
+              for r in s.rounds]
+    return {"rounds": rounds, "ledger_epsilon": largest_node_epsilon(s.ledger),
+            "ledger": [row.to_json() for row in s.ledger]}
 
 
 def _epsilon(fed: Mapping[str, Any], c: StudyConfig, out: Path) -> dict[str, Any]:

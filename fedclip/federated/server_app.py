@@ -8,7 +8,6 @@ server-side DP). `state.json` names the last completed round and the settings a 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedclip import config as cfglib
-from fedclip import io, models, runlog
+from fedclip import models, runlog
 from fedclip.data.records import read_metadata
 from fedclip.errors import FedclipError
 from fedclip.federated import keys, strategies
 from fedclip.federated.task import FederateConfig, from_run_config, load_global, server_evaluate
 from fedclip.finetune import trained_keys
 from fedclip.progress import progress_bar
-from fedclip.run import RunDir
+from fedclip.run import EPSILON_PER_NODE, LedgerRow, RoundLine, RunDir, RunState, read_ledger, write_ledger
 
 STRATEGY_FIELDS = ("strategy", "proximal_mu", "server_lr", "trim_beta", "num_malicious", "server_dp",
                    "server_dp_noise", "server_dp_clip", "server_dp_delta", "finetune.train_blocks", "finetune.task",
@@ -48,37 +47,31 @@ def _settings(cfg: FederateConfig) -> dict[str, Any]:
 def resume_point(cfg: FederateConfig) -> int:
     """The last completed round to continue from (0: a new run); refuses a changed run or a silent overwrite.
     `cfg.resume` travels in the run config, so a deployed run (`flwr run . -c resume=true`) resumes alike."""
-    state_path = RunDir(Path(cfg.out)).state
-    if not state_path.exists():
+    state = RunState.read(RunDir(Path(cfg.out)))
+    if state is None:
         return 0
     if not cfg.resume:
         raise FedclipError(f"{cfg.out} already holds a federation; pass --resume (run config resume=true) to "
                            "continue it or choose a new --out")
-    state = json.loads(state_path.read_text())
-    before, now = state["settings"], _settings(cfg)
+    before, now = state.settings, _settings(cfg)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         what = ", ".join(f"{k} ({before.get(k)} -> {now.get(k)})" for k in changed)
         raise FedclipError(f"cannot resume {cfg.out}: changed {what}; resume with the same strategy and privacy "
                            "settings, or start a new --out")
-    return int(state["round"])
-
-
-CENTRAL_ACCOUNTANT = "central_accountant"
-"""state.json's key for the server-side DP accountant's releases, so a resumed run composes with them."""
+    return state.round
 
 
 def saved_accountant(cfg: FederateConfig) -> dict[str, Any] | None:
     """The central accountant's state after the last completed round; a resumed server-DP run without it
     would restart its epsilon at zero, so that is refused."""
-    state_path = RunDir(Path(cfg.out)).state
-    if cfg.server_dp == "none" or not state_path.exists():
+    state = RunState.read(RunDir(Path(cfg.out)))
+    if cfg.server_dp == "none" or state is None:
         return None
-    state = json.loads(state_path.read_text())
-    if CENTRAL_ACCOUNTANT not in state:
+    if state.central_accountant is None:
         raise FedclipError(f"cannot resume {cfg.out}: its state.json holds no central-DP accountant state, so the "
                            "central epsilon of its earlier rounds would be forgotten; start a new --out")
-    return state[CENTRAL_ACCOUNTANT]
+    return state.central_accountant
 
 
 class Recorder:
@@ -89,9 +82,7 @@ class Recorder:
         self.out = Path(cfg.out)
         self.run = RunDir(self.out)
         self.eval_records = read_metadata(cfg.eval_data) if cfg.eval_data else []
-        self.ledger_path = self.run.ledger_summary
-        self.ledger: list[dict[str, Any]] = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() \
-            else []
+        self.ledger: list[LedgerRow] = read_ledger(self.run)
         self.pending: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
         self.advance = None
         self.accountant_state: dict[str, Any] | None = saved_accountant(cfg) if start else None
@@ -99,36 +90,37 @@ class Recorder:
     def on_replies(self, server_round: int, report: list[dict[str, Any]], central: dict[str, Any] | None) -> None:
         self.pending[self.start + server_round] = (report, central)
 
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def evaluate_and_record(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's `evaluate_fn`: evaluates the round's global model, then records the round (checkpoint,
+        metrics line, ledger summary, state)."""
         round_ = self.start + server_round
         self.vc.model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
         metrics = server_evaluate(self.cfg, self.vc, self.eval_records, self.cfg.eval_data) \
             if self.eval_records else {}
         if server_round == 0:
             if self.start == 0:
-                runlog.append(self.run.metrics, {"round": 0, "time": time.time(), "server": metrics})
+                runlog.append(self.run.metrics, RoundLine(round=0, time=time.time(), server=metrics).to_json())
             return MetricRecord(metrics) if metrics else None
         replies, central = self.pending.pop(round_, ([], None))
         if central is not None:
             central = dict(central)
             self.accountant_state = central.pop("accountant_state")
         for r in replies:
-            self.ledger.append({"round": round_, "node": r["node"], "status": r["status"],
-                                **{k.replace("-", "_"): r[k] for k in SUMMARY_KEYS if k in r}})
+            self.ledger.append(LedgerRow(round=round_, node=str(r["node"]), status=r["status"],
+                                         **{k.replace("-", "_"): r[k] for k in SUMMARY_KEYS if k in r}))
         if central is not None:
-            self.ledger.append({"round": round_, "node": "server", "status": "central-dp", **central})
+            self.ledger.append(LedgerRow(round=round_, node="server", status="central-dp", **central))
         ckpt = models.save_checkpoint(self.vc, self.run.checkpoint(f"round-{round_:03d}"), provenance={
             "stage": "federate", "round": round_, "settings": _settings(self.cfg),
             "federate": cfglib.plain(self.cfg),  # the base checkpoint and settings
-            "epsilon_per_node": {str(r["node"]): r.get(keys.EPSILON) for r in replies},
+            EPSILON_PER_NODE: {str(r["node"]): r.get(keys.EPSILON) for r in replies},
             **({"central_epsilon": central["epsilon"]} if central else {})})
         models.copy_checkpoint(ckpt, self.run.checkpoint())
-        runlog.append(self.run.metrics, {"round": round_, "time": time.time(), "server": metrics,
-                                                   "clients": replies, **({"central": central} if central else {})})
-        io.write_json(self.ledger_path, self.ledger)
-        io.write_json(self.run.state, {"round": round_, "settings": _settings(self.cfg),  # last: done
-                                       **({CENTRAL_ACCOUNTANT: self.accountant_state}
-                                          if self.accountant_state is not None else {})})
+        runlog.append(self.run.metrics, RoundLine(round=round_, time=time.time(), server=metrics, clients=replies,
+                                                  central=central).to_json())
+        write_ledger(self.run, self.ledger)
+        RunState(round=round_, settings=_settings(self.cfg),  # last: the round is done
+                 central_accountant=self.accountant_state).write(self.run)
         spent = [r[keys.EPSILON] for r in replies if keys.EPSILON in r]
         shown: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in replies)}
         if spent:
@@ -160,7 +152,7 @@ def run_server(grid: Grid, cfg: FederateConfig) -> dict[str, Any]:
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - start,
                                 train_config=ConfigRecord({keys.ROUND_OFFSET: start}),
                                 evaluate_config=ConfigRecord({keys.ROUND_OFFSET: start}),
-                                evaluate_fn=recorder.evaluate)
+                                evaluate_fn=recorder.evaluate_and_record)
     return {"rounds": cfg.rounds, "resumed_from": start, "result": result}
 
 

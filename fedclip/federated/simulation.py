@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from fedclip.federated import strategies
 from fedclip.federated.client_app import SimulatedNodes, make_client_app
 from fedclip.federated.server_app import make_server_app, resume_point, saved_accountant
 from fedclip.federated.task import FederateConfig
-from fedclip.run import RunDir
+from fedclip.run import LedgerRow, RoundLine, RunDir, RunState, read_ledger, read_rounds
 
 
 def default_state_root() -> Path:
@@ -55,7 +55,7 @@ def preflight(cfg: FederateConfig) -> None:
 
 
 def simulate(cfg: FederateConfig, num_cpus: int | None = None, verbose: bool = False,
-             state_root: Path | None = None, policies: list[policylib.NodePolicy] | None = None) -> dict[str, Any]:
+             state_root: Path | None = None, policies: list[policylib.NodePolicy] | None = None) -> FederationSummary:
     """Run (or, with `cfg.resume`, continue) a simulated federation; each hospital keeps its state in
     `state_root/client-N`. The resolved settings go to `out/config.toml` once the inputs are checked, so
     `fedclip federate --resume --out DIR` continues with them.
@@ -86,7 +86,7 @@ def simulate(cfg: FederateConfig, num_cpus: int | None = None, verbose: bool = F
                             # session logs unless --verbose; a node's errors reach the server as replies
                             "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose}},
         )
-    return {**summary(cfg.out), "nodes": node_ledgers(nodes.state_root, cfg.clients)}
+    return replace(summary(cfg.out), nodes=node_ledgers(nodes.state_root, cfg.clients))
 
 
 class _FlowerNoise(logging.Filter):
@@ -113,13 +113,23 @@ def _quiet_flower(verbose: bool) -> Iterator[None]:
         logger.removeFilter(noise)
 
 
-def summary(out: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FederationSummary:
+    """A federation's run dir, read back: its state, one line per round, the server's ledger summary and,
+    for a simulation, every hospital's own lifetime ledger entries (`nodes`)."""
+
+    state: RunState
+    rounds: list[RoundLine]
+    ledger: list[LedgerRow]
+    nodes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def summary(out: str | Path) -> FederationSummary:
     run = RunDir(Path(out))
-    if not run.state.exists():
+    state = RunState.read(run)
+    if state is None:
         raise FedclipError(f"the federation in {out} completed no round; see the log above for the cause")
-    rounds = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
-    return {"state": json.loads(run.state.read_text()), "rounds": rounds,
-            "ledger": json.loads(run.ledger_summary.read_text()) if run.ledger_summary.exists() else []}
+    return FederationSummary(state=state, rounds=read_rounds(run), ledger=read_ledger(run))
 
 
 def node_ledgers(state_root: Path, clients: int) -> dict[str, list[dict[str, Any]]]:

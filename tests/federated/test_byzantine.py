@@ -48,8 +48,8 @@ def _round(cfg: FederateConfig, tmp_path: Path, strategy: str) -> tuple[float, f
     keys = trained_keys(models.load_checkpoint(run.checkpoint), run.finetune.train_blocks)
     assert all(torch.isfinite(after[k]).all() for k in keys)
     change = float(torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in keys)))
-    rounds = summary(run.out)["rounds"]
-    return change, rounds[0]["server"]["balanced-accuracy"], rounds[1]["server"]["balanced-accuracy"]
+    rounds = summary(run.out).rounds
+    return change, rounds[0].server["balanced-accuracy"], rounds[1].server["balanced-accuracy"]
 
 
 def test_median_and_trimmed_mean_bound_a_byzantine_hospital_that_fedavg_lets_through(federation, tmp_path):

@@ -67,11 +67,11 @@ def test_noise_is_unpredictable_unless_a_test_seed_is_set_and_then_the_ledger_sa
 
 def test_the_server_files_hold_only_public_or_charged_values(federation):
     base, cfg, result = federation
-    rows = [c for r in result["rounds"] for c in r.get("clients", [])]
+    rows = [c for r in result.rounds for c in r.clients]
     assert rows and all(set(c) <= ALLOWED for c in rows)
     assert not any("loss" in k or "accuracy" in k for c in rows for k in c)  # train metrics stay on the node
-    for entry in result["ledger"]:
-        assert {"epsilon", "unit", "neighbouring", "accountant", "delta"} <= set(entry)
+    for entry in result.ledger:
+        assert {"epsilon", "unit", "neighbouring", "accountant", "delta"} <= set(entry.to_json())
     for i in range(3):
         node = _node(base / "nodes", f"client-{i}")
         ledger = _ledger(node)
@@ -131,7 +131,7 @@ def test_dp_false_from_the_server_sends_nothing_in_a_real_federation(federation,
     base, cfg, _ = federation
     result = simulate(replace(cfg, out=tmp_path / "nodp", rounds=1).with_finetune(dp=False),
                       state_root=tmp_path / "nodes")
-    clients = result["rounds"][1]["clients"]
+    clients = result.rounds[1].clients
     assert [c["status"] for c in clients] == ["refused"] * 3 and all("requires DP" in c["reason"] for c in clients)
     start = models.load_checkpoint(cfg.checkpoint).model.state_dict()
     after = models.load_checkpoint(tmp_path / "nodp" / "checkpoints" / "last").model.state_dict()
@@ -142,7 +142,7 @@ def test_a_fresh_out_on_the_same_data_continues_the_lifetime_spend(federation, t
     base, cfg, _ = federation
     # the shared federation spent each hospital's epsilon 8 on this data; a new run dir resets nothing
     result = simulate(replace(cfg, out=tmp_path / "fresh", rounds=1), state_root=base / "nodes")
-    clients = result["rounds"][1]["clients"]
+    clients = result.rounds[1].clients
     assert [c["status"] for c in clients] == ["refused"] * 3
     assert all("past its budget" in c["reason"] and c[keys.EPSILON] > 7.9 for c in clients)
 
@@ -168,7 +168,7 @@ def test_server_side_dp_is_accounted_per_hospital_and_its_epsilon_survives_a_res
     simulate(run, state_root=tmp_path / "nodes")
     # round 1 spent the nodes' budgets (planned for one round): fresh hospitals take round 2
     result = simulate(replace(run, rounds=2, resume=True), state_root=tmp_path / "nodes-2")
-    central = [e for e in result["ledger"] if e["node"] == "server"]
+    central = [e.to_json() for e in result.ledger if not e.is_node]
     assert [e["releases"] for e in central] == [1, 2]  # the resumed run composed with round 1's release
     assert central[-1]["unit"] == "hospital" and central[-1]["denominator"] == 3
     assert "aggregated" not in central[-1]  # how many arrived is not part of the release
@@ -334,7 +334,7 @@ def test_patient_level_is_the_default_and_its_ledger_says_so(federation):
         assert all(e["patient_epsilon"] is None for e in train)  # no group-privacy figure needed: it is per patient
         size = next(e["public_size"] for e in ledger if e["kind"] == "dataset-size")
         assert size >= 1  # ~15 patients (60 images / 4) + N(0, 20^2), once: small nodes should declare theirs
-    assert {c[keys.UNIT] for r in result["rounds"][1:] for c in r["clients"]} == {"patient"}
+    assert {c[keys.UNIT] for r in result.rounds[1:] for c in r.clients} == {"patient"}
 
 
 def test_images_without_patient_ids_are_excluded_counted_or_refused_as_the_policy_says(federation, tmp_path):

@@ -26,16 +26,16 @@ BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
 
 def test_simulation_runs_rounds_with_dp_clients_and_durable_ledgers(federation):
     base, cfg, result = federation
-    assert result["state"]["round"] == 2
-    rounds = result["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2] and "balanced-accuracy" in rounds[0]["server"]
+    assert result.state.round == 2
+    rounds = result.rounds
+    assert [r.round for r in rounds] == [0, 1, 2] and "balanced-accuracy" in rounds[0].server
     for r in rounds[1:]:
-        assert sorted(int(c["partition"]) for c in r["clients"]) == [0, 1, 2]
-        assert all(c["status"] == "aggregated" for c in r["clients"])
+        assert sorted(int(c["partition"]) for c in r.clients) == [0, 1, 2]
+        assert all(c["status"] == "aggregated" for c in r.clients)
     # every client spent its budget over the planned rounds, and no more
-    final = [c["epsilon"] for c in rounds[2]["clients"]]
+    final = [c["epsilon"] for c in rounds[2].clients]
     assert all(7.0 < e <= 8.0 + 1e-6 for e in final)
-    assert len(result["ledger"]) == 6
+    assert len(result.ledger) == 6
     for i in range(3):
         assert [e["round"] for e in train_entries(base / "nodes" / f"client-{i}")] == [1, 2]
     assert not (cfg.out / "ledgers").exists()  # nothing of a node's ledger lives in the server's run dir
@@ -56,9 +56,9 @@ def test_extending_past_the_budget_makes_every_client_refuse(federation, tmp_pat
     shutil.copytree(cfg.out, run)  # ledgers included: the extension continues the same hospitals' spend
     extended = replace(cfg, out=run, rounds=3, resume=True)
     result = simulate(extended, state_root=base / "nodes")
-    last = result["rounds"][-1]
-    assert last["round"] == 3 and [c["status"] for c in last["clients"]] == ["refused"] * 3
-    assert all("past its budget" in c["reason"] for c in last["clients"])
+    last = result.rounds[-1]
+    assert last.round == 3 and [c["status"] for c in last.clients] == ["refused"] * 3
+    assert all("past its budget" in c["reason"] for c in last.clients)
     before = models.load_checkpoint(run / "checkpoints" / "round-002").model.state_dict()
     after = models.load_checkpoint(run / "checkpoints" / "round-003").model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing aggregated
@@ -83,7 +83,7 @@ def test_nan_and_wrong_shape_updates_are_rejected_and_the_rest_aggregated(federa
                    num_supernodes=3,
                    backend_config=BACKEND)
     result = summary(bad.out)
-    clients = {int(c["partition"]): c for c in result["rounds"][1]["clients"]}
+    clients = {int(c["partition"]): c for c in result.rounds[1].clients}
     assert clients[0]["status"] == "rejected" and "NaN" in clients[0]["reason"]
     assert clients[1]["status"] == "rejected" and "shape" in clients[1]["reason"]
     assert clients[2]["status"] == "aggregated"
@@ -152,7 +152,7 @@ def test_other_strategies_run_a_round(federation, tmp_path, overrides):
     base, cfg, _ = federation
     run = replace(cfg, out=tmp_path / "run", rounds=1, **overrides)
     result = simulate(run, state_root=tmp_path / "nodes")
-    clients = result["rounds"][1]["clients"]
+    clients = result.rounds[1].clients
     assert [c["status"] for c in clients] == ["aggregated"] * 3
     start = models.load_checkpoint(cfg.checkpoint).model.state_dict()
     after = models.load_checkpoint(run.out / "checkpoints" / "last").model.state_dict()
