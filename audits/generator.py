@@ -14,6 +14,11 @@ patients of the same population (the holdout, never seen by the generator) as th
   training patient among the samples (ordinal labels unless `show_patients`: ids are private);
 - fidelity: the Fréchet distance between samples and fresh patients in the same embedding, beside the
   distance between the training patients and fresh patients (what a perfect generator would score).
+
+With a population (a third set of patients the generator never saw, the auditor's own), two attacks
+take the difficulty of each image out (`fedclip.audits.generator_calibration`): the white-box loss
+calibrated against reference generators trained like the target (offline LiRA), and the black-box
+density ratio of samples to population (DOMIAS).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class GeneratorAuditConfig:
     confidence: float = 0.95
     seed: int = 0  # the auditor's: sampling, noise draws, bootstrap
     show_patients: bool = False  # per-patient copy counts name patient ids (else ordinal labels)
+    refs: int = 2  # reference generators for the calibrated white-box attack (with a population; 0: none)
 
 
 @torch.no_grad()
@@ -109,9 +115,12 @@ def _patients(records: list[Record]) -> list[str]:
 
 
 def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: str | Path, out: str | Path,
-                        cfg: GeneratorAuditConfig) -> dict[str, Any]:
-    """Audit a generator checkpoint against its training patients and fresh ones; write `out`."""
+                        cfg: GeneratorAuditConfig, population: str | Path | None = None) -> dict[str, Any]:
+    """Audit a generator checkpoint against its training patients and fresh ones; write `out`. With a
+    `population` (patients in neither set nor the generator's manifest), also the calibrated attacks."""
     checkpoint, out = Path(checkpoint), Path(out)
+    if cfg.refs < 0:
+        raise AuditError(f"--refs {cfg.refs}: pass 0 (no reference generators) or more")
     if cfg.embed not in (ANATOMY, PIXELS):
         raise AuditError(f"--embed {cfg.embed!r}: use anatomy or pixels")
     if cfg.n_samples < 2:
@@ -128,6 +137,14 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     if shared:
         raise AuditError(f"members and holdout share {len(shared)} patient(s); the holdout must be patients the "
                          "generator never saw")
+    pop_root = Path(population) if population else None
+    pop = read_metadata(pop_root) if pop_root else []
+    if pop_root:
+        overlap = sorted(set(_patients(pop)) & (set(pm) | set(ph)))
+        if overlap:
+            raise AuditError(f"the population shares {len(overlap)} patient(s) with the members or the holdout; pass "
+                             "patients the audit does not score and the generator never saw")
+        check_manifest(checkpoint, provenance, [], pop)  # not one population record trained the generator
     gen = load_generator(checkpoint)
     audited = mem + hold
     patients = pm + ph
@@ -155,29 +172,54 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
                         "images in this embedding (not Inception FID); the members-to-holdout figure is what a "
                         "generator reproducing the population would score"}
 
+    scores = {"white-box-loss": -loss, "black-box-dcr": -distance}
+    signal = {"white-box-loss": f"minus the denoising MSE averaged over timesteps {list(cfg.timesteps)} x "
+                                f"{cfg.draws} fixed noise draws, a patient's mean over their images",
+              "black-box-dcr": f"minus a patient's smallest distance to any of {cfg.n_samples} samples "
+                               f"({cfg.embed} embedding, aligned over small shifts and rotations)"}
+    references: dict[str, Any] | None = None
+    if pop_root:
+        from fedclip.audits import generator_calibration as calib
+
+        pop_emb = _embed([r.path(pop_root) for r in pop], cfg.embed, aligned=False)
+        scores["black-box-domias"] = calib.density_ratio_score(syn, pop_emb, real)
+        signal["black-box-domias"] = (f"log density of the {cfg.n_samples} samples minus log density of the "
+                                      f"{len(pop)} population images at the record (Gaussian kernels on "
+                                      f"{calib.KDE_DIMS} principal axes of the population, {cfg.embed} embedding)")
+        if cfg.refs:
+            ref_paths = calib.train_reference_generators(provenance, gen.conditioning.hospitals, pop, pop_root, out,
+                                                         count=cfg.refs, seed=cfg.seed)
+            ref_loss = np.stack([loss_signal(load_generator(p), images, cond, timesteps=cfg.timesteps,
+                                             draws=cfg.draws, seed=cfg.seed) for p in ref_paths], axis=1)
+            scores["white-box-calibrated"] = calib.calibrated_loss_score(loss, ref_loss)
+            signal["white-box-calibrated"] = (
+                f"offline LiRA: (mean - target) / sd of the same loss under {cfg.refs} reference generator(s) "
+                f"trained with the target's recipe on {len(pop)}-image population cohorts of its size")
+            references = {"count": cfg.refs, "dir": str(out / calib.REFERENCES_DIR),
+                          "recipe": "the target's config, steps, batch size, learning rate and DP setting; "
+                                    "cohorts of the target's size drawn from the population"}
+
     attacks_out: dict[str, Any] = {}
     rows = StringIO(newline="")
     writer = csv.writer(rows)
     writer.writerow(["patient", "member", "attack", "score"])
     labels = _labels(patients, cfg.show_patients)
-    for name, score in (("white-box-loss", -loss), ("black-box-dcr", -distance)):
+    for name, score in scores.items():
         ids, pscore = attacks.patient_scores(score, patients)
         pmember = np.array([int(i in set(pm)) for i in ids])
         entry = metrics.summarise(pmember, pscore, n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence,
-                                  family=2)  # the verdict reads both attacks: simultaneous intervals
+                                  family=len(scores))  # the verdict reads every attack: simultaneous intervals
         entry["roc"] = metrics.roc(pmember, pscore)
         attacks_out[name] = {"patient": entry}
         for i, s, m in zip(ids, pscore, pmember, strict=True):
             writer.writerow([labels[i], int(m), name, f"{s:.6g}"])
 
     copies_per_patient = _copies_per_patient(out / COPYING_DIR / COPIES_FILE, mem, pm, labels)
-    white = attacks_out["white-box-loss"]["patient"]
-    black = attacks_out["black-box-dcr"]["patient"]
     cautions = [c for c in [copying["verdict"].get("caution")] if c]
     few = min(len(set(pm)), len(set(ph))) < MIN_PATIENTS
     leaks = [] if few else [
         f"{n} membership AUC {e['auc']:.2f} (CI {e['ci']['auc'][0]:.2f}-{e['ci']['auc'][1]:.2f}) excludes 0.5"
-        for n, e in (("white-box", white), ("black-box", black)) if e["ci"]["auc"][0] > 0.5]
+        for n, e in ((n, a["patient"]) for n, a in attacks_out.items()) if e["ci"]["auc"][0] > 0.5]
     if few:
         cautions.append(f"{len(set(pm))} trained and {len(set(ph))} fresh patients: too few (< {MIN_PATIENTS} each) "
                         "for the membership CIs to carry a verdict; the AUCs are shown, not judged")
@@ -189,12 +231,10 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
                    "n_patients_trained": provenance.get("n_patients"),
                    "label_statistics_privacy": gcfg["label_statistics"].get("privacy")},
         "data": {"members": str(roots[0]), "holdout": str(roots[1]), "n_member_patients": len(set(pm)),
-                 "n_holdout_patients": len(set(ph)), "n_samples": cfg.n_samples},
-        "config": asdict(cfg), "manifest": manifest,
-        "signal": {"white-box-loss": f"minus the denoising MSE averaged over timesteps {list(cfg.timesteps)} x "
-                                     f"{cfg.draws} fixed noise draws, a patient's mean over their images",
-                   "black-box-dcr": f"minus a patient's smallest distance to any of {cfg.n_samples} samples "
-                                    f"({cfg.embed} embedding, aligned over small shifts and rotations)"},
+                 "n_holdout_patients": len(set(ph)), "n_samples": cfg.n_samples,
+                 "population": str(pop_root) if pop_root else None,
+                 "n_population_patients": len(set(_patients(pop))) if pop_root else None},
+        "config": asdict(cfg), "manifest": manifest, "signal": signal, "references": references,
         "attacks": attacks_out,
         "copying": {k: copying[k] for k in ("embedding", "dcr", "three_sample_test", "flags", "verdict")},
         "copies_per_patient": copies_per_patient, "fidelity": fidelity,
@@ -202,7 +242,8 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     }
     io.write_text(out / SCORES_FILE, rows.getvalue())
     write_results(out, doc, {"generator": str(checkpoint.resolve()), "members": data_fingerprint(roots[0], mem),
-                             "holdout": data_fingerprint(roots[1], hold)})
+                             "holdout": data_fingerprint(roots[1], hold),
+                             **({"population": data_fingerprint(pop_root, pop)} if pop_root else {})})
     return doc
 
 

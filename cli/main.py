@@ -611,6 +611,11 @@ def audit_generator(
     checkpoint: Annotated[Path, typer.Option(help="Generator checkpoint (RUN/checkpoints/last).")],
     members: Annotated[Path, typer.Option(help="Dataset dir the generator was trained on (or a subset of it).")],
     holdout: Annotated[Path, typer.Option(help="Dataset dir of fresh patients from the same population.")],
+    population: Annotated[Path | None, typer.Option(
+        help="Dataset dir of further patients neither audited nor trained on (the auditor's own): adds the "
+             "density-ratio attack and reference generators that calibrate the white-box loss.")] = None,
+    refs: Annotated[int, typer.Option(help="Reference generators trained like the target on population cohorts "
+                                           "(with --population; 0: none).")] = 2,
     n_samples: Annotated[int, typer.Option(help="Images to generate for copying and the black-box attack.")] = 256,
     embed: Annotated[str, typer.Option(help="anatomy (vessels and disc, colour-free) | pixels.")] = "anatomy",
     show_patients: Annotated[bool, typer.Option(help="Name patient ids in the per-patient copy counts.")] = False,
@@ -623,7 +628,7 @@ def audit_generator(
 
     try:
         doc = run_generator_audit(checkpoint, members, holdout, out, GeneratorAuditConfig(
-            n_samples=n_samples, embed=embed, show_patients=show_patients, seed=seed))
+            n_samples=n_samples, embed=embed, show_patients=show_patients, seed=seed, refs=refs), population=population)
     except FedclipError as e:
         _fail(e)
     for name, entry in doc["attacks"].items():

@@ -584,14 +584,22 @@ def generator_method(d: dict[str, Any]) -> list[list[str]]:
     data = d["data"]
     return [["threat model", "a learned generator reveals or reproduces the patients it was trained on"],
             ["attacker knowledge", "white-box: the generator's weights (denoising loss); black-box: its samples "
-                                   "only (distance to the closest sample)"],
+                                   "only (distance to the closest sample)"
+                                   + (f"; and {data['n_population_patients']} population patients the generator never "
+                                      "saw (density ratio" + (", reference generators" if d.get("references") else "")
+                                      + ")" if data.get("population") else "")],
             ["signals", "; ".join(f"{k}: {v}" for k, v in d["signal"].items())],
             ["sizes", f"{data['n_member_patients']} trained and {data['n_holdout_patients']} fresh patients, "
                       f"{data['n_samples']} samples"]]
 
 
 def generator_limitations(d: dict[str, Any]) -> list[str]:
-    return ["the white-box attack uses no reference generators (no calibration per patient)",
+    refs = d.get("references")
+    calibration = (f"the calibrated white-box attack rests on {refs['count']} reference generator(s) (offline LiRA: "
+                   "references never trained on the audited patients; a handful give a noisy per-patient spread)"
+                   if refs else "no reference generators: the white-box loss is not calibrated per patient, so at "
+                   "small cohorts it can rank patients by how hard they are to denoise (pass --population)")
+    return [calibration,
             "copies are judged in one embedding; fidelity is a Fréchet distance on principal axes, not Inception FID"]
 
 

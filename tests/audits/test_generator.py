@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedclip.audits import metrics
 from fedclip.audits.copying import anatomy_map, nearest, pixel_embedding
 from fedclip.audits.generator import GeneratorAuditConfig, frechet_distance, run_generator_audit
+from fedclip.audits.generator_calibration import calibrated_loss_score, density_ratio_score
 from fedclip.audits.results import AuditError
 from fedclip.data.records import read_metadata
 
@@ -62,3 +64,61 @@ def test_the_audit_chain_on_a_tiny_generator_redacts_patients_and_refuses_a_hold
     assert "trained without DP: it carries no privacy guarantee" in html and "Learned generator" in html
     with pytest.raises(AuditError, match="not in the target.s manifest"):
         run_generator_audit(result["checkpoint"], gen_cohort / "holdout", gen_cohort / "data", tmp_path / "b", cfg)
+
+
+def test_reference_calibration_takes_out_difficulty_that_the_raw_loss_reads_as_membership():
+    rng = np.random.default_rng(0)
+    n, refs = 400, 4
+    difficulty = rng.normal(0.0, 1.0, n)  # how hard each image is to denoise, for every model
+    member = rng.random(n) < 0.5
+    references = difficulty[:, None] + rng.normal(0.0, 0.1, (n, refs))
+    target = difficulty - 0.3 * member + rng.normal(0.0, 0.1, n)  # members a little easier for the target
+    raw = metrics.summarise(member.astype(int), -target, n_boot=10)["auc"]
+    calibrated = metrics.summarise(member.astype(int), calibrated_loss_score(target, references), n_boot=10)["auc"]
+    assert raw < 0.65 and calibrated > 0.9  # the raw loss is swamped by difficulty; calibration recovers it
+    null = difficulty + rng.normal(0.0, 0.1, n)  # a target that learned nothing about its members
+    auc = metrics.summarise(member.astype(int), calibrated_loss_score(null, references), n_boot=200)
+    assert auc["ci"]["auc"][0] <= 0.5 <= auc["ci"]["auc"][1]
+    one = calibrated_loss_score(target, references[:, :1])  # one reference: a global spread, still calibrated
+    assert metrics.summarise(member.astype(int), one, n_boot=10)["auc"] > 0.85
+
+
+def test_the_density_ratio_flags_records_a_copying_generator_reproduces_and_not_fresh_ones():
+    rng = np.random.default_rng(1)
+    population = rng.normal(size=(300, 12))
+    members, fresh = rng.normal(size=(30, 12)), rng.normal(size=(30, 12))
+    audited, member = np.vstack([members, fresh]), np.r_[np.ones(30), np.zeros(30)].astype(int)
+    copies = members[rng.integers(0, 30, 200)] + rng.normal(0.0, 0.05, (200, 12))  # samples near the members
+    auc = metrics.summarise(member, density_ratio_score(copies, population, audited), n_boot=200)
+    assert auc["auc"] > 0.9
+    honest = rng.normal(size=(200, 12))  # samples from the population itself
+    auc = metrics.summarise(member, density_ratio_score(honest, population, audited), n_boot=200)
+    assert auc["ci"]["auc"][0] <= 0.5 <= auc["ci"]["auc"][1]
+    with pytest.raises(AuditError, match="at least 3 samples"):
+        density_ratio_score(honest[:2], population, audited)
+
+
+def test_a_population_adds_the_calibrated_attacks_with_resumable_references(gen_trained, gen_cohort, tmp_path):
+    from fedclip.data.synthetic import export
+    from fedclip.synth import CohortSpec
+
+    _, result = gen_trained
+    export(CohortSpec(seed=23, size=64, hospital="riverside,summit"), tmp_path / "population", 8)
+    cfg = GeneratorAuditConfig(n_samples=6, sample_steps=2, timesteps=(10, 100), draws=1, n_boot=50, refs=2)
+    doc = run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "a", cfg,
+                              population=tmp_path / "population")
+    assert set(doc["attacks"]) == {"white-box-loss", "black-box-dcr", "black-box-domias", "white-box-calibrated"}
+    for entry in doc["attacks"].values():
+        assert 0 <= entry["patient"]["auc"] <= 1 and entry["patient"]["n_members"] == 2
+    assert doc["references"]["count"] == 2 and doc["data"]["n_population_patients"] == 2
+    refs = sorted((tmp_path / "a" / "references").glob("ref-*/checkpoints/last/model.safetensors"))
+    assert len(refs) == 2
+    steps = json.loads((refs[0].parent / "config.json").read_text())["provenance"]["steps"]
+    assert steps == json.loads((result["checkpoint"] / "config.json").read_text())["provenance"]["steps"]
+    stamp = [p.stat().st_mtime_ns for p in refs]
+    run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "a", cfg,
+                        population=tmp_path / "population")
+    assert [p.stat().st_mtime_ns for p in refs] == stamp  # finished references are reused, not retrained
+    with pytest.raises(AuditError, match="population shares 2 patient"):
+        run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "b", cfg,
+                            population=gen_cohort / "holdout")
