@@ -146,18 +146,37 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("import")
 def data_import(
-    name: Annotated[str, typer.Argument(help="synfundus, flair, messidor2, fives, refuge, odir, aptos or idrid.")],
-    root: Annotated[Path, typer.Argument(help="The dataset's folder, as downloaded.")],
+    name: Annotated[str, typer.Argument(help="folder (any image folder: your own data), synfundus, flair, "
+                                             "messidor2, fives, refuge, odir, aptos or idrid.")],
+    root: Annotated[Path, typer.Argument(help="The images' folder (searched recursively), or the public "
+                                              "dataset's folder as downloaded.")],
     out: Annotated[Path, typer.Option(help="Dataset dir to write (metadata.csv; images stay where they are).")],
+    labels: Annotated[Path | None, typer.Option(
+        help="folder: a CSV with one row per image (column file_name, filepath or image), labels and meta named "
+             "like fedclip's; default ROOT/metadata.csv if there (a Hugging Face imagefolder).")] = None,
+    map_: Annotated[list[str] | None, typer.Option(
+        "--map", help="folder: COLUMN=FIELD, a CSV column read as a fedclip label or meta field (repeatable).")] = None,
+    patient_id: Annotated[str | None, typer.Option(
+        help="folder: the CSV column holding patient ids (privacy figures are per patient only with them).")] = None,
+    folder_label: Annotated[str | None, typer.Option(
+        help="folder: sub-folder names are this label's values (ROOT/0/..., ROOT/2/... for dr_grade).")] = None,
     original_text: Annotated[bool, typer.Option(help="SynFundus-1M: keep its own captions.")] = False,
     ignore: Annotated[list[str] | None, typer.Option(help="SynFundus-1M: is_* columns to skip.")] = None,
 ) -> None:
-    """Index a public dataset into fedclip's dataset-dir format (labels mapped onto the taxonomy)."""
-    from fedclip.data.public import import_dataset
-
-    kwargs = {"original_text": original_text, "ignore": tuple(ignore or ())} if name == "synfundus" else {}
+    """Index your own image folder or a public dataset into fedclip's dataset-dir format (images stay in place)."""
     try:
-        path = import_dataset(name, root, out, **kwargs)
+        if name == "folder":
+            from fedclip.data.folder import import_folder, parse_map
+
+            path, result = import_folder(root, out, labels=labels, mapping=parse_map(map_ or []),
+                                         patient_id=patient_id, folder_label=folder_label)
+            for w in result.warnings:
+                console.print(f"[yellow]warning:[/] {escape(w)}")
+        else:
+            from fedclip.data.public import import_dataset
+
+            kwargs = {"original_text": original_text, "ignore": tuple(ignore or ())} if name == "synfundus" else {}
+            path = import_dataset(name, root, out, **kwargs)
     except FedclipError as e:
         _fail(e)
     console.print(f"wrote {path}")
@@ -170,14 +189,18 @@ def data_check(
     show: Annotated[int, typer.Option(help="Undecodable images to list.")] = 20,
 ) -> None:
     """Decode every image of a dataset dir (and check its metadata); exit 2 if any image is broken."""
-    from fedclip.data.check import undecodable
+    from fedclip.data.check import metadata_warnings, undecodable
 
     try:
         total, bad = undecodable(path, workers=workers)
+        warnings = metadata_warnings(path)
     except FedclipError as e:
         _fail(e)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     if not bad:
-        console.print(f"all {total} images decode; the metadata is consistent")
+        console.print(f"all {total} images decode; the metadata is consistent"
+                      + (" (see the warnings above)" if warnings else ""))
         return
     for rel, _ in bad[:show]:
         console.print(f"cannot be decoded: {escape(rel)}")

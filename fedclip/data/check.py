@@ -7,9 +7,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from fedclip.data.images import load_rgb
-from fedclip.data.records import read_metadata
+from fedclip.data.records import META_COLUMNS, METADATA_FILE, REQUIRED_COLUMNS, read_metadata
 from fedclip.errors import DataError
 from fedclip.progress import progress_bar
+from fedclip.synth.taxonomy import LABEL_COLUMNS
 
 
 def _check_chunk(root: str, filepaths: list[str]) -> list[tuple[str, str]]:
@@ -43,3 +44,25 @@ def undecodable(root: str | Path, workers: int = 1, chunk: int = 256) -> tuple[i
                     bad += found
                     advance(len(c))
     return len(paths), bad
+
+
+def metadata_warnings(root: str | Path) -> list[str]:
+    """What a consistent dataset dir may still get wrong: columns no stage reads (a misspelt label is
+    silently unknown) and images without a patient id (every privacy figure is then per image)."""
+    import csv
+
+    path = Path(root) / METADATA_FILE
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    known = set(REQUIRED_COLUMNS) | set(LABEL_COLUMNS) | set(META_COLUMNS)
+    out = []
+    unknown = [c for c in header if c not in known]
+    if unknown:
+        out.append(f"{path}: column(s) {', '.join(unknown)} are not fedclip fields and are ignored; rename them "
+                   "(README, Formats) or re-import with `fedclip data import folder --map COLUMN=FIELD`")
+    records = read_metadata(root, check_files=False)
+    missing = sum(1 for r in records if not r.meta.get("patient_id"))
+    if missing:
+        out.append(f"{missing} of {len(records)} image(s) have no patient_id: each counts as its own patient, so "
+                   "DP and audit figures on this set are per image, not per patient")
+    return out

@@ -90,17 +90,26 @@ def _sheet(root: Path, must_have: str, required: list[str]) -> tuple[Path, list[
     return path, _read_csv(path, required), _index_images(root)
 
 
-def _record(path: Path, labels: dict[str, Any], where: str, source: str, meta: dict[str, Any] | None = None,
-            caption: str | None = None) -> Record:
+DIAGNOSTIC_LABELS = ("dr_grade", "dr", *(c.name for c in CONDITIONS))
+UNGRADED_CAPTION = "Fundus image (retina)."
+"""The caption of an image no diagnosis is known for: it states nothing about disease."""
+
+
+def labelled_record(path: Path, labels: dict[str, Any], where: str, source: str,
+                    meta: dict[str, Any] | None = None, caption: str | None = None) -> Record:
+    """A record with checked labels and, unless given, a caption written from them by the renderer's caption
+    code (seeded by the file name, so a re-import writes the same caption)."""
     labels = checked_labels(labels, where)
     meta = {"source": source, **(meta or {})}
+    if caption is None and not any(k in labels for k in DIAGNOSTIC_LABELS):
+        caption = UNGRADED_CAPTION  # the caption code would say "no pathological findings": a claim nobody made
     if caption is None:
         seed = int.from_bytes(hashlib.sha256(str(path.name).encode()).digest()[:8], "little")
         caption = make_caption(labels, meta, np.random.default_rng(seed), diabetic="dr_grade" in labels)
     return Record(str(path), caption, labels, meta)
 
 
-def _int(value: str, where: str, column: str) -> int | None:
+def number_cell(value: str, where: str, column: str) -> int | None:
     if value == "":
         return None
     try:
@@ -145,13 +154,13 @@ def load_synfundus(root: str | Path, annotation: str | Path | None = None, origi
     records = []
     for line, row in enumerate(rows, start=2):
         where = f"{ann}:{line}"
-        labels: dict[str, Any] = {"dr_grade": _int(row["dr_grade"], where, "dr_grade")}
+        labels: dict[str, Any] = {"dr_grade": number_cell(row["dr_grade"], where, "dr_grade")}
         for col, label in flags.items():
-            labels[label] = _int(row[col], where, col)
+            labels[label] = number_cell(row[col], where, col)
         rel = root / row[image_col]
         path = rel if rel.is_file() else _find(index, row[image_col], where)
         text = row.get("text") or row.get("caption") if original_text else None
-        records.append(_record(path, labels, where, "synfundus-1m", caption=text or None))
+        records.append(labelled_record(path, labels, where, "synfundus-1m", caption=text or None))
     return records
 
 
@@ -212,7 +221,7 @@ def load_flair_csv(root: str | Path, csv_path: str | Path | None = None) -> list
         rel = root / row["image"]
         img = rel if rel.is_file() else _find(index, row["image"], where)
         meta = {"other_findings": "; ".join(other)} if other else {}
-        records.append(_record(img, labels, where, "flair", meta))
+        records.append(labelled_record(img, labels, where, "flair", meta))
     return records
 
 
@@ -223,10 +232,10 @@ def load_messidor2(root: str | Path) -> list[Record]:
     records = []
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
-        labels = {"dr_grade": _int(row["adjudicated_dr_grade"], where, "adjudicated_dr_grade"),
-                  "dme": _int(row.get("adjudicated_dme", ""), where, "adjudicated_dme"),
-                  "readable": _int(row.get("adjudicated_gradable", ""), where, "adjudicated_gradable")}
-        records.append(_record(_find(index, row["image_id"], where), labels, where, "messidor-2"))
+        labels = {"dr_grade": number_cell(row["adjudicated_dr_grade"], where, "adjudicated_dr_grade"),
+                  "dme": number_cell(row.get("adjudicated_dme", ""), where, "adjudicated_dme"),
+                  "readable": number_cell(row.get("adjudicated_gradable", ""), where, "adjudicated_gradable")}
+        records.append(labelled_record(_find(index, row["image_id"], where), labels, where, "messidor-2"))
     return records
 
 
@@ -247,7 +256,7 @@ def load_fives(root: str | Path) -> list[Record]:
         if code:
             labels[code] = 1
         split = next((s for s in ("train", "test") if s in (x.lower() for x in p.parts)), "")
-        records.append(_record(p, labels, str(p), "fives", {"split": split}))
+        records.append(labelled_record(p, labels, str(p), "fives", {"split": split}))
     if not records:
         raise DataError(f"no FIVES images ({{n}}_{{A|D|G|N}}.png) under {root}; point at the FIVES root folder")
     return records
@@ -264,7 +273,7 @@ def load_refuge(root: str | Path) -> list[Record]:
         for f in sorted(files):
             if f.lower().endswith(IMAGE_EXTS):
                 p = Path(dirpath) / f
-                records.append(_record(p, {"glaucoma": int(folder == "glaucoma")}, str(p), "refuge"))
+                records.append(labelled_record(p, {"glaucoma": int(folder == "glaucoma")}, str(p), "refuge"))
     if not records:
         raise DataError(f"no Glaucoma/ or Non-Glaucoma/ image folders under {root}; point at the REFUGE root")
     return sorted(records, key=lambda r: r.filepath)
@@ -292,7 +301,7 @@ def load_odir(root: str | Path) -> list[Record]:
             if other:
                 meta["other_findings"] = "; ".join(other)
             img = _find(index, row[f"{side}-Fundus"], where)
-            records.append(_record(img, labels, where, "odir-5k", meta))
+            records.append(labelled_record(img, labels, where, "odir-5k", meta))
     return records
 
 
@@ -300,8 +309,9 @@ def load_aptos(root: str | Path) -> list[Record]:
     """APTOS 2019: train.csv (id_code, diagnosis 0-4) + train_images/{id_code}.png."""
     root = Path(root)
     path, rows, index = _sheet(root, "diagnosis", ["id_code", "diagnosis"])
-    return [_record(_find(index, row["id_code"], f"{path}:{line}"),
-                    {"dr_grade": _int(row["diagnosis"], f"{path}:{line}", "diagnosis")}, f"{path}:{line}", "aptos")
+    return [labelled_record(_find(index, row["id_code"], f"{path}:{line}"),
+                            {"dr_grade": number_cell(row["diagnosis"], f"{path}:{line}", "diagnosis")},
+                            f"{path}:{line}", "aptos")
             for line, row in enumerate(rows, start=2)]
 
 
@@ -316,11 +326,12 @@ def load_idrid(root: str | Path) -> list[Record]:
     for path in sheets:
         for line, row in enumerate(_read_csv(path, ["Image name", "Retinopathy grade"]), start=2):
             where = f"{path}:{line}"
-            risk = _int(row.get("Risk of macular edema", ""), where, "Risk of macular edema")
-            labels = {"dr_grade": _int(row["Retinopathy grade"], where, "Retinopathy grade"),
+            risk = number_cell(row.get("Risk of macular edema", ""), where, "Risk of macular edema")
+            labels = {"dr_grade": number_cell(row["Retinopathy grade"], where, "Retinopathy grade"),
                       "dme": None if risk is None else int(risk > 0)}
             split = "test" if "test" in path.name.lower() else "train"
-            records.append(_record(_find(index, row["Image name"], where), labels, where, "idrid", {"split": split}))
+            records.append(labelled_record(_find(index, row["Image name"], where), labels, where, "idrid",
+                                           {"split": split}))
     return records
 
 

@@ -76,8 +76,9 @@ def read_metadata(root: str | Path, check_files: bool = True) -> list[Record]:
     path = root / METADATA_FILE
     if not path.is_file():
         hint = " (an interrupted export? run it again to finish)" if (root / IMAGES_DIR).is_dir() else ""
-        raise DataError(f"{path} not found{hint}; a dataset dir needs images/ and metadata.csv — create one "
-                        "with `fedclip synth --out DIR` or a dataset loader")
+        raise DataError(f"{path} not found{hint}; a dataset dir needs metadata.csv (README, Formats) — index "
+                        "your images with `fedclip data import folder ROOT --out DIR`, or generate a set with "
+                        "`fedclip synth --out DIR`")
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
