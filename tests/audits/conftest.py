@@ -57,3 +57,10 @@ def cohort(tmp_path_factory):
     dirs = split_by_patient(root / "all", root, {"members": 1 / 3, "nonmembers": 1 / 3, "population": 1 / 3})
     base = models.save_checkpoint(models.create("visionclip-tiny", seed=0), root / "base")
     return root, base, dirs
+
+
+def pdf_pages(pdf) -> list[str]:
+    """The text of each page of a PDF, read back with pypdf (no system tool needed)."""
+    from pypdf import PdfReader
+
+    return [page.extract_text() or "" for page in PdfReader(str(pdf)).pages]

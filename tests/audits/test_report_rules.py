@@ -5,7 +5,6 @@ default, the banner when records are shown, the sign-off page and the evidence b
 import csv
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from fedclip.audits.report import render
 from fedclip.audits.report.evidence import keygen, verify
 from fedclip.audits.results import AuditError, write_results
 from fedclip.cli.main import app
+from tests.audits.conftest import pdf_pages
 
 runner = CliRunner()
 
@@ -111,8 +111,7 @@ def _audit_dir(tmp_path: Path, *, leaking: bool, confound_auc: float = 0.52) -> 
 
 
 def _pdf_pages(pdf: Path) -> list[str]:
-    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
-    return [p for p in text.split("\f") if p.strip()]
+    return [p for p in pdf_pages(pdf) if p.strip()]
 
 
 def test_the_report_is_redacted_by_default_and_marks_every_page_when_records_are_shown(tmp_path):

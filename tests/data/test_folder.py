@@ -50,7 +50,7 @@ def test_a_labels_csv_with_mapped_columns_and_patient_ids(tmp_path):
     records = read_metadata(tmp_path / "ds")
     assert [r.labels["dr_grade"] for r in records] == [2, 0, 4] and [r.labels["dr"] for r in records] == [1, 0, 1]
     assert [r.meta["patient_id"] for r in records] == ["P1", "P1", "P2"] and records[0].meta["hospital"] == "north"
-    assert records[2].caption != UNGRADED_CAPTION and "new vessels" in records[2].caption  # written from the labels by the renderer's caption code
+    assert records[2].caption != UNGRADED_CAPTION and "new vessels" in records[2].caption  # from the labels
     check = runner.invoke(app, ["data", "check", str(tmp_path / "ds")])
     assert check.exit_code == 0 and "warning" not in check.output
 
