@@ -492,14 +492,22 @@ def audit_epsilon(
     power: Annotated[bool, typer.Option(
         "--power", help="Also audit copies of the training with the noise halved and the clip off (the claim "
                         "unchanged) and report which of these breaks the audit catches (one-run only).")] = False,
+    config_file: Annotated[Path | None, typer.Option(
+        help="With --checkpoint: TOML file with a [finetune] table, the audited training's settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="With --checkpoint: finetune.NAME=VALUE, a setting of the audited training (repeatable; "
+                      "default: fedclip.finetune.FinetuneConfig's).")] = None,
     out: Annotated[Path, typer.Option(help="Audit dir (results.json, scores.csv).")] = Path("runs/audit-epsilon"),
 ) -> None:
     """Empirical epsilon lower bound of the federation's DP fine-tuning, against its accountant's epsilon."""
+    from fedclip import config as cfglib
     from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon, settings_from_run
     from fedclip.finetune import FinetuneConfig
     from fedclip.progress import progress_bar
 
     try:
+        if run is not None and (config_file or set_):
+            raise FedclipError("--config-file / --set describe a --checkpoint's training; a --run brings its own")
         if run is not None:
             base, run_data, ft, ledger_eps = settings_from_run(run)
             source = {"run": str(run)}
@@ -510,8 +518,8 @@ def audit_epsilon(
             delta = 1e-5 if delta is None else delta
             if not 0 < delta < 1:
                 raise FedclipError(f"--delta {delta}: pass a delta between 0 and 1 (exclusive), e.g. 1e-5")
-            ft = FinetuneConfig(epsilon=epsilon, delta=delta, train_blocks=0, epochs=3,
-                                batch_size=256, lr=1.0, rounds=1)
+            # the claim's mechanism as the user states it (file, --set), not settings chosen here
+            ft = cfglib.load(FinetuneConfig, "finetune", config_file, set_ or (), epsilon=epsilon, delta=delta)
             source = {"checkpoint": str(checkpoint)}
         else:
             raise FedclipError("pass --run RUN (a federation's run dir) or --checkpoint CKPT --data DIR")

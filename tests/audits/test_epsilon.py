@@ -70,6 +70,28 @@ def test_a_checkpoint_audit_needs_a_positive_claimed_epsilon_and_never_assumes_o
                                        *args, "--out", str(tmp_path / "a")])
         assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "a").exists()
+    res = CliRunner().invoke(app, ["audit", "epsilon", "--run", str(tmp_path), "--set", "finetune.epochs=2"])
+    assert res.exit_code == 2 and "a --run brings its own" in res.output
+
+
+def test_a_checkpoint_audit_runs_the_training_the_user_states_not_one_chosen_for_them(cohort, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedclip.cli.main import app
+
+    root, base, d = cohort
+    res = CliRunner().invoke(app, ["audit", "epsilon", "--checkpoint", str(base), "--data", str(d["members"]),
+                                   "--epsilon", "2", "--canaries", "20", "--set", "finetune.epochs=2",
+                                   "--set", "finetune.batch_size=16", "--set", "finetune.train_blocks=0",
+                                   "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    training = doc["training"]
+    assert (training["epochs"], training["batch_size"], training["epsilon"]) == (2, 16, 2.0)
+    assert training["lr"] == FinetuneConfig().lr  # unset: the library's default, stated in results.json
+    assert doc["theoretical"]["sample_rate"] == pytest.approx(16 / training["n"])
 
 
 @pytest.mark.parametrize("engine", ["bk", "hooks"])
