@@ -39,6 +39,9 @@ from fedclip.run import EPSILON_PER_NODE
 ATTACKS = ("loss", "lira", "lira-offline", "rmia", "rmia-offline")
 
 
+MIN_LIRA_REFS = 4  # complementary pairs: each record IN 2 and OUT of 2, so a (pooled) spread exists
+
+
 @dataclass(frozen=True)
 class MiaConfig:
     attacks: tuple[str, ...] = ("loss", "lira", "rmia")
@@ -121,6 +124,9 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
     target, out = Path(target), Path(out)
     if cfg.refs < 2 or cfg.refs % 2:
         raise AuditError(f"--refs {cfg.refs}: reference models come in complementary pairs; pass an even number >= 2")
+    if cfg.refs < MIN_LIRA_REFS and set(cfg.attacks) <= {"lira", "lira-offline"}:
+        raise AuditError(f"--refs {cfg.refs}: LiRA needs at least {MIN_LIRA_REFS} reference models; pass --refs "
+                         f"{MIN_LIRA_REFS} or add --attack rmia (which works with 2)")
     unknown = sorted(set(cfg.attacks) - set(ATTACKS))
     if unknown:
         raise AuditError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
@@ -187,9 +193,16 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
                     "random halves of audited + population records", "base": str(fed["checkpoint"]),
                     "split_seed": cfg.seed,
                     "variance": "global" if global_std else "per record", "finetune": asdict(ft)}
-            if "lira" in cfg.attacks:
+            lira_asked = [a for a in ("lira", "lira-offline") if a in cfg.attacks]
+            if lira_asked and cfg.refs < MIN_LIRA_REFS:
+                # with 2 references each record is IN one and OUT of the other: no spread can be estimated,
+                # the fitted deviation collapses to its floor and the scores run to +-1e12
+                warnings.append(f"{', '.join(lira_asked)} not run: LiRA needs at least {MIN_LIRA_REFS} reference "
+                                f"models (--refs {cfg.refs}); RMIA works with 2")
+                lira_asked = []
+            if "lira" in lira_asked:
                 scores["lira"] = attacks.lira(margin[:n], ref_m[:n], ref_in[:n], online=True, global_std=global_std)
-            if "lira-offline" in cfg.attacks:
+            if "lira-offline" in lira_asked:
                 scores["lira-offline"] = attacks.lira(margin[:n], ref_m[:n], ref_in[:n], online=False,
                                                       global_std=global_std)
             for name in ("rmia", "rmia-offline"):

@@ -31,6 +31,7 @@ def test_an_overfit_model_leaks_and_every_figure_can_be_recomputed(cohort, tmp_p
     assert any("no member manifest" in w for w in doc["warnings"])
     saved = json.loads((tmp_path / "audit" / "results.json").read_text())
     assert saved["references"]["count"] == 2 and saved["signal"].startswith("logit margin")
+    assert "lira" not in doc["attacks"] and any("LiRA needs at least 4" in w for w in doc["warnings"])
     with open(tmp_path / "audit" / "scores.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["attack"] == "rmia"]
     assert len(rows) == doc["data"]["n_members"] + doc["data"]["n_nonmembers"]
@@ -40,8 +41,11 @@ def test_an_overfit_model_leaks_and_every_figure_can_be_recomputed(cohort, tmp_p
     # a second audit of the same data reuses the cached reference models
     cached = sorted(p.name for p in (tmp_path / "audit" / "refs").iterdir())
     run_mia(target, d["members"], d["nonmembers"], d["population"],
-            MiaConfig(attacks=("lira",), refs=2, n_boot=50), tmp_path / "audit")
+            MiaConfig(attacks=("rmia",), refs=2, n_boot=50), tmp_path / "audit")
     assert sorted(p.name for p in (tmp_path / "audit" / "refs").iterdir()) == cached
+    with pytest.raises(AuditError, match="LiRA needs at least 4"):
+        run_mia(target, d["members"], d["nonmembers"], d["population"],
+                MiaConfig(attacks=("lira",), refs=2, n_boot=50), tmp_path / "audit")
 
 
 def test_the_same_training_with_dp_at_epsilon_1_is_indistinguishable_from_chance(cohort, tmp_path):
