@@ -87,7 +87,7 @@ def _methodology(docs: list[dict[str, Any]], redact: bool) -> Section:
         rows.append(["software", ", ".join(f"{n} {v}" for n, v in software.items())])
         for name, fp in (prov.get("inputs") or {}).items():
             rows.append([f"input: {name}", _short(redact_doc(fp) if redact else fp)])
-        s.tables.append((f"{label(d, redact)}", ["", ""], [[a, str(b)] for a, b in rows]))
+        s.tables.append((f"{label(d, redact)}", ["aspect", "what this audit did"], [[a, str(b)] for a, b in rows]))
     return s
 
 

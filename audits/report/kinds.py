@@ -123,7 +123,8 @@ def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
                  str(e[lvl]["n_members"]), str(e[lvl]["n_nonmembers"])] for a, e in doc["attacks"].items() if lvl in e]
         if rows:
             e0 = next(e[lvl] for e in doc["attacks"].values() if lvl in e)
-            how = (f"{e0['confidence']:.0%} bootstrap CIs over {e0.get('bootstrap', 'records')}"
+            over = "patients" if lvl == "patient" else e0.get("bootstrap", "records")  # a row per patient
+            how = (f"{e0['confidence']:.0%} bootstrap CIs over {over}"
                    + (f", simultaneous over {e0['family']} attacks (Bonferroni, each at {e0['ci_level']:.1%})"
                       if e0.get("family", 1) > 1 else "")
                    + f"; the smallest FPR {e0['n_nonmembers']} non-members resolve is {e0['min_fpr']:.2%}")
