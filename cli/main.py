@@ -140,6 +140,25 @@ def generator_train(
                   f"checkpoint: {result['checkpoint']}")
 
 
+@app.command("import-open-clip")
+def import_open_clip_cmd(
+    source: Annotated[Path, typer.Argument(help="An open_clip model dir (open_clip_config.json + "
+                                                "open_clip_model.safetensors or open_clip_pytorch_model.bin) or "
+                                                "open_clip_train's epoch_N.pt.")],
+    out: Annotated[Path, typer.Option(help="The fedclip checkpoint dir to write.")],
+    model: Annotated[str | None, typer.Option(help="Architecture (fedclip or open_clip name, e.g. ViT-B-32); "
+                                                   "required for epoch_N.pt, which does not record it.")] = None,
+) -> None:
+    """Convert an open_clip checkpoint into a fedclip one (safetensors, hashed); nothing is downloaded."""
+    from fedclip.interop import import_open_clip
+
+    try:
+        path = import_open_clip(source, out, model)
+    except FedclipError as e:
+        _fail(e)
+    console.print(f"wrote {path}; use it as --init or --checkpoint")
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Datasets on disk: import public sets, inspect dataset dirs.")
 app.add_typer(data_app, name="data")
 

@@ -47,10 +47,15 @@ open_clip.add_model_config(CONFIG_DIR)
 
 
 def model_config(name: str) -> dict[str, Any]:
-    """The open_clip model config registered under `name` (a copy: safe to edit)."""
-    if name not in MODEL_NAMES:
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
-    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    """The model config registered under `name`: fedclip's, or an open_clip architecture (`ViT-B-32`, …;
+    randomly initialised wherever it is created: no weights are downloaded). A copy: safe to edit."""
+    if name in MODEL_NAMES:
+        return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}, or an open_clip "
+                         "architecture (python -c 'import open_clip; print(open_clip.list_models())')")
+    return cfg
 
 
 @dataclass
@@ -134,10 +139,18 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     cfg_path = directory / FEDCLIP_CONFIG_FILE
+    if directory.is_file():
+        raise ModelError(f"{directory} is a file, not a fedclip checkpoint dir; an open_clip_train epoch_N.pt is "
+                         f"converted once with `fedclip import-open-clip {directory} --model NAME --out CKPT`")
     if not directory.is_dir():
         raise ModelError(f"checkpoint {directory} does not exist; pass a directory written by "
                          "`fedclip pretrain` (RUN/checkpoints/<tag>)")
     if not cfg_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        if (directory / "checkpoints" / "last").is_dir():
+            raise ModelError(f"{directory} is a run dir, not a checkpoint; did you mean {directory}/checkpoints/last?")
+        if (directory / OPEN_CLIP_CONFIG_FILE).is_file():
+            raise ModelError(f"{directory} is an open_clip model dir; convert it once with `fedclip import-open-clip "
+                             f"{directory} --out CKPT` and pass CKPT")
         raise ModelError(f"{directory} is not a fedclip checkpoint: it needs {WEIGHTS_FILE} and "
                          f"{FEDCLIP_CONFIG_FILE}; was it written by `fedclip pretrain`?")
     try:

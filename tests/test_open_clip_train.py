@@ -31,3 +31,10 @@ def test_open_clip_train_continues_from_a_fedclip_checkpoint(tmp_path):
     moved = [k for k in start if not torch.equal(start[k], saved[k])]
     diff = max(float((start[k] - saved[k]).abs().max()) for k in start)
     assert moved and diff < 0.05  # trained from our weights: changed a little, not re-initialised
+    # and back: open_clip_train's own checkpoint becomes a fedclip one (read as tensors only)
+    from fedclip.interop import import_open_clip
+
+    back = import_open_clip(tmp_path / "logs" / "cont" / "checkpoints" / "epoch_1.pt", tmp_path / "back",
+                            model="visionclip-tiny")
+    loaded = models.load_checkpoint(back).model.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in start)
