@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from fedclip import models
-from fedclip.federated.task import federated_finetune
+from fedclip.federated.config import federated_finetune
 from fedclip.finetune import FinetuneConfig, finetune, load_pixels, prefix_tokens
 from fedclip.synth import CohortSpec, sample
 from fedclip.tasks import labelled

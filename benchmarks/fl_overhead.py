@@ -21,9 +21,11 @@ from pathlib import Path
 
 from fedclip import models
 from fedclip.data.synthetic import export
+from fedclip.federated.config import FederateConfig
+from fedclip.federated.node import Node
 from fedclip.federated.policy import NodePolicy
 from fedclip.federated.simulation import simulate
-from fedclip.federated.task import FederateConfig, Node, client_train, load_global
+from fedclip.federated.task import client_train, load_global
 from fedclip.finetune import trained_keys
 from fedclip.synth import CohortSpec
 

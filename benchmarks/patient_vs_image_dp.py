@@ -25,7 +25,7 @@ from fedclip import evaluate, models, tasks  # noqa: E402
 from fedclip.audits.mia import MiaConfig, run_mia  # noqa: E402
 from fedclip.data.records import read_metadata  # noqa: E402
 from fedclip.data.synthetic import export  # noqa: E402
-from fedclip.federated.task import FederateConfig  # noqa: E402
+from fedclip.federated.config import FederateConfig  # noqa: E402
 from fedclip.finetune import FinetuneConfig, finetune, load_pixels, prefix_tokens  # noqa: E402
 from fedclip.pretrain import PretrainConfig, pretrain  # noqa: E402
 from fedclip.synth import CohortSpec  # noqa: E402

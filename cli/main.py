@@ -395,8 +395,8 @@ def federate(
     """Federated DP fine-tuning on Flower's simulation engine (one process per hospital)."""
     from fedclip import config as cfglib
     from fedclip.federated import policy as policylib
+    from fedclip.federated.config import FederateConfig
     from fedclip.federated.simulation import simulate
-    from fedclip.federated.task import FederateConfig
 
     try:
         if resume and config is None and out is not None and (out / "config.toml").exists():

@@ -33,7 +33,7 @@ from fedclip.data.records import fingerprint, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.experiments import headline
 from fedclip.experiments.runner import STAGES_DIR, Stage, run_stages
-from fedclip.federated.task import FederateConfig, federated_finetune
+from fedclip.federated.config import FederateConfig, federated_finetune
 from fedclip.pretrain import PretrainConfig
 from fedclip.run import RunDir
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fedclip.federated.task import flower_app_config
+from fedclip.federated.config import flower_app_config
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 SECTION = re.compile(r"^\[tool\.flwr\.app\.config(\.[^\]]+)?\]\n(?:(?!\[).*\n)*", re.MULTILINE)

@@ -7,7 +7,7 @@ import pytest
 
 from fedclip import config as cfglib
 from fedclip.errors import FedclipError
-from fedclip.federated.task import FederateConfig, from_run_config, to_run_config
+from fedclip.federated.config import FederateConfig, from_run_config, to_run_config
 from fedclip.pretrain import PretrainConfig
 
 

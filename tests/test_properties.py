@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from fedclip import config as cfglib
 from fedclip.data.records import METADATA_FILE, Record, read_metadata, write_metadata
 from fedclip.errors import FedclipError
-from fedclip.federated.task import FederateConfig, from_run_config, to_run_config
+from fedclip.federated.config import FederateConfig, from_run_config, to_run_config
 from fedclip.pretrain import PretrainConfig
 from fedclip.synth.taxonomy import CONDITION_NAMES, QUALITY_NAMES
 

@@ -22,7 +22,9 @@ from flwr.clientapp import ClientApp
 from fedclip.errors import FedclipError
 from fedclip.federated import keys
 from fedclip.federated import policy as policylib
-from fedclip.federated.task import ClientRound, FederateConfig, Node, client_evaluate, client_train, from_run_config
+from fedclip.federated.config import FederateConfig, from_run_config
+from fedclip.federated.node import Node
+from fedclip.federated.task import ClientRound, client_evaluate, client_train
 
 
 @dataclass(frozen=True)

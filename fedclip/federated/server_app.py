@@ -20,7 +20,8 @@ from fedclip import models, runlog
 from fedclip.data.records import read_metadata
 from fedclip.errors import FedclipError
 from fedclip.federated import keys, strategies
-from fedclip.federated.task import FederateConfig, from_run_config, load_global, server_evaluate
+from fedclip.federated.config import FederateConfig, from_run_config
+from fedclip.federated.task import load_global, server_evaluate
 from fedclip.finetune import trained_keys
 from fedclip.progress import progress_bar
 from fedclip.run import EPSILON_PER_NODE, LedgerRow, RoundLine, RunDir, RunState, read_ledger, write_ledger

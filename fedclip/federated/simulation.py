@@ -22,8 +22,8 @@ from fedclip.errors import FedclipError
 from fedclip.federated import policy as policylib
 from fedclip.federated import strategies
 from fedclip.federated.client_app import SimulatedNodes, make_client_app
+from fedclip.federated.config import FederateConfig
 from fedclip.federated.server_app import make_server_app, resume_point, saved_accountant
-from fedclip.federated.task import FederateConfig
 from fedclip.run import LedgerRow, RoundLine, RunDir, RunState, read_ledger, read_rounds
 
 

@@ -45,7 +45,8 @@ from flwr.serverapp.strategy import (
 
 from fedclip.errors import FedclipError
 from fedclip.federated import keys
-from fedclip.federated.task import FederateConfig, check_update
+from fedclip.federated.config import FederateConfig
+from fedclip.federated.task import check_update
 from fedclip.noise import gaussian_like, generator
 
 log = logging.getLogger("fedclip.federated")

@@ -148,7 +148,7 @@ def denoising_loss(model: Any, x: torch.Tensor, t: torch.Tensor, noise: torch.Te
 def _ledger(cfg: GeneratorTrainConfig):  # noqa: ANN202 - the node's ledger types live in federated
     from fedclip.federated import policy as policylib
     from fedclip.federated.ledger import PrivacyLedger
-    from fedclip.federated.task import LEDGER_PREFIX
+    from fedclip.federated.node import LEDGER_PREFIX
 
     state = Path(cfg.state_dir) if cfg.state_dir else Path.home() / ".fedclip" / "node"
     pol_path = state / "policy.toml"

@@ -12,7 +12,7 @@ from fedclip import config as cfglib
 from fedclip import models, tasks
 from fedclip.data.records import read_metadata, write_metadata
 from fedclip.data.synthetic import export
-from fedclip.federated.task import FederateConfig
+from fedclip.federated.config import FederateConfig
 from fedclip.finetune import FinetuneConfig, finetune, load_pixels, prefix_tokens
 from fedclip.synth import CohortSpec
 

@@ -4,8 +4,8 @@ import pytest
 
 from fedclip import models
 from fedclip.data.synthetic import export
+from fedclip.federated.config import FederateConfig
 from fedclip.federated.simulation import simulate
-from fedclip.federated.task import FederateConfig
 from fedclip.synth import CohortSpec
 
 

@@ -8,8 +8,10 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedclip.federated.config import FederateConfig
+from fedclip.federated.node import Node
 from fedclip.federated.policy import NodePolicy
-from fedclip.federated.task import FederateConfig, Node, client_train
+from fedclip.federated.task import client_train
 
 Tamper = Callable[[int, dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 

@@ -10,9 +10,9 @@ import torch
 from flwr.simulation import run_simulation
 
 from fedclip import models
+from fedclip.federated.config import FederateConfig
 from fedclip.federated.server_app import make_server_app
 from fedclip.federated.simulation import _absolute, summary
-from fedclip.federated.task import FederateConfig
 from fedclip.finetune import trained_keys
 from tests.federated.helpers import tampering_client_app
 

@@ -1,7 +1,7 @@
 import tomllib
 from pathlib import Path
 
-from fedclip.federated.task import FederateConfig, flower_app_config, from_run_config
+from fedclip.federated.config import FederateConfig, flower_app_config, from_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

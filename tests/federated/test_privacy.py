@@ -17,10 +17,11 @@ from fedclip import models
 from fedclip.errors import FedclipError
 from fedclip.federated import keys
 from fedclip.federated.client_app import SimulatedNodes, make_client_app
+from fedclip.federated.node import Node
 from fedclip.federated.policy import NodePolicy, Refusal, load_simulated, negotiate
 from fedclip.federated.server_app import resume_point
 from fedclip.federated.simulation import simulate
-from fedclip.federated.task import Node, client_evaluate, client_train, load_global
+from fedclip.federated.task import client_evaluate, client_train, load_global
 from fedclip.finetune import trained_keys
 
 ALLOWED = keys.PUBLIC_METRICS | keys.PUBLIC_STRINGS | {"node", "status"}

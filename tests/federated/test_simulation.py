@@ -15,9 +15,9 @@ import torch
 from flwr.simulation import run_simulation
 
 from fedclip import models
+from fedclip.federated.config import FederateConfig
 from fedclip.federated.server_app import make_server_app
 from fedclip.federated.simulation import _absolute, simulate, summary
-from fedclip.federated.task import FederateConfig
 from tests.federated.helpers import tampering_client_app, train_entries
 
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

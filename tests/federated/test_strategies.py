@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, Record
 
 from fedclip.errors import FedclipError
 from fedclip.federated import keys, strategies
-from fedclip.federated.task import FederateConfig
+from fedclip.federated.config import FederateConfig
 
 SHAPES = {"w": (2, 3), "b": (3,)}
 
