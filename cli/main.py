@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -132,6 +132,8 @@ def generator_train(
         result = train_generator(cfg, out, resume=resume)
     except FedclipError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted(out)
     privacy = "trained without DP"
     if result["dp"]:
         privacy = (f"patient-level DP (add/remove-one patient), lifetime ε = {result['epsilon']:.3f}, "
@@ -291,6 +293,8 @@ def pretrain(
         result = run_pretrain(cfg, out, resume=resume)
     except FedclipError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted(out)
     if result["undecodable_skipped"]:
         bad = result["undecodable_skipped"]
         console.print(f"[yellow]warning:[/] skipped {len(bad)} undecodable image(s) (first: {escape(bad[0])}); "
@@ -843,6 +847,15 @@ def experiment_run(
     console.print(f"synthetic ÷ real external balanced accuracy: "
                   f"{r['synthetic_over_private_external_balanced_accuracy']:.2f}")
     console.print(f"report: {outputs['report']['pdf']} (also .html, .json); results: {outputs['report']['results']}")
+
+
+def _interrupted(out: Path) -> NoReturn:
+    """Ctrl-C in a training command: say what was kept and how to continue, exit 130 (the shell's code)."""
+    last = out / "checkpoints" / "last"
+    kept = (f"the last checkpoint ({last}) is kept; continue with the same command and --resume"
+            if last.is_dir() else "no checkpoint was saved yet (--save-every N saves one every N steps)")
+    console.print(f"interrupted: {kept}")
+    raise typer.Exit(130)
 
 
 def main() -> None:  # pragma: no cover - `python -m fedclip` and `python -m fedclip.cli.main`

@@ -1,5 +1,6 @@
 from typer.testing import CliRunner
 
+from fedclip import models
 from fedclip.cli.main import app
 
 runner = CliRunner()
@@ -75,3 +76,19 @@ def test_version_and_python_dash_m_run_the_same_cli():
     assert res.stdout.strip() == f"fedclip {__version__}"
     res = subprocess.run([sys.executable, "-m", "fedclip", "audit", "epsilon"], capture_output=True, text=True)
     assert res.returncode == 2 and "--run" in res.stderr + res.stdout
+
+
+def test_ctrl_c_in_training_says_what_was_kept_and_exits_130(tmp_path, monkeypatch):
+    import fedclip.pretrain
+
+    def interrupted(cfg, out, resume=False):
+        models.save_checkpoint(models.create("visionclip-tiny"), out / "checkpoints" / "last")
+        raise KeyboardInterrupt  # what Ctrl-C raises in the training loop
+
+    monkeypatch.setattr(fedclip.pretrain, "pretrain", interrupted)
+    res = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "run"), "--synth", "n=8 seed=0 size=64"])
+    assert res.exit_code == 130 and "--resume" in res.output and "Traceback" not in res.output, res.output
+    monkeypatch.setattr(fedclip.pretrain, "pretrain", lambda cfg, out, resume=False: (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    res = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "fresh"), "--synth", "n=8 seed=0 size=64"])
+    assert res.exit_code == 130 and "no checkpoint was saved yet" in res.output
