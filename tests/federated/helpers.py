@@ -22,15 +22,17 @@ def train_entries(state_dir):
     return [e for e in map(json.loads, path.read_text().splitlines()) if e["kind"] == "train"]
 
 
-def tampering_client_app(cfg: FederateConfig, state_root: Path, tamper: Tamper) -> ClientApp:
+def tampering_client_app(cfg: FederateConfig, state_root: Path, tamper: Tamper,
+                         policy: NodePolicy | None = None) -> ClientApp:
     """Hospitals that train honestly, then pass their update through `tamper(partition, start, update)`
     before sending it: a faulty or Byzantine node as the server sees it."""
+    policy = policy or NodePolicy()
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        node = Node(f"client-{pid}", NodePolicy(), state_root / f"client-{pid}", deployed=False)
+        node = Node(f"client-{pid}", policy, state_root / f"client-{pid}", deployed=False)
         start = msg.content["arrays"].to_torch_state_dict()
         result = client_train(cfg, node, dict(context.node_config), start,
                               int(msg.content["config"]["server-round"]))

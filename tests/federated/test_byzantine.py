@@ -11,6 +11,7 @@ from flwr.simulation import run_simulation
 
 from fedclip import models
 from fedclip.federated.config import FederateConfig
+from fedclip.federated.policy import NodePolicy
 from fedclip.federated.server_app import make_server_app
 from fedclip.federated.simulation import _absolute, summary
 from fedclip.finetune import trained_keys
@@ -21,6 +22,10 @@ BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
            "init_args": {"num_cpus": 2, "include_dashboard": False}}
 ATTACK_NORM = 50.0  # L2 norm of the attacker's change; an honest AdamW 1e-3 round moves the weights ~0.5
 MARGIN = 0.10  # server-side balanced accuracy a robust round may lose to the attacker
+# every hospital declares the same public size, so FedAvg weighs the attacker 1/3 on every run; with sizes
+# released with noise (the default, std 20 on ~60 images) its weight varied run to run and FedAvg's change
+# with it (14.5 on one run, 1.9 on another): the check must not hang on that draw
+SAME_SIZE = NodePolicy(dataset_size=60)
 
 
 def _attacker(pid: int, start: dict, update: dict) -> dict:
@@ -41,7 +46,7 @@ def _round(cfg: FederateConfig, tmp_path: Path, strategy: str) -> tuple[float, f
     run = _absolute(replace(cfg, out=tmp_path / strategy, rounds=1, strategy=strategy, trim_beta=0.34)
                     .with_finetune(optimizer="adamw", lr=1e-3))
     run_simulation(server_app=make_server_app(run),
-                   client_app=tampering_client_app(run, tmp_path / f"nodes-{strategy}", _attacker),
+                   client_app=tampering_client_app(run, tmp_path / f"nodes-{strategy}", _attacker, SAME_SIZE),
                    num_supernodes=3, backend_config=BACKEND)
     before = models.load_checkpoint(run.checkpoint).model.state_dict()
     after = models.load_checkpoint(run.out / "checkpoints" / "last").model.state_dict()
