@@ -98,7 +98,7 @@ def test_paper_scale_runs_its_own_code_path_with_tiny_sizes(tmp_path):
     reference models, canaries) are shrunk. ~8 minutes on 2 CPU cores: the base model's forward passes dominate."""
     tiny = ["n_members=48", "n_holdout=48", "n_test=16", "n_external=96", "size=64", "pretrain.steps=2",
             "pretrain.batch_size=8", "pretrain.warmup=1", "pretrain.workers=1", "federate.rounds=1",
-            "federate.finetune.batch_size=16", "mia_refs=2", "epsilon_canaries=20", "workers=1", "tasks=referable_dr"]
+            "federate.finetune.batch_size=16", "mia_refs=4", "epsilon_canaries=20", "workers=1", "tasks=referable_dr"]
     cfg = load("paper_scale", tuple(f"study.{x}" for x in tiny))
     assert cfg.pretrain.model == "visionclip-base" and cfg.federate.finetune.train_blocks == 1
     assert "lira" in cfg.mia_attacks
@@ -108,4 +108,5 @@ def test_paper_scale_runs_its_own_code_path_with_tiny_sizes(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in doc["rows"]} == {"synthetic", "private", "synthetic-eps8", "private-eps8"}
     lira = json.loads((out / "audits" / "mia-synthetic-eps8" / "results.json").read_text())
-    assert lira["references"]["count"] == 2 and lira["references"]["finetune"]["train_blocks"] == 1
+    assert lira["references"]["count"] == 4 and lira["references"]["finetune"]["train_blocks"] == 1
+    assert "lira" in lira["attacks"]  # LiRA needs at least 4 reference models
