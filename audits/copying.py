@@ -38,7 +38,7 @@ from sklearn.cluster import KMeans
 from fedclip import __version__, io, models
 from fedclip.audits.results import AuditError, data_fingerprint, write_results
 from fedclip.data.images import load_rgb
-from fedclip.data.records import Record, read_metadata, write_metadata
+from fedclip.data.records import Record, normalise_patient_id, patient_key, read_metadata, write_metadata
 from fedclip.progress import progress_bar
 
 COPIES_FILE = "copies.csv"
@@ -222,7 +222,8 @@ def run_copying(synthetic: str | Path, train: str | Path, holdout: str | Path, c
         if len(recs) < 2:
             raise AuditError(f"the {name} set {root} has {len(recs)} image(s); the copying audit needs at least 2 "
                              "in each set")
-    shared = sorted({r.meta.get("patient_id") for r in tr} & {r.meta.get("patient_id") for r in ho} - {None, ""})
+    shared = sorted({normalise_patient_id(r.meta.get("patient_id")) for r in tr}
+                    & {normalise_patient_id(r.meta.get("patient_id")) for r in ho} - {""})
     if shared:
         raise AuditError(f"train and holdout share {len(shared)} patient(s) ({', '.join(map(str, shared[:5]))}); "
                          "the holdout must be patients the generator never saw")
@@ -248,7 +249,7 @@ def run_copying(synthetic: str | Path, train: str | Path, holdout: str | Path, c
     d_train, i_train = nearest(s, t)
     d_holdout, _ = nearest(s, h)
     holdout_to_train, _ = nearest(h_views, t)
-    ids = np.array([str(r.meta.get("patient_id") or f"image-{i}") for i, r in enumerate(ho)])
+    ids = np.array([patient_key(r) for r in ho])
     holdout_to_holdout, _ = nearest(h_views, h, groups=(ids, ids))
     flags, thresholds = flag_copies(d_train, d_holdout, holdout_to_train, holdout_to_holdout, alpha=cfg.alpha)
     # equal-size train and holdout for the share, so that 1/2 is what a non-copying generator gives

@@ -28,7 +28,7 @@ import numpy as np
 from fedclip import __version__, evaluate, io, models
 from fedclip.audits.metrics import percentile_interval
 from fedclip.audits.results import AuditError, data_fingerprint, write_results
-from fedclip.data.records import read_metadata
+from fedclip.data.records import normalise_patient_id, read_metadata
 from fedclip.evaluate import balanced_accuracy
 from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_FINDINGS, DR_GRADE_PHRASES
 
@@ -110,7 +110,8 @@ def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, p
     phrases(cfg.attribute)  # validates the attribute
     mem = [r for r in read_metadata(members) if label in r.labels]
     pub = [r for r in read_metadata(public) if label in r.labels]
-    overlap = {r.meta.get("patient_id") for r in mem} & {r.meta.get("patient_id") for r in pub} - {None, ""}
+    overlap = ({normalise_patient_id(r.meta.get("patient_id")) for r in mem}
+               & {normalise_patient_id(r.meta.get("patient_id")) for r in pub} - {""})
     if overlap:
         raise AuditError(f"members and the public set share {len(overlap)} patient(s); the public set must be "
                          "records neither model trained on")
@@ -126,7 +127,7 @@ def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, p
         q_emb = np.concatenate([evaluate.text_embeddings(vc, queries[i:i + 256]).numpy()
                                 for i in range(0, len(queries), 256)])
         preds[name], agree[name] = knn_predict(q_emb, pub_emb, y_pub, cfg.k)
-    ids = [str(r.meta.get("patient_id") or "") for r in mem]
+    ids = [normalise_patient_id(r.meta.get("patient_id")) for r in mem]
     gap = paired_gap(y, preds["target"], preds["reference"], n_boot=cfg.n_boot, seed=cfg.seed,
                      confidence=cfg.confidence, groups=ids if all(ids) else None)
     gap["bootstrap"] = "patients" if all(ids) else "records"

@@ -48,7 +48,7 @@ from fedclip.audits.copying import (
 )
 from fedclip.audits.mia import check_manifest
 from fedclip.audits.results import SCORES_FILE, AuditError, data_fingerprint, write_results
-from fedclip.data.records import Record, normalise_patient_id, read_metadata
+from fedclip.data.records import Record, patient_key, read_metadata
 from fedclip.generate.model import Generator, load_generator, read_generator_config
 from fedclip.generate.sample import SampleConfig, sample_dataset
 from fedclip.generate.train import denoising_loss, load_images
@@ -111,7 +111,7 @@ def _embed(paths: list[Path], embed: str, aligned: bool) -> np.ndarray:
 
 
 def _patients(records: list[Record]) -> list[str]:
-    return [normalise_patient_id(r.meta.get("patient_id")) or f"image:{r.filepath}" for r in records]
+    return [patient_key(r) for r in records]
 
 
 def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: str | Path, out: str | Path,

@@ -35,7 +35,7 @@ from scipy.stats import gaussian_kde
 from fedclip import config as cfglib
 from fedclip import io
 from fedclip.audits.results import AuditError
-from fedclip.data.records import Record, normalise_patient_id, write_metadata
+from fedclip.data.records import Record, patient_key, write_metadata
 from fedclip.generate.train import GeneratorTrainConfig, ensure_generator
 
 REFERENCES_DIR = "references"
@@ -57,8 +57,8 @@ def train_reference_generators(target_provenance: dict, hospitals: tuple[str, ..
     """`count` generators trained like the target on cohorts of its size drawn from the population."""
     recipe = reference_recipe(target_provenance)
     by_patient: dict[str, list[Record]] = {}
-    for i, r in enumerate(population):
-        by_patient.setdefault(normalise_patient_id(r.meta.get("patient_id")) or f"image:{i}", []).append(r)
+    for r in population:
+        by_patient.setdefault(patient_key(r), []).append(r)
     ids = sorted(by_patient)
     size = int(target_provenance.get("n_patients") or len(ids))
     if len(ids) < max(2, size // 2):

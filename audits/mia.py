@@ -32,7 +32,7 @@ from fedclip.audits.confound import confound_check
 from fedclip.audits.references import train_references
 from fedclip.audits.results import SCORES_FILE, AuditError, TargetPrivacy, data_fingerprint, write_results
 from fedclip.audits.signals import clip_signals, head_signals
-from fedclip.data.records import Record, fingerprint, read_manifest, read_metadata
+from fedclip.data.records import Record, fingerprint, normalise_patient_id, read_manifest, read_metadata
 from fedclip.finetune import FinetuneConfig, load_pixels, prefix_tokens
 from fedclip.run import EPSILON_PER_NODE
 
@@ -60,7 +60,7 @@ class MiaConfig:
 
 
 def _patients(records: list[Record]) -> set[str]:
-    return {str(r.meta["patient_id"]) for r in records if r.meta.get("patient_id") not in (None, "")}
+    return {normalise_patient_id(r.meta.get("patient_id")) for r in records} - {""}
 
 
 def check_sets(members: list[Record], nonmembers: list[Record], population: list[Record]) -> None:
@@ -296,7 +296,7 @@ def _write(target: Path, checkpoint: dict, provenance: dict, cfg: MiaConfig, out
            member: np.ndarray, scores: dict[str, np.ndarray], signal: str, references: dict, manifest: dict,
            confound: dict, warnings: list[str], roots: tuple, n_population: int) -> dict[str, Any]:
     level = _level(cfg, audited)
-    patients = [str(r.meta.get("patient_id", "")) for r in audited]
+    patients = [normalise_patient_id(r.meta.get("patient_id")) for r in audited]
     hospitals = [str(r.meta.get("hospital", "")) for r in audited]
     results: dict[str, Any] = {}
     rows = StringIO(newline="")

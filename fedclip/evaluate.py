@@ -22,7 +22,7 @@ from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
 from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 
 from fedclip.data.images import load_rgb
-from fedclip.data.records import Record, read_metadata
+from fedclip.data.records import Record, patient_key, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.models import PREPROCESS_CFG, VisionClip
 from fedclip.progress import progress_bar
@@ -202,7 +202,7 @@ def split_indices(records: Sequence[Record], seed: int = 0, test_size: float = 0
     if "train" in splits and "test" in splits:
         return (np.array([i for i, s in enumerate(splits) if s == "train"]),
                 np.array([i for i, s in enumerate(splits) if s == "test"]))
-    groups = [r.meta.get("patient_id", f"image-{i}") for i, r in enumerate(records)]
+    groups = [patient_key(r) for r in records]
     gss = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
     train, test = next(gss.split(np.zeros(len(records)), groups=groups))
     return train, test

@@ -11,14 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from fedclip.data.records import Record
+from fedclip.data.records import Record, patient_key
 from fedclip.errors import DataError
 
 
 def _patients(records: Sequence[Record]) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
-        groups[str(r.meta.get("patient_id", f"image-{i}"))].append(i)
+        groups[patient_key(r)].append(i)
     return dict(groups)
 
 

@@ -123,6 +123,13 @@ def normalise_patient_id(value: Any) -> str:
     return " ".join(str(value or "").split()).casefold()
 
 
+def patient_key(record: Record) -> str:
+    """The privacy unit a record belongs to: its normalised patient id, or the image itself
+    (`image:<filepath>`) when it has none — one rule for every grouping (partitions, DP sampling, audits),
+    so a patient counted once in training is counted once in its audit."""
+    return normalise_patient_id(record.meta.get("patient_id")) or f"image:{record.filepath}"
+
+
 def fingerprint(records: Iterable[Record]) -> str:
     """SHA-256 of the rows (path, caption, labels, meta) in order: which data a model or ledger is about."""
     h = hashlib.sha256()

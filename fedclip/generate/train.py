@@ -27,7 +27,7 @@ from fedclip import config as cfglib
 from fedclip import io, runlog, train_state
 from fedclip.accounting import epsilon_for
 from fedclip.data.images import load_rgb
-from fedclip.data.records import Record, fingerprint, manifest_text, normalise_patient_id, read_metadata
+from fedclip.data.records import Record, fingerprint, manifest_text, patient_key, read_metadata
 from fedclip.errors import DataError, FedclipError
 from fedclip.generate.model import (
     BINARY_LABELS,
@@ -76,10 +76,6 @@ class GeneratorTrainConfig:
 
 
 # ------------------------------------------------------------------------------------------- data
-def _patient(r: Record, i: int) -> str:
-    return normalise_patient_id(r.meta.get("patient_id")) or f"image:{i}"
-
-
 def load_images(records: list[Record], root: Path, size: int) -> torch.Tensor:
     """(n, 3, size, size) in [-1, 1]: each image's centre square, resized."""
     out = torch.empty((len(records), 3, size, size))
@@ -98,8 +94,8 @@ def label_statistics(records: list[Record], hospitals: tuple[str, ...]) -> tuple
     """The sums sampling draws labels from, each patient weighing 1 (split over their images), and their L2
     sensitivity to one patient: [patients, DR grades (5), each binary label, each hospital]."""
     by: dict[str, list[Record]] = defaultdict(list)
-    for i, r in enumerate(records):
-        by[_patient(r, i)].append(r)
+    for r in records:
+        by[patient_key(r)].append(r)
     v = np.zeros(1 + GRADES + len(BINARY_LABELS) + len(hospitals))
     for recs in by.values():
         w = 1.0 / len(recs)
@@ -183,7 +179,7 @@ def train_generator(cfg: GeneratorTrainConfig, out: str | Path, *, resume: bool 
     gen = create(cfg.config, Conditioning(hospitals), seed=cfg.seed, size=cfg.size)
     images = load_images(records, Path(cfg.data), gen.image_size)
     labels = gen.conditioning.vectors([r.labels for r in records], [r.meta.get("hospital") for r in records])
-    ids = [_patient(r, i) for i, r in enumerate(records)]
+    ids = [patient_key(r) for r in records]
     acp, pred = gen.schedule().alphas_cumprod.float(), gen.prediction
     opt = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg))

@@ -58,3 +58,12 @@ def test_partition_errors():
     recs[0].meta.pop("hospital")
     with pytest.raises(DataError, match="no hospital"):
         by_hospital(recs)
+
+
+def test_a_patient_spelled_two_ways_stays_in_one_partition():
+    """Partitions group by the same key DP sampling and the audits use (records.patient_key)."""
+    recs = _records(n_patients=20)
+    recs.append(Record("late.png", "", {"dr_grade": 0}, {"patient_id": " p0 ", "hospital": "a"}))
+    parts = iid(recs, 4, seed=3)
+    holders = [k for k, p in enumerate(parts) if {0, len(recs) - 1} & set(p)]
+    assert len(holders) == 1 and {0, 1, len(recs) - 1} <= set(parts[holders[0]])

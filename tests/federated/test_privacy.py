@@ -357,3 +357,13 @@ def test_images_without_patient_ids_are_excluded_counted_or_refused_as_the_polic
     excluded = _node(tmp_path / "c")  # the default policy
     assert client_train(run, excluded, nc, _arrays(cfg), 1).update is not None
     assert "excluded from training" in [e for e in _ledger(excluded) if e["kind"] == "train"][0]["grouping"]
+
+
+def test_every_grouping_uses_one_patient_key():
+    """The node, the generator, partitions and the audits group by records.patient_key: a missing id is
+    its own unit named by the file (stable across subsets), never by a position in one list."""
+    from fedclip.data.records import Record, patient_key
+
+    assert patient_key(Record("a.png", "", {}, {"patient_id": " P-17"})) == "p-17"
+    assert patient_key(Record("x/b.png", "", {}, {})) == patient_key(Record("x/b.png", "", {}, {"patient_id": " "}))
+    assert patient_key(Record("x/b.png", "", {}, {})) != patient_key(Record("x/c.png", "", {}, {}))
