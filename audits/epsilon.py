@@ -6,13 +6,15 @@ calibrated for the run's (epsilon, delta) by the same accountant. Its theoretica
 for exactly that training: sigma, q, steps, delta) is shown next to every lower bound.
 
 Threats:
-- white-box, the server's view: gradient-space canaries (random unit directions over the trained
-  parameters, inserted as records whose clipped gradient is C x direction), scored by their inner
-  product with the observed update (what a Flower server receives);
+- white-box, every privatized gradient (what DP-SGD's accounting assumes is released; a Flower server
+  sees their round sums): gradient-space canaries (random unit directions over the trained parameters,
+  inserted before clipping as records whose gradient is 25 C x direction), scored by the sum over steps
+  of their inner product with each privatized gradient;
 - black-box: input-space canaries, crafted inputs (random prefix outputs with the data's spread) with
   random labels, scored by how much training raised the head's logit margin of their label.
-Methods: one run with m canaries each included with probability 1/2 (Steinke, Nasr, Jagielski 2023),
-or many trainings with and without one canary and Clopper-Pearson bounds (Jagielski et al. 2020).
+Methods: one run with m canaries each included with probability 1/2, analysed as (ε, δ)-DP (Steinke,
+Nasr, Jagielski 2023) and as μ-GDP (Mahloujifar, Melis, Chaudhuri 2024), or many trainings with and
+without one canary and Clopper-Pearson bounds (Jagielski et al. 2020).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from fedclip.run import RunDir
 class EpsilonConfig:
     method: str = "one-run"  # one-run | trials
     threat: str = "white-box"  # white-box | black-box
-    canaries: int = 500  # one-run: m canaries
+    canaries: int | None = None  # one-run: m canaries (None: `default_canaries`)
     trials: int = 100  # trials: trainings (half with the canary)
     confidence: float = 0.95
     seed: int = 0  # the auditor's randomness (canary directions, inclusion); never the training's noise
@@ -106,13 +108,18 @@ def _directions(m: int, dim: int, gen: torch.Generator) -> torch.Tensor:
 
 def white_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
                      broken: str | None = None) -> np.ndarray:
-    """Inner product of each canary direction with the (negated) update the server would observe. The
-    canaries enter before clipping with 25x the clip norm, so a clip that does not bind shows."""
-    before = head_vector(t.base, t.ft)
-    dirs = _directions(len(included), len(before), gen)
+    """Each canary direction's inner product with every privatized gradient, summed over steps: the view
+    DP-SGD's accounting protects against (all iterates released). Summing per step rather than reading the
+    final update keeps the signal whatever the optimizer does with the gradient (Adam rescales it per
+    coordinate). The canaries enter before clipping with 25x the clip norm, so a clip that does not bind
+    shows."""
+    dim = len(head_vector(t.base, t.ft))
+    dirs = _directions(len(included), dim, gen)
     canaries = GradientCanaries(dirs, torch.from_numpy(included), int(torch.randint(0, 2**62, (1,), generator=gen)))
-    after = head_vector(_train(t, canaries=canaries, broken=broken), t.ft)
-    return (dirs @ (before - after)).numpy()
+    _train(t, canaries=canaries, broken=broken)
+    if not canaries.projections:
+        raise AuditError("the audited training took no step; nothing to score")
+    return torch.stack(canaries.projections).sum(0).numpy()
 
 
 def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
@@ -136,13 +143,38 @@ def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
 SCORERS = {"white-box": white_box_scores, "black-box": black_box_scores}
 
 
+def one_run_bound(scores: np.ndarray, included: np.ndarray, *, delta: float, confidence: float) -> dict[str, Any]:
+    """Both one-run analyses of the same guesses, the confidence split between them (Bonferroni): the
+    (ε, δ)-DP bound (Steinke et al. 2023), assumption-free, and the μ-GDP bound (Mahloujifar et al. 2024),
+    tighter for a Gaussian-shaped privacy curve. The headline ε_lb is the larger, named in `analysis`."""
+    level = 1 - (1 - confidence) / 2
+    dp = bounds.one_run_audit(scores, included, delta=delta, confidence=level)
+    gdp = bounds.gdp_one_run_audit(scores, included, delta=delta, confidence=level)
+    analysis = "gdp" if gdp["epsilon_lb"] > dp["epsilon_lb"] else "epsilon-dp"
+    return {"epsilon_lb": max(dp["epsilon_lb"], gdp["epsilon_lb"]), "analysis": analysis, "confidence": confidence,
+            "canaries": len(scores), "epsilon_dp": dp, "gdp": gdp}
+
+
+CANARY_BUDGET = 2**27  # floats of canary directions held at once (512 MiB)
+MAX_CANARIES = 10_000
+
+
+def default_canaries(t: Training, threat: str) -> int:
+    """The one-run bound grows with m (docs/audits.md: a Gaussian mechanism's μ_lb roughly doubles from 500 to
+    2,000 canaries and gains another quarter by 15,000), so white-box audits take as many directions as
+    512 MiB holds, 500 to 10,000. Black-box canaries are extra training inputs that dilute the data: 500."""
+    if threat != "white-box":
+        return 500
+    return int(min(MAX_CANARIES, max(500, CANARY_BUDGET // len(head_vector(t.base, t.ft)))))
+
+
 def one_run(t: Training, cfg: EpsilonConfig, broken: str | None = None) -> tuple[dict[str, Any], np.ndarray,
                                                                                  np.ndarray]:
     """One training with m canaries, each included with probability 1/2: (bound, included, scores)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    included = np.random.default_rng(cfg.seed).random(cfg.canaries) < 0.5
+    included = np.random.default_rng(cfg.seed).random(cfg.canaries or default_canaries(t, cfg.threat)) < 0.5
     scores = SCORERS[cfg.threat](t, included, gen, broken=broken)
-    return bounds.one_run_audit(scores, included, delta=t.ft.delta, confidence=cfg.confidence), included, scores
+    return one_run_bound(scores, included, delta=t.ft.delta, confidence=cfg.confidence), included, scores
 
 
 def power(t: Training, cfg: EpsilonConfig, breaks: tuple[str, ...] = ("noise-half", "clip-off")) -> dict[str, Any]:

@@ -508,7 +508,9 @@ def audit_epsilon(
     delta: Annotated[float | None, typer.Option(help="Delta (with --checkpoint; default 1e-5).")] = None,
     method: Annotated[str, typer.Option(help="one-run | trials.")] = "one-run",
     threat: Annotated[str, typer.Option(help="white-box (the server's view) | black-box.")] = "white-box",
-    canaries: Annotated[int, typer.Option(help="one-run: canaries, each included with probability 1/2.")] = 500,
+    canaries: Annotated[int | None, typer.Option(
+        help="one-run: canaries, each included with probability 1/2 (default: white-box as many as 512 MiB of "
+             "directions holds, 500-10,000; black-box 500).")] = None,
     trials: Annotated[int, typer.Option(help="trials: trainings, half of them with the canary.")] = 100,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
     seed: Annotated[int, typer.Option(help="The auditor's seed (canaries), never the training's noise.")] = 0,

@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -347,7 +347,7 @@ class _empty_batches(DataLoader):  # noqa: N801 - used as the loader factory it 
         return 1
 
 
-@dataclass(frozen=True)
+@dataclass
 class GradientCanaries:
     """Audit canaries in gradient space (white-box, the server's view; Andrew et al. 2023, Steinke et al. 2023).
 
@@ -364,6 +364,13 @@ class GradientCanaries:
     included: torch.Tensor  # (m,) bool
     seed: int  # the auditor's sampling of canaries into steps (not the training's)
     norm: float = 25.0  # the canary gradient's norm before clipping, in units of max_grad_norm
+    projections: list[torch.Tensor] = field(default_factory=list)  # per step: (m,) direction · privatized gradient
+
+    def observe(self, grads: Sequence[torch.Tensor]) -> None:
+        """Record one step as the auditor who sees every privatized gradient (what DP-SGD's accounting
+        assumes is released; in a federation, every round's aggregate), before the optimizer touches it."""
+        g = torch.cat([x.detach().flatten() for x in grads]).to(self.directions.dtype)
+        self.projections.append(self.directions @ g)
 
 
 BREAKS = ("noise-off", "noise-half", "clip-off")
@@ -585,6 +592,8 @@ def finetune(vc: VisionClip, tokens: torch.Tensor, targets: torch.Tensor, cfg: F
                         loss = _patient_loss(logits, y, mask) if by_patient else criterion(logits, y)
                     loss.backward()
                     opt.step()
+                if canaries is not None and cfg.dp:
+                    canaries.observe([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
                 if anchor is not None:
                     with torch.no_grad():
                         for p, a in zip(params, anchor, strict=True):

@@ -96,18 +96,21 @@ def test_a_checkpoint_audit_runs_the_training_the_user_states_not_one_chosen_for
 
 @pytest.mark.parametrize("engine", ["bk", "hooks"])
 def test_the_white_box_audit_catches_a_missing_clip_and_reports_its_power(cohort, tmp_path, engine):
-    """Canaries enter before clipping, so a clip secretly off is caught (measured: ε_lb 2.5-3.0 against a
-    claimed 1.0, on both engines); the honest mechanism is not. The power check records what the audit
-    catches and what it misses (noise halved, true ε about 2.2: ε_lb 0.3-0.6, missed by this one-run audit)."""
+    """Canaries enter before clipping, so a clip secretly off is caught (measured with 2,000 canaries: ε_lb
+    about 4 against a claimed 1.0, on both engines); the honest mechanism is not. The power check records what
+    the audit catches and what it misses (noise halved, true ε about 2.2: ε_lb 0.6-1.1 with 5,000 canaries,
+    docs/audits.md — at the edge of what one run can show)."""
     root, base, d = cohort
     ft = FinetuneConfig(task="referable_dr", train_blocks=0, epochs=3, batch_size=32, lr=1.0, dp=True,
                         epsilon=1.0, rounds=1, grad_sample_mode=engine)
     t = prepare(base, d["members"], ft)
-    doc = run_epsilon(t, EpsilonConfig(threat="white-box", canaries=400), tmp_path / "a", source={},
+    doc = run_epsilon(t, EpsilonConfig(threat="white-box", canaries=2000), tmp_path / "a", source={},
                       check_power=True)
     claim = doc["theoretical"]["epsilon"]
     assert doc["epsilon_lb"] <= claim and doc["mechanism"] == "as configured"
-    assert doc["power"]["clip-off"]["caught"] and doc["power"]["clip-off"]["epsilon_lb"] > claim
+    assert doc["power"]["clip-off"]["caught"] and doc["power"]["clip-off"]["epsilon_lb"] > 2 * claim
+    b = doc["bound"]  # both one-run analyses of the same guesses, the headline the larger
+    assert b["epsilon_lb"] == max(b["epsilon_dp"]["epsilon_lb"], b["gdp"]["epsilon_lb"]) and b["canaries"] == 2000
     assert set(doc["power"]) == {"noise-half", "clip-off"}
     with pytest.raises(AuditError, match="one-run"):
         run_epsilon(t, EpsilonConfig(method="trials", trials=2), tmp_path / "b", source={}, check_power=True)

@@ -98,3 +98,36 @@ def test_one_run_audit_of_perfect_and_of_random_guesses():
     assert perfect["epsilon_lb"] > 2.0 and perfect["correct"] == perfect["guesses"]
     noise = bounds.one_run_audit(rng.normal(0, 1, 1000), included, delta=1e-5, confidence=0.999)
     assert noise["epsilon_lb"] == 0.0
+
+
+def test_gdp_conversions_against_closed_forms():
+    # at epsilon 0, delta is the total variation between N(0,1) and N(mu,1): 2 Phi(mu/2) - 1
+    for mu in (0.3, 1.0, 2.5):
+        assert bounds.gdp_delta(mu, 0.0) == pytest.approx(2 * norm.cdf(mu / 2) - 1, rel=1e-9)
+        eps = bounds.gdp_epsilon(mu, 1e-5)
+        assert bounds.gdp_delta(mu, eps) == pytest.approx(1e-5, rel=1e-6)
+    assert bounds.gdp_epsilon(1.0, 1e-5) == pytest.approx(4.36, abs=0.02)  # Dong et al.'s tables: mu 1 ~ (4.4, 1e-5)
+    assert bounds.gdp_epsilon(0.0, 1e-5) == 0.0
+
+
+def test_gdp_one_run_bound_is_calibrated_on_a_gaussian_mechanism_and_has_power():
+    """Scores of an exactly mu-GDP mechanism (N(mu, 1) for included canaries, N(0, 1) otherwise): the
+    bound exceeds the true mu in at most 1 - confidence of runs, and recovers a good part of it."""
+    rng = np.random.default_rng(7)
+    mu, over, found = 1.0, 0, []
+    for _ in range(150):
+        included = rng.random(300) < 0.5
+        b = bounds.gdp_one_run_audit(mu * included + rng.normal(size=300), included, delta=1e-5)
+        over += b["mu_lb"] > mu
+        found.append(b["mu_lb"])
+    assert over <= 12  # 5% of 150 is 7.5; a broken bound overshoots in most runs
+    assert 0.25 < np.mean(found) < mu
+    # the bound refutes weaker claims more easily (monotone in mu) and nothing on coin flips
+    assert bounds.gdp_refuted(0.1, 1000, 200, 150, alpha=0.05)
+    assert not bounds.gdp_refuted(3.0, 1000, 200, 150, alpha=0.05)
+    included = rng.random(1000) < 0.5
+    assert bounds.gdp_one_run_audit(rng.normal(size=1000), included, delta=1e-5, confidence=0.999)["mu_lb"] == 0.0
+    # on the same guesses the Gaussian analysis is tighter than the (epsilon, delta) one
+    s = 1.0 * included + rng.normal(size=1000)
+    assert bounds.gdp_one_run_audit(s, included, delta=1e-5)["epsilon_lb"] > \
+        bounds.one_run_audit(s, included, delta=1e-5)["epsilon_lb"]
