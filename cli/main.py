@@ -16,7 +16,7 @@ from rich.table import Table
 from fedclip import io, progress
 from fedclip.errors import FedclipError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True, suggest_commands=False,
                   help="fedclip: synthetic-data retinal CLIP models, federated DP fine-tuning, privacy audits.")
 console = Console()
 
@@ -90,7 +90,8 @@ def synth(
         _fail(e)
 
 
-generator_app = typer.Typer(no_args_is_help=True, help="The learned Med-AIGC generator: a label-conditioned "
+generator_app = typer.Typer(no_args_is_help=True, suggest_commands=False,
+                            help="The learned Med-AIGC generator: a label-conditioned "
                             "diffusion model trained on a dataset dir (sample it with `fedclip synth --generator`).")
 app.add_typer(generator_app, name="generator")
 
@@ -102,20 +103,20 @@ def generator_train(
     model: Annotated[str | None, typer.Option(
         "--config", help="Registered generator config: generator-tiny (32 px, CPU) | generator-base (128 px, GPU). "
                          "[default: generator-tiny]")] = None,
-    size: Annotated[int | None, typer.Option(help="Image side in pixels [default: the config's].")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps. [default: 2000]")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels \\[default: the config's].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps. \\[default: 2000]")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        help="Images per step; with DP, expected patients per step. [default: 16]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate. [default: 0.001]")] = None,
+        help="Images per step; with DP, expected patients per step. \\[default: 16]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate. \\[default: 0.001]")] = None,
     epsilon: Annotated[float | None, typer.Option(
         help="Train with patient-level DP-SGD to this lifetime epsilon (charged to the hospital's ledger); "
              "without it the generator is trained without DP.")] = None,
-    delta: Annotated[float | None, typer.Option(help="DP delta. [default: 1e-5]")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta. \\[default: 1e-5]")] = None,
     state_dir: Annotated[Path | None, typer.Option(
-        help="The hospital's node state dir (policy.toml, lifetime ledger) [default: ~/.fedclip/node].")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps. [default: 500]")] = None,
+        help="The hospital's node state dir (policy.toml, lifetime ledger) \\[default: ~/.fedclip/node].")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps. \\[default: 500]")] = None,
     seed: Annotated[int | None, typer.Option(help="Initialisation, batch order, timesteps (never DP noise).")] = None,
-    config_file: Annotated[Path | None, typer.Option(help="TOML file with a [generator] table.")] = None,
+    config_file: Annotated[Path | None, typer.Option(help="TOML file with a \\[generator] table.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override: generator.NAME=VALUE (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
@@ -161,7 +162,8 @@ def import_open_clip_cmd(
     console.print(f"wrote {path}; use it as --init or --checkpoint")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Datasets on disk: import public sets, inspect dataset dirs.")
+data_app = typer.Typer(no_args_is_help=True, suggest_commands=False,
+                            help="Datasets on disk: import public sets, inspect dataset dirs.")
 app.add_typer(data_app, name="data")
 
 
@@ -263,19 +265,24 @@ def pretrain(
     synth: Annotated[str | None, typer.Option(
         help='Generator stream instead of a dataset dir, e.g. "n=20000 seed=0 size=64 hospital=riverside".')] = None,
     model: Annotated[str | None, typer.Option(help="visionclip-tiny | visionclip-small | visionclip-base.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size (split across processes).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps. \\[default: 200]")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Global batch size (split across processes). \\[default: 64]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate. \\[default: 0.0005]")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loader worker processes.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps.")] = None,
+    save_every: Annotated[int | None, typer.Option(
+        help="Also keep a checkpoint every N steps. \\[default: 0, none]")] = None,
+    save_minutes: Annotated[float | None, typer.Option(
+        help="Refresh checkpoints/last, the --resume point, every N minutes (0: only at the end). "
+             "\\[default: 10]")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for initialisation, data order, augmentation.")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")] = None,
     canaries: Annotated[int | None, typer.Option(
         help="Plant N canaries with secret codes (and N never-trained controls) for `audit exposure`.")] = None,
     canary_repeats: Annotated[str | None, typer.Option(
         help="Times each planted canary is repeated, cycling: e.g. 1,4,16 (the default).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with a [pretrain] table.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a \\[pretrain] table.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: pretrain.NAME=VALUE (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
@@ -288,7 +295,7 @@ def pretrain(
         file = config if config is not None else (out / "config.toml" if resume else None)
         cfg = cfglib.load(PretrainConfig, "pretrain", file, set_ or (), data=data, synth=synth, model=model,
                           steps=steps, batch_size=batch_size, lr=lr, workers=workers, precision=precision,
-                          save_every=save_every, seed=seed, init=init, canaries=canaries,
+                          save_every=save_every, save_minutes=save_minutes, seed=seed, init=init, canaries=canaries,
                           canary_repeats=canary_repeats)
         result = run_pretrain(cfg, out, resume=resume)
     except FedclipError as e:
@@ -375,16 +382,17 @@ def federate(
     data: Annotated[Path | None, typer.Option(help="Dataset dir split into the hospitals (simulation).")] = None,
     eval_data: Annotated[Path | None, typer.Option(help="Held-out dataset dir for server-side evaluation.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run dir (metrics.jsonl, ledger.json, checkpoints/).")] = None,
-    clients: Annotated[int | None, typer.Option(help="Number of hospitals (SuperNodes).")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Per-client privacy budget over all rounds.")] = None,
-    delta: Annotated[float | None, typer.Option(help="Per-client delta.")] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of hospitals (SuperNodes). \\[default: 3]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds. \\[default: 5]")] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        help="Per-client privacy budget over all rounds. \\[default: 8.0]")] = None,
+    delta: Annotated[float | None, typer.Option(help="Per-client delta. \\[default: 1e-05]")] = None,
     strategy: Annotated[str | None, typer.Option(
         help="fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum.")] = None,
     partitioning: Annotated[str | None, typer.Option(help="hospital | iid | dirichlet.")] = None,
     task: Annotated[str | None, typer.Option(help="Fine-tuning task (see `fedclip eval --help`).")] = None,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP-SGD (baseline only).")] = False,
-    config: Annotated[Path | None, typer.Option(help="TOML file with a [federate] table.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a \\[federate] table.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override: federate.NAME=VALUE or federate.finetune.NAME=VALUE (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(
@@ -393,7 +401,7 @@ def federate(
         help="Where the simulated hospitals keep their lifetime ledgers (default $FEDCLIP_HOME/nodes, "
              "~/.fedclip/nodes); outlives --out.")] = None,
     policy: Annotated[Path | None, typer.Option(
-        help="TOML with the hospitals' own privacy policies: [policy] for all, [policy.client-N] for one.")] = None,
+        help="TOML with the hospitals' own privacy policies: \\[policy] for all, \\[policy.client-N] for one.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own per-message log.")] = False,
 ) -> None:
     """Federated DP fine-tuning on Flower's simulation engine (one process per hospital)."""
@@ -453,7 +461,8 @@ def _ledger_cells(e: dict) -> list[str]:
             e["noise_source"], patient]
 
 
-audit_app = typer.Typer(no_args_is_help=True, help="Privacy audits: membership inference, empirical epsilon, "
+audit_app = typer.Typer(no_args_is_help=True, suggest_commands=False,
+                            help="Privacy audits: membership inference, empirical epsilon, "
                         "canary exposure, deja-vu memorization, data copying.")
 app.add_typer(audit_app, name="audit")
 
@@ -518,7 +527,7 @@ def audit_epsilon(
         "--power", help="Also audit copies of the training with the noise halved and the clip off (the claim "
                         "unchanged) and report which of these breaks the audit catches (one-run only).")] = False,
     config_file: Annotated[Path | None, typer.Option(
-        help="With --checkpoint: TOML file with a [finetune] table, the audited training's settings.")] = None,
+        help="With --checkpoint: TOML file with a \\[finetune] table, the audited training's settings.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="With --checkpoint: finetune.NAME=VALUE, a setting of the audited training (repeatable; "
                       "default: fedclip.finetune.FinetuneConfig's).")] = None,
@@ -784,7 +793,8 @@ def keygen(
     console.print(f"private key {private} (keep it to yourself); public key {public} (give it to reviewers)")
 
 
-experiment_app = typer.Typer(no_args_is_help=True, help="Studies: synthetic vs real, with and without DP, quality "
+experiment_app = typer.Typer(no_args_is_help=True, suggest_commands=False,
+                            help="Studies: synthetic vs real, with and without DP, quality "
                              "and leakage in one report.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -798,9 +808,17 @@ def experiment_list() -> None:
         console.print(f"[bold]{name}[/]  {escape(line)}")
 
 
+def _shipped_study_names() -> list[str]:
+    """The studies under experiments/studies, read without importing the study code (help stays fast)."""
+    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "experiments" / "studies").glob("*.toml"))
+
+
 @experiment_app.command("run")
 def experiment_run(
-    study: Annotated[str, typer.Argument(help="A shipped study (fedclip experiment list) or a TOML file.")],
+    study: Annotated[str, typer.Argument(
+        autocompletion=lambda incomplete: [n for n in _shipped_study_names() if n.startswith(incomplete)],
+        help=f"A shipped study ({' | '.join(_shipped_study_names())}; `fedclip experiment list` says what each "
+             "does) or a study TOML file.")],
     out: Annotated[Path | None, typer.Option(help="Study dir (default runs/<name>).")] = None,
     from_: Annotated[str | None, typer.Option("--from", help="Rerun from this stage: data, synthesize, pretrain, "
                                               "evaluate, federate, audit, report.")] = None,

@@ -61,7 +61,8 @@ class PretrainConfig:
     compile: bool = False
     workers: int = 2
     seed: int = 0
-    save_every: int = 0  # also checkpoint every N steps (0: only at the end)
+    save_every: int = 0  # also keep a checkpoint every N steps (0: none besides `last`)
+    save_minutes: float = 10.0  # refresh `last` (the resume point) every N minutes of training; 0: only at the end
     augment: bool = True
     device: str = "auto"
     canaries: int = 0  # plant N canaries (and N never-trained controls) for `fedclip audit exposure`
@@ -240,7 +241,7 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
     log = io.line_log(RunDir(run).metrics) if rank == 0 else nullcontext(None)
     loss_value, t_last, seen = float("nan"), time.perf_counter(), 0
     skipped: list[str] = []
-    t_start = t_last
+    t_start = t_saved = t_last
     with log as write_metrics, progress_bar(f"pretrain {cfg.model}", cfg.steps - start) if rank == 0 \
             else nullcontext(lambda *a, **k: None) as advance:
         for step, (images, texts, bad) in enumerate(loader, start=start):
@@ -289,6 +290,11 @@ def pretrain(cfg: PretrainConfig, run: str | Path, resume: bool = False) -> dict
             if rank == 0 and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 save(run, f"step-{step + 1:06d}", vc, opt=opt, sched=sched, scaler=scaler, step=step + 1,
                      provenance=provenance)
+                t_saved = now
+            elif rank == 0 and cfg.save_minutes and now - t_saved > 60 * cfg.save_minutes and step + 1 < cfg.steps:
+                # a resume point by time, so Ctrl-C or a lost node never costs more than a few minutes
+                save(run, LAST, vc, opt=opt, sched=sched, scaler=scaler, step=step + 1, provenance=provenance)
+                t_saved = now
     elapsed = time.perf_counter() - t_start
     ckpt = None
     if rank == 0:

@@ -90,3 +90,30 @@ def test_resume_without_a_run_and_restart_over_a_run_are_refused(tmp_path):
         pretrain(cfg, tmp_path / "x")
     with pytest.raises(FedclipError, match="exceeds the dataset"):
         pretrain(PretrainConfig(synth="n=4 size=48", steps=1, batch_size=8, workers=0), tmp_path / "y")
+
+
+def test_a_run_stopped_after_its_timed_save_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """`last` is refreshed every `save_minutes` of training (10 by default), so Ctrl-C loses at most that
+    much: here a save after every step, and a Ctrl-C right after the one at step 3."""
+    import fedclip.pretrain as pretrain_mod
+
+    cfg = PretrainConfig(synth=SYNTH, steps=6, batch_size=16, workers=0, warmup=2, seed=3)
+    pretrain(cfg, tmp_path / "a")
+    timed = PretrainConfig(synth=SYNTH, steps=6, batch_size=16, workers=0, warmup=2, seed=3, save_minutes=1e-9)
+    real_save = pretrain_mod.save
+
+    def save_then_ctrl_c(run, tag, vc, *, step, **kw):
+        out = real_save(run, tag, vc, step=step, **kw)
+        if step == 3:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(pretrain_mod, "save", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(timed, tmp_path / "b")
+    monkeypatch.setattr(pretrain_mod, "save", real_save)
+    kept = json.loads((tmp_path / "b" / "checkpoints" / "last" / "config.json").read_text())["provenance"]
+    assert kept["steps"] == 3 and not list((tmp_path / "b" / "checkpoints").glob("step-*"))
+    pretrain(timed, tmp_path / "b", resume=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
