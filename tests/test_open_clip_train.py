@@ -38,3 +38,9 @@ def test_open_clip_train_continues_from_a_fedclip_checkpoint(tmp_path):
                             model="visionclip-tiny")
     loaded = models.load_checkpoint(back).model.state_dict()
     assert all(torch.equal(loaded[k], saved[k]) for k in start)
+    # and fedclip pretraining continues from it
+    from fedclip.pretrain import PretrainConfig, pretrain
+
+    result = pretrain(PretrainConfig(data=data, init=back, model="visionclip-tiny", steps=2, batch_size=8, workers=0,
+                                     warmup=1), tmp_path / "fedclip-cont")
+    assert result["steps"] == 2 and result["final_loss"] == result["final_loss"]  # a finite loss, not NaN

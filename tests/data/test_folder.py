@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from fedclip.cli.main import app
 from fedclip.data.public import UNGRADED_CAPTION
 from fedclip.data.records import read_metadata
+from fedclip.synth import CohortSpec
 
 runner = CliRunner()
 
@@ -96,3 +97,51 @@ def test_data_check_warns_about_unknown_columns_and_missing_patient_ids(tmp_path
     assert "referable_dr are not fedclip fields" in res.output and "no patient_id" in res.output
     missing = runner.invoke(app, ["data", "check", str(tmp_path / "plain")])
     assert missing.exit_code == 2 and "data import folder" in missing.output
+
+
+def _clinic_folder(tmp_path: Path, name: str, seed: int, n: int) -> tuple[Path, Path]:
+    """A hospital's export as it arrives: JPEGs in nested folders and a grading sheet, no metadata.csv."""
+    import csv
+    import shutil
+
+    from fedclip.data.synthetic import export
+
+    src = tmp_path / f"{name}-src"
+    export(CohortSpec(seed=seed, size=64, hospital="riverside", diabetic_rate=0.7), src, n, fmt="jpg")
+    root, sheet = tmp_path / name, tmp_path / f"{name}-grades.csv"
+    with sheet.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "grade", "pid"])
+        for r in read_metadata(src):
+            target = root / "exports" / Path(r.filepath).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(r.path(src), target)
+            w.writerow([f"exports/{target.name}", r.labels["dr_grade"], r.meta["patient_id"]])
+    return root, sheet
+
+
+def test_own_jpegs_and_a_grading_sheet_to_pretrain_eval_and_audit(tmp_path):
+    """The README's "Your own images" commands, in order, on generated JPEGs with a labels CSV."""
+    for name, seed in (("members", 31), ("fresh", 32)):
+        root, sheet = _clinic_folder(tmp_path, name, seed, 24)
+        res = _run(root, "--out", tmp_path / f"ds-{name}", "--labels", sheet, "--map", "grade=dr_grade",
+                   "--patient-id", "pid")
+        assert res.exit_code == 0, res.output
+    check = runner.invoke(app, ["data", "check", str(tmp_path / "ds-members")])
+    assert check.exit_code == 0 and "warning" not in check.output, check.output
+    steps = ["pretrain", "--data", str(tmp_path / "ds-members"), "--out", str(tmp_path / "run"), "--steps", "3",
+             "--batch-size", "8", "--set", "pretrain.workers=0"]
+    res = runner.invoke(app, steps)
+    assert res.exit_code == 0, res.output
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last")
+    res = runner.invoke(app, ["eval", "--checkpoint", ckpt, "--data", str(tmp_path / "ds-fresh"),
+                              "--task", "referable_dr"])
+    assert res.exit_code == 0 and "referable_dr" in res.output, res.output
+    res = runner.invoke(app, ["audit", "mia", "--target", ckpt, "--members", str(tmp_path / "ds-members"),
+                              "--nonmembers", str(tmp_path / "ds-fresh"), "--attack", "loss",
+                              "--out", str(tmp_path / "audit")])
+    assert res.exit_code == 0, res.output
+    import json
+
+    doc = json.loads((tmp_path / "audit" / "results.json").read_text())
+    assert doc["level"] == "patient"  # the sheet's patient ids made every figure per patient
