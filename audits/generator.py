@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from fedclip import __version__, io
+from fedclip import __version__, io, models
 from fedclip.audits import attacks, metrics
 from fedclip.audits.copying import (
     ANATOMY,
@@ -42,6 +42,7 @@ from fedclip.audits.copying import (
     IDENTITY_VIEW,
     PIXELS,
     CopyingConfig,
+    model_embedding,
     nearest,
     pixel_embedding,
     run_copying,
@@ -107,7 +108,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, basis: np.ndarray) -> float:
 
 
 def _embed(paths: list[Path], embed: str, aligned: bool) -> np.ndarray:
-    return pixel_embedding(paths, aligned=aligned, anatomy=embed == ANATOMY)
+    """(n, d), or (n, views, d) aligned over small shifts and rotations for the image-space embeddings; a CLIP
+    checkpoint's image tower has no aligned views (it is meant to be invariant to such moves)."""
+    if embed in (ANATOMY, PIXELS):
+        return pixel_embedding(paths, aligned=aligned, anatomy=embed == ANATOMY)
+    return model_embedding(models.load_checkpoint(embed), paths)
+
+
+def _identity(views: np.ndarray) -> np.ndarray:
+    return views[:, IDENTITY_VIEW] if views.ndim == 3 else views
 
 
 def _patients(records: list[Record]) -> list[str]:
@@ -121,8 +130,8 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     checkpoint, out = Path(checkpoint), Path(out)
     if cfg.refs < 0:
         raise AuditError(f"--refs {cfg.refs}: pass 0 (no reference generators) or more")
-    if cfg.embed not in (ANATOMY, PIXELS):
-        raise AuditError(f"--embed {cfg.embed!r}: use anatomy or pixels")
+    if cfg.embed not in (ANATOMY, PIXELS) and not (Path(cfg.embed) / "config.json").is_file():
+        raise AuditError(f"--embed {cfg.embed!r}: use anatomy, pixels or a CLIP checkpoint dir (its image tower)")
     if cfg.n_samples < 2:
         raise AuditError("--n-samples must be at least 2")
     gcfg = read_generator_config(checkpoint)
@@ -161,7 +170,7 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     syn = _embed([r.path(samples) for r in syn_records], cfg.embed, aligned=False)
     real_views = _embed([r.path(roots[0]) for r in mem] + [r.path(roots[1]) for r in hold], cfg.embed, aligned=True)
     distance, _ = nearest(real_views, syn)
-    real = real_views[:, IDENTITY_VIEW]
+    real = _identity(real_views)
     dims = int(min(FRECHET_DIMS, len(mem) - 1, len(hold) - 1, len(syn) - 1))
     centred = real - real.mean(0)
     basis = np.linalg.svd(centred, full_matrices=False)[2][:max(1, dims)].T
@@ -176,7 +185,7 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     signal = {"white-box-loss": f"minus the denoising MSE averaged over timesteps {list(cfg.timesteps)} x "
                                 f"{cfg.draws} fixed noise draws, a patient's mean over their images",
               "black-box-dcr": f"minus a patient's smallest distance to any of {cfg.n_samples} samples "
-                               f"({cfg.embed} embedding, aligned over small shifts and rotations)"}
+                               f"({copying['embedding']})"}
     references: dict[str, Any] | None = None
     if pop_root:
         from fedclip.audits import generator_calibration as calib
@@ -185,7 +194,8 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
         scores["black-box-domias"] = calib.density_ratio_score(syn, pop_emb, real)
         signal["black-box-domias"] = (f"log density of the {cfg.n_samples} samples minus log density of the "
                                       f"{len(pop)} population images at the record (Gaussian kernels on "
-                                      f"{calib.KDE_DIMS} principal axes of the population, {cfg.embed} embedding)")
+                                      f"{calib.KDE_DIMS} principal axes of the population, "
+                                      f"{cfg.embed if cfg.embed in (ANATOMY, PIXELS) else 'CLIP image'} embedding)")
         if cfg.refs:
             ref_paths = calib.train_reference_generators(provenance, gen.conditioning.hospitals, pop, pop_root, out,
                                                          count=cfg.refs, seed=cfg.seed)

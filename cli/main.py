@@ -682,7 +682,9 @@ def audit_generator(
     refs: Annotated[int, typer.Option(help="Reference generators trained like the target on population cohorts "
                                            "(with --population; 0: none).")] = 2,
     n_samples: Annotated[int, typer.Option(help="Images to generate for copying and the black-box attack.")] = 256,
-    embed: Annotated[str, typer.Option(help="anatomy (vessels and disc, colour-free) | pixels.")] = "anatomy",
+    embed: Annotated[str, typer.Option(
+        help="anatomy (vessels and disc, colour-free) | pixels | a CLIP checkpoint dir (its image tower).")
+    ] = "anatomy",
     show_patients: Annotated[bool, typer.Option(help="Name patient ids in the per-patient copy counts.")] = False,
     seed: Annotated[int, typer.Option(help="The auditor's seed: sampling, noise draws, bootstrap.")] = 0,
     out: Annotated[Path, typer.Option(help="Audit dir (results.json, scores.csv, samples/, copying/).")] = Path(

@@ -122,3 +122,19 @@ def test_a_population_adds_the_calibrated_attacks_with_resumable_references(gen_
     with pytest.raises(AuditError, match="population shares 2 patient"):
         run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "b", cfg,
                             population=gen_cohort / "holdout")
+
+
+def test_a_clip_checkpoints_image_tower_is_a_copying_embedding_too(gen_trained, gen_cohort, tmp_path):
+    """Pixels, anatomy and a CLIP model's image tower: the issue's three embeddings for near-copies."""
+    from fedclip import models
+
+    _, result = gen_trained
+    clip = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp_path / "clip")
+    cfg = GeneratorAuditConfig(n_samples=4, sample_steps=2, timesteps=(10,), draws=1, n_boot=20, embed=str(clip))
+    doc = run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "a", cfg)
+    assert "image embeddings of checkpoint" in doc["copying"]["embedding"]
+    assert "image embeddings of checkpoint" in doc["signal"]["black-box-dcr"]
+    assert np.isfinite(doc["fidelity"]["frechet_samples_to_holdout"])
+    with pytest.raises(AuditError, match="a CLIP checkpoint dir"):
+        run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "b",
+                            GeneratorAuditConfig(embed=str(tmp_path / "nowhere")))
