@@ -20,8 +20,9 @@ without one canary and Clopper-Pearson bounds (Jagielski et al. 2020).
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,47 +58,80 @@ class EpsilonConfig:
     seed: int = 0  # the auditor's randomness (canary directions, inclusion); never the training's noise
 
 
+@dataclass(frozen=True)
+class Round:
+    """One privatized training the audited mechanism ran: its noise, sampling rate, steps and public size."""
+
+    sigma: float
+    q: float
+    steps: int
+    public_size: int
+
+
 @dataclass
 class Training:
-    """One audited DP training: the data, the head settings and its calibrated noise."""
+    """One audited DP mechanism: the data, the head settings and the trainings it ran (one for a training
+    re-run from settings; a node's recorded rounds when replayed from its ledger)."""
 
     base: models.VisionClip
     tokens: torch.Tensor
     targets: torch.Tensor
     ft: FinetuneConfig
-    sigma: float
-    q: float
-    steps: int
+    plan: tuple[Round, ...]
+    patients: list[str] | None = None  # per image, with unit = patient
+    source: str = "re-run from the stated settings"
+    ledger_epsilon: float | None = None  # the node's lifetime epsilon on this cohort, where it was replayed
 
     @property
     def theoretical(self) -> dict[str, Any]:
-        eps = epsilon_for([(self.sigma, self.q, self.steps)], self.ft.delta, self.ft.accountant)
-        return {"epsilon": eps, "delta": self.ft.delta, "noise_multiplier": self.sigma, "sample_rate": self.q,
-                "steps": self.steps, "accountant": self.ft.accountant, "neighbouring": "add/remove-one image",
-                "unit": "image"}
+        eps = epsilon_for([(r.sigma, r.q, r.steps) for r in self.plan], self.ft.delta, self.ft.accountant)
+        one = self.plan[0]
+        return {"epsilon": eps, "delta": self.ft.delta, "accountant": self.ft.accountant, "unit": self.ft.unit,
+                "neighbouring": f"add/remove-one {self.ft.unit}", "mechanism": self.source,
+                "rounds": len(self.plan), "noise_multiplier": one.sigma, "sample_rate": one.q,
+                "steps": sum(r.steps for r in self.plan),
+                "plan": [{"noise_multiplier": r.sigma, "sample_rate": r.q, "steps": r.steps,
+                          "public_size": r.public_size} for r in self.plan]}
 
 
-def prepare(base: str | Path, data: str | Path, ft: FinetuneConfig) -> Training:
+def _check_auditable(ft: FinetuneConfig) -> None:
     if not ft.dp:
         raise AuditError("the audited training has dp=false: there is no epsilon to audit")
     if ft.lora_rank:
         raise AuditError("epsilon audits of LoRA heads are not supported; audit train_blocks without lora_rank")
-    vc = models.load_checkpoint(base)
-    records = read_metadata(data)
+
+
+def _tokens(vc: models.VisionClip, records: list, root: Path, ft: FinetuneConfig) -> tuple[list[int], torch.Tensor,
+                                                                                          torch.Tensor]:
     keep, y = tasks.labelled([r.labels for r in records], ft.task)
-    tokens = prefix_tokens(vc, load_pixels(vc, [records[i].path(data) for i in keep]), ft.train_blocks)
+    tokens = prefix_tokens(vc, load_pixels(vc, [records[i].path(root) for i in keep]), ft.train_blocks)
+    return keep, tokens, torch.from_numpy(y)
+
+
+def prepare(base: str | Path, data: str | Path, ft: FinetuneConfig) -> Training:
+    """A DP training re-run from stated settings, one image per record, its noise calibrated for them."""
+    _check_auditable(ft)
+    ft = replace(ft, unit="image")
+    vc = models.load_checkpoint(base)
+    _, tokens, targets = _tokens(vc, read_metadata(data), Path(data), ft)
     n = len(tokens)
     steps = steps_per_round(ft, n)
-    return Training(vc, tokens, torch.from_numpy(y), ft, noise_for_budget(ft, n, steps),
-                    min(1.0, ft.batch_size / n), steps)
+    return Training(vc, tokens, targets, ft, (Round(noise_for_budget(ft, n, steps), min(1.0, ft.batch_size / n),
+                                                    steps, n),))
 
 
 def _train(t: Training, *, tokens: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-           canaries: GradientCanaries | None = None, broken: str | None = None) -> models.VisionClip:
+           patients: list[str] | None = None, canaries: GradientCanaries | None = None,
+           broken: str | None = None) -> models.VisionClip:
+    """Run the audited mechanism: each of its trainings in turn (a node's rounds), continuing the weights.
+    Between a federation's rounds the node starts from the server's average instead; the guarantee, and
+    the canaries' view of every privatized gradient, do not depend on which weights a round starts from."""
     vc = copy.deepcopy(t.base)
     tok = t.tokens if tokens is None else tokens
-    finetune(vc, tok, t.targets if targets is None else targets, t.ft, noise_multiplier=t.sigma, sample_rate=t.q,
-             steps=t.steps, public_size=len(t.tokens), canaries=canaries, insecure_break_for_tests=broken)
+    for r in t.plan:
+        finetune(vc, tok, t.targets if targets is None else targets, t.ft, noise_multiplier=r.sigma, sample_rate=r.q,
+                 steps=r.steps, public_size=r.public_size, canaries=canaries, insecure_break_for_tests=broken,
+                 patients=t.patients if patients is None else patients)
     return vc
 
 
@@ -133,8 +167,9 @@ def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
     tokens = t.tokens.mean(0, keepdim=True) + scale * torch.randn((m, *t.tokens.shape[1:]), generator=gen)
     labels = torch.randint(0, classes, (m,), generator=gen)
     inc = torch.from_numpy(included)
+    extra = [f"canary:{i}" for i in np.flatnonzero(included)]  # each canary its own patient
     vc = _train(t, tokens=torch.cat([t.tokens, tokens[inc]]), targets=torch.cat([t.targets, labels[inc]]),
-                broken=broken)
+                patients=None if t.patients is None else t.patients + extra, broken=broken)
     after, _ = head_signals(vc, tokens, labels, t.ft)
     before, _ = head_signals(t.base, tokens, labels, t.ft)
     return after - before
@@ -222,7 +257,8 @@ def run_epsilon(t: Training, cfg: EpsilonConfig, out: str | Path, *, source: dic
         "kind": "epsilon", "fedclip_version": __version__, "method": cfg.method, "threat": cfg.threat,
         "config": asdict(cfg), "bound": bound, "epsilon_lb": bound["epsilon_lb"], "theoretical": theory,
         "tightness": bound["epsilon_lb"] / theory["epsilon"] if theory["epsilon"] > 0 else None,
-        "ledger_epsilon": ledger_epsilon, "source": source, "training": asdict(t.ft) | {"n": len(t.tokens)},
+        "ledger_epsilon": ledger_epsilon if ledger_epsilon is not None else t.ledger_epsilon,
+        "source": source, "training": asdict(t.ft) | {"n": len(t.tokens)},
         "mechanism": f"SECRETLY BROKEN: {broken} (test-only)" if broken else "as configured",
     }
     if check_power:
@@ -247,3 +283,68 @@ def settings_from_run(run: str | Path) -> tuple[Path, Path, FinetuneConfig, floa
     if not fed.get("checkpoint") or not fed.get("data"):
         raise AuditError(f"{run.config} names no checkpoint or data; pass --checkpoint and --data")
     return Path(fed["checkpoint"]), Path(fed["data"]), finetune_settings(fed), largest_node_epsilon(read_ledger(run))
+
+
+def prepare_deployed(run: str | Path, node_dir: str | Path, data: str | Path | None = None) -> Training:
+    """The mechanism one node of a federation deployed, replayed from its own lifetime ledger: every
+    `train` entry it recorded on this data (matched by the data's fingerprint) with its σ, q, steps, unit,
+    δ and accountant, the public size it released, the federation's fine-tuning settings, and the node's
+    records — `data`, or for a simulated node `client-K` the K-th partition of the run's data."""
+    from fedclip import config as cfglib
+    from fedclip.data.records import fingerprint, normalise_patient_id
+    from fedclip.federated.config import FederateConfig
+    from fedclip.federated.task import simulated_partitions
+
+    run, node_dir = RunDir(Path(run)), Path(node_dir)
+    if not run.config.exists():
+        raise AuditError(f"{run.root} holds no config.toml; pass a federation's run dir (fedclip federate --out)")
+    fed = cfglib.build(FederateConfig, cfglib.read_section(run.config, "federate"), "federate")
+    ledgers = sorted(node_dir.glob("ledger-*.jsonl"))
+    if not ledgers:
+        raise AuditError(f"{node_dir} holds no ledger-*.jsonl; pass the node's state dir (a simulated node's is "
+                         "STATE_DIR/client-K, a deployed one's its --node-config state-dir)")
+    if data is not None:
+        root, records = Path(data), read_metadata(data)
+    else:
+        name = node_dir.name
+        if not name.startswith("client-") or not name[7:].isdigit() or fed.data is None:
+            raise AuditError(f"{node_dir} is not a simulated node (client-K) of {run.root}; pass --data, the "
+                             "node's own dataset dir")
+        root, everything = Path(fed.data), read_metadata(fed.data)
+        parts = simulated_partitions(fed, everything, fed.clients)
+        k = int(name[7:])
+        if k >= len(parts):
+            raise AuditError(f"{name}: the run had {len(parts)} clients")
+        records = [everything[i] for i in parts[k]]
+    fp = fingerprint(records)
+    entries = [e for path in ledgers for e in map(json.loads, path.read_text().splitlines())]
+    trained = [e for e in entries if e.get("kind") == "train" and e.get("data_fingerprint") == fp]
+    if not trained:
+        raise AuditError(f"no DP training on this data in {node_dir}'s ledger (fingerprint {fp[:12]}); pass the "
+                         "node's own data (--data) as it was when the federation ran")
+    if len({e["unit"] for e in trained}) != 1 or len({(e["delta"], e["accountant"]) for e in trained}) != 1:
+        raise AuditError(f"{node_dir}'s trainings on this data mix units, deltas or accountants; audit them apart")
+    first = trained[0]
+    sizes = {e["round"]: e.get("public_size") for e in entries
+             if e.get("kind") == "dataset-size" and e.get("data_fingerprint") == fp}
+    ft = replace(fed.finetune, dp=True, unit=first["unit"], delta=first["delta"], accountant=first["accountant"])
+    _check_auditable(ft)
+    vc = models.load_checkpoint(fed.checkpoint)
+    keep, tokens, targets = _tokens(vc, records, root, ft)
+    patients = None
+    if ft.unit == "patient":  # images without an id are left out, as the node's default policy does
+        ids = [normalise_patient_id(records[i].meta.get("patient_id")) for i in keep]
+        kept = [j for j, i in enumerate(ids) if i]
+        tokens, targets, patients = tokens[kept], targets[kept], [ids[j] for j in kept]
+    units_n = len(set(patients)) if patients is not None else len(tokens)
+
+    def public_size(e: dict[str, Any]) -> int:  # released that round, else what q = batch / size implies
+        q = float(e["sample_rate"])
+        return int(sizes.get(e["round"]) or (round(ft.batch_size / q) if q < 1 else units_n))
+
+    plan = tuple(Round(float(e["noise_multiplier"]), float(e["sample_rate"]), int(e["steps"]), public_size(e))
+                 for e in trained)
+    lifetime = max(float(e["epsilon"]) for e in entries if e.get("dataset") == first.get("dataset"))
+    return Training(vc, tokens, targets, ft, plan, patients,
+                    source=f"replayed from {node_dir.name}'s ledger: {len(plan)} recorded training(s), "
+                           f"per {ft.unit}", ledger_epsilon=lifetime)

@@ -44,7 +44,8 @@ def main() -> None:
                             epsilon=args.epsilon, rounds=1)
         t = prepare(base, d["members"], ft)
         claim = t.theoretical["epsilon"]
-        print(f"claimed ε {claim:.3f} at δ {ft.delta:g}: σ {t.sigma:.3f}, q {t.q:.3f}, {t.steps} steps; "
+        r = t.plan[0]
+        print(f"claimed ε {claim:.3f} at δ {ft.delta:g}: σ {r.sigma:.3f}, q {r.q:.3f}, {r.steps} steps; "
               f"{args.canaries} canaries")
         honest = []
         for how in (None, "noise-half", "clip-off"):

@@ -510,6 +510,10 @@ def audit_mia(
 def audit_epsilon(
     run: Annotated[Path | None, typer.Option(
         help="A federation's run dir: its base checkpoint, data, settings.")] = None,
+    node_dir: Annotated[Path | None, typer.Option(
+        help="With --run: a node's state dir (STATE_DIR/client-K in a simulation). The audit then replays the "
+             "mechanism that node deployed, from its own ledger: its rounds' noise, sampling, steps and unit.")
+    ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Base checkpoint (instead of --run).")] = None,
     data: Annotated[Path | None, typer.Option(
         help="A node's dataset dir (instead of, or overriding, --run's).")] = None,
@@ -535,14 +539,21 @@ def audit_epsilon(
 ) -> None:
     """Empirical epsilon lower bound of the federation's DP fine-tuning, against its accountant's epsilon."""
     from fedclip import config as cfglib
-    from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon, settings_from_run
+    from fedclip.audits.epsilon import EpsilonConfig, prepare, prepare_deployed, run_epsilon, settings_from_run
     from fedclip.finetune import FinetuneConfig
     from fedclip.progress import progress_bar
 
     try:
         if run is not None and (config_file or set_):
             raise FedclipError("--config-file / --set describe a --checkpoint's training; a --run brings its own")
-        if run is not None:
+        training = None
+        if node_dir is not None and run is None:
+            raise FedclipError("--node-dir replays a node of a federation: pass its --run too")
+        if run is not None and node_dir is not None:
+            training = prepare_deployed(run, node_dir, data)
+            base, run_data, ledger_eps = None, data, training.ledger_epsilon
+            source = {"run": str(run), "node": str(node_dir)}
+        elif run is not None:
             base, run_data, ft, ledger_eps = settings_from_run(run)
             source = {"run": str(run)}
         elif checkpoint is not None:
@@ -558,11 +569,12 @@ def audit_epsilon(
         else:
             raise FedclipError("pass --run RUN (a federation's run dir) or --checkpoint CKPT --data DIR")
         data = data or run_data
-        if data is None:
+        if training is None and data is None:
             raise FedclipError("pass --data DIR: the node data the audited training runs on")
         cfg = EpsilonConfig(method=method, threat=threat, canaries=canaries, trials=trials, confidence=confidence,
                             seed=seed)
-        training = prepare(base, data, ft)
+        if training is None:
+            training = prepare(base, data, ft)
         with progress_bar(f"{threat} {method} audit", 1 if method == "one-run" else trials) as advance:
             doc = run_epsilon(training, cfg, out, source={**source, "data": str(data)}, ledger_epsilon=ledger_eps,
                               check_power=power, advance=advance)

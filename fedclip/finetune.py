@@ -382,7 +382,8 @@ def _canary_rows(params: list[torch.Tensor], canaries: GradientCanaries, q: floa
                  clip: float) -> Callable[[], dict[int, torch.Tensor] | None]:
     """A function that Poisson-samples the included canaries for one step and returns their gradients as
     per-parameter rows (k, *p.shape), or None when none was drawn."""
-    gen = torch.Generator().manual_seed(canaries.seed)
+    # a fresh stream per training (a node's rounds each call this), as Poisson sampling draws anew each step
+    gen = torch.Generator().manual_seed(canaries.seed + len(canaries.projections))
     sizes = [p.numel() for p in params]
 
     def draw() -> dict[int, torch.Tensor] | None:

@@ -560,8 +560,10 @@ def epsilon_method(d: dict[str, Any]) -> list[list[str]]:
         ["method", f"{d['method']} ({d['bound'].get('canaries')} canaries; (ε, δ)-DP and μ-GDP analyses)"
          if d["method"] == "one-run"
          else f"{d['method']} ({cfg.get('trials')} trainings)"],
-        ["audited training", f"σ {th['noise_multiplier']:.3f}, q {th['sample_rate']:.3f}, {th['steps']} steps, "
-                             f"δ {th['delta']:g}, {th['accountant']} accountant, per {th['unit']}"],
+        ["audited mechanism", th.get("mechanism", "re-run from the stated settings")],
+        ["audited training", f"{th.get('rounds', 1)} training(s), first σ {th['noise_multiplier']:.3f}, q "
+                             f"{th['sample_rate']:.3f}; {th['steps']} steps in all, δ {th['delta']:g}, "
+                             f"{th['accountant']} accountant, per {th['unit']}"],
     ]
 
 
@@ -569,8 +571,11 @@ def epsilon_limitations(d: dict[str, Any]) -> list[str]:
     return ["a lower bound below the claim does not prove the claim: it rules out only larger leakage than the "
             "bound", "a one-run audit reaches about half of a Gaussian mechanism's μ with thousands of canaries "
             "(docs/audits.md): a mechanism leaking up to about twice its claim can pass",
-            "the audited training re-runs the federation's settings at image level; it does not yet "
-            "replay the deployed patient-level mechanism round by round (see docs/audits.md)"]
+            "the deployed mechanism replayed from a node's ledger continues its own weights between rounds "
+            "instead of the server's average (the guarantee does not depend on them)"
+            if str(d["theoretical"].get("mechanism", "")).startswith("replayed") else
+            "the audited training is re-run from the stated settings at image level, not replayed from a "
+            "node's ledger (`--node-dir`): it tests the code path, not what a node deployed"]
 
 
 def epsilon_measures(d: dict[str, Any]) -> dict[str, Any]:

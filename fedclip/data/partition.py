@@ -81,3 +81,22 @@ def _check_k(records: Sequence[Record], k: int) -> None:
     n = len(_patients(records))
     if k > n:
         raise DataError(f"cannot split {n} patients into {k} partitions; use at most {n}")
+
+
+def split(records: Sequence[Record], how: str, k: int, *, seed: int = 0, alpha: float = 0.5,
+          label: Callable[[Mapping[str, int]], int | None] | None = None) -> list[list[int]]:
+    """The `k` simulated hospitals of one shared dataset, by `how` (hospital, iid or dirichlet): the one
+    place a simulation's clients and an audit replaying one of them get their partition from."""
+    if how == "hospital":
+        parts = list(by_hospital(records).values())
+        if len(parts) < k:
+            raise DataError(f"the data has {len(parts)} hospitals but {k} clients; use --partitioning iid, "
+                            "or fewer clients")
+        return [sum((parts[j] for j in range(i, len(parts), k)), []) for i in range(k)]
+    if how == "iid":
+        return iid(records, k, seed)
+    if how == "dirichlet":
+        if label is None:
+            raise DataError("dirichlet partitioning needs the task's label")
+        return dirichlet(records, k, alpha, label, seed)
+    raise DataError(f"unknown partitioning {how!r}; use hospital, iid or dirichlet")

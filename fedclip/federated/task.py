@@ -52,20 +52,14 @@ def client_records(cfg: FederateConfig, node: Node, node_config: dict[str, Any])
     if cfg.data is None:
         raise FedclipError("no client data: pass --data (simulation) or node-config data-dir=... (deployment)")
     records = read_metadata(cfg.data)
-    num = int(node_config.get("num-partitions", cfg.clients))
-    if cfg.partitioning == "hospital":
-        parts = list(partitioning.by_hospital(records).values())
-        if len(parts) < num:
-            raise FedclipError(f"the data has {len(parts)} hospitals but {num} clients; use --partitioning iid, "
-                               "or fewer clients")
-        parts = [sum((parts[j] for j in range(i, len(parts), num)), []) for i in range(num)]
-    elif cfg.partitioning == "iid":
-        parts = partitioning.iid(records, num, cfg.seed)
-    elif cfg.partitioning == "dirichlet":
-        parts = partitioning.dirichlet(records, num, cfg.alpha, tasks.task(cfg.finetune.task).target, cfg.seed)
-    else:
-        raise FedclipError(f"unknown partitioning {cfg.partitioning!r}; use hospital, iid or dirichlet")
+    parts = simulated_partitions(cfg, records, int(node_config.get("num-partitions", cfg.clients)))
     return [records[i] for i in parts[pid]], cfg.data
+
+
+def simulated_partitions(cfg: FederateConfig, records: list[Record], num: int) -> list[list[int]]:
+    """The simulated hospitals' record indices: what client `partition-id` K trains on is `[K]`."""
+    return partitioning.split(records, cfg.partitioning, num, seed=cfg.seed, alpha=cfg.alpha,
+                              label=tasks.task(cfg.finetune.task).target)
 
 
 class TokenCache:
