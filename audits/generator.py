@@ -35,7 +35,7 @@ import torch
 from scipy import linalg
 
 from fedclip import __version__, io, models
-from fedclip.audits import attacks, metrics
+from fedclip.audits import attacks, bounds, metrics
 from fedclip.audits.copying import (
     ANATOMY,
     COPIES_FILE,
@@ -230,6 +230,15 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     leaks = [] if few else [
         f"{n} membership AUC {e['auc']:.2f} (CI {e['ci']['auc'][0]:.2f}-{e['ci']['auc'][1]:.2f}) excludes 0.5"
         for n, e in ((n, a["patient"]) for n, a in attacks_out.items()) if e["ci"]["auc"][0] > 0.5]
+    privacy = provenance.get("privacy") or {}
+    ceiling = None
+    if privacy.get("dp") and privacy.get("epsilon") is not None:
+        ceiling = {"auc": bounds.dp_auc_ceiling(float(privacy["epsilon"]), float(privacy.get("delta") or 0.0)),
+                   "claim": f"ε = {float(privacy['epsilon']):.3g}, δ = {privacy.get('delta', 0):g} per "
+                            f"{privacy.get('unit', 'patient')}"}
+        above = [] if few else [n for n, a in attacks_out.items() if a["patient"]["ci"]["auc"][0] > ceiling["auc"]]
+        leaks += [f"{n} membership AUC above the {ceiling['auc']:.3f} that {ceiling['claim']} permits any attack: "
+                  "the DP claim is contradicted" for n in above]
     if few:
         cautions.append(f"{len(set(pm))} trained and {len(set(ph))} fresh patients: too few (< {MIN_PATIENTS} each) "
                         "for the membership CIs to carry a verdict; the AUCs are shown, not judged")
@@ -247,7 +256,7 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
         "config": asdict(cfg), "manifest": manifest, "signal": signal, "references": references,
         "attacks": attacks_out,
         "copying": {k: copying[k] for k in ("embedding", "dcr", "three_sample_test", "flags", "verdict")},
-        "copies_per_patient": copies_per_patient, "fidelity": fidelity,
+        "copies_per_patient": copies_per_patient, "fidelity": fidelity, "dp_ceiling": ceiling,
         "verdict": {"copies": bool(reasons), "reasons": reasons, "caution": "; ".join(cautions) or None},
     }
     io.write_text(out / SCORES_FILE, rows.getvalue())

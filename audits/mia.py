@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fedclip import __version__, io, models, tasks
-from fedclip.audits import attacks, metrics
+from fedclip.audits import attacks, bounds, metrics
 from fedclip.audits.confound import confound_check
 from fedclip.audits.references import train_references
 from fedclip.audits.results import SCORES_FILE, AuditError, TargetPrivacy, data_fingerprint, write_results
@@ -241,6 +241,17 @@ def strongest_attack(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 MIN_PER_SIDE = 10  # fewer members or non-members at the audited level: the AUCs are shown, not judged
 
 
+def dp_ceiling(target: dict[str, Any], level: str) -> dict[str, Any] | None:
+    """The largest AUC the target's DP claim allows at this level, or None where it bounds nothing: no DP,
+    or image-level DP judged per patient (a patient of g images is protected only at g·ε)."""
+    privacy = TargetPrivacy.from_json(target)
+    if privacy.dp is not True or privacy.epsilon_budget is None or (privacy.unit == "image" and level != "image"):
+        return None
+    delta = privacy.delta or 0.0
+    return {"auc": bounds.dp_auc_ceiling(privacy.epsilon_budget, delta),
+            "claim": f"ε = {privacy.epsilon_budget:g}, δ = {delta:g} per {privacy.unit}"}
+
+
 def verdict(doc: dict[str, Any]) -> dict[str, Any]:
     """What the figures support, weighing the audit's own checks: a confound means the attack cannot be told
     from distribution shift; an AUC significantly below 0.5 is a shift or a flipped score, never leakage;
@@ -265,12 +276,19 @@ def verdict(doc: dict[str, Any]) -> dict[str, Any]:
             f"model tells members from non-members by metadata and image statistics alone (blind-baseline AUC "
             f"{blind:.3f} > {confound['threshold']}), and {strongest}. Audit again with non-members matched to the "
             "members (same hospitals, cameras and visit mix, patients the model never saw)")}
+    ceiling = dp_ceiling(doc.get("target") or {}, level)
+    if ceiling is not None and lo > ceiling["auc"]:
+        return {"answer": "contradicts DP", "attack": name, "text": (
+            f"the DP claim is contradicted: {strongest}, above the AUC {ceiling['auc']:.3f} that {ceiling['claim']} "
+            "permits any attack. Check the mechanism (`fedclip audit epsilon --power`) and the member sets")}
     if lo > 0.5:
         f = metrics.finest_fpr(e)
         tpr = (f"; it identified {e[metrics.tpr_key(f)]:.1%} of members at a {f:.1%} false-positive rate (the finest "
                f"rate {e['n_nonmembers']} non-members resolve)" if f is not None else
                f"; {e['n_nonmembers']} non-members resolve no false-positive rate of 10% or below")
-        return {"answer": "leaks", "attack": name, "text": f"membership leaks: {strongest}{tpr}"}
+        within = (f" — within what {ceiling['claim']} permits (AUC up to {ceiling['auc']:.3f})"
+                  if ceiling is not None else "")
+        return {"answer": "leaks", "attack": name, "text": f"membership leaks: {strongest}{tpr}{within}"}
     if below:
         return {"answer": "below chance", "attack": below[0], "text": (
             f"no evidence of leakage, and {', '.join(below)} scored members significantly *lower* than non-members "

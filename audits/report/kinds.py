@@ -316,6 +316,10 @@ def generator_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Sec
         f"fresh patients of the same population, from {data['n_samples']} generated images. The answer: {answer}.")
     if verdict.get("caution"):
         s.paragraphs.append(f"Caution: {verdict['caution']}.")
+    if doc.get("dp_ceiling"):
+        c = doc["dp_ceiling"]
+        s.paragraphs.append(f"What the DP claim allows: {c['claim']} permits any membership attack an AUC of at "
+                            f"most {c['auc']:.3f}; an interval entirely above it would contradict the claim.")
     rows = []
     for name, e in doc["attacks"].items():
         p = e["patient"]

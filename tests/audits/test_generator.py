@@ -138,3 +138,21 @@ def test_a_clip_checkpoints_image_tower_is_a_copying_embedding_too(gen_trained, 
     with pytest.raises(AuditError, match="a CLIP checkpoint dir"):
         run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "b",
                             GeneratorAuditConfig(embed=str(tmp_path / "nowhere")))
+
+
+def test_a_dp_generators_audit_states_the_auc_its_epsilon_allows(gen_cohort, tmp_path):
+    from fedclip.audits.bounds import dp_auc_ceiling
+    from fedclip.audits.report import render
+    from fedclip.generate.train import GeneratorTrainConfig, train_generator
+    from tests.conftest import GENERATOR_TINY
+
+    state = tmp_path / "node"
+    state.mkdir()
+    (state / "policy.toml").write_text("[policy]\ndataset_size = 2\n")
+    run = train_generator(GeneratorTrainConfig(data=gen_cohort / "data", steps=2, epsilon=4.0, state_dir=state,
+                                               **GENERATOR_TINY), tmp_path / "dp")
+    cfg = GeneratorAuditConfig(n_samples=4, sample_steps=2, timesteps=(10,), draws=1, n_boot=20)
+    doc = run_generator_audit(run["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "a", cfg)
+    assert doc["dp_ceiling"]["auc"] == pytest.approx(dp_auc_ceiling(run["epsilon"], 1e-5))
+    html = render([tmp_path / "a"], tmp_path / "report")["html"].read_text()
+    assert "What the DP claim allows" in html and f"{doc['dp_ceiling']['auc']:.3f}" in html

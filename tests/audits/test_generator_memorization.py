@@ -48,6 +48,9 @@ def test_the_same_cohort_under_patient_level_dp_at_epsilon_1_looks_like_fresh_pa
     assert white["ci"]["auc"][0] <= 0.5 <= white["ci"]["auc"][1]
     assert doc["copying"]["flags"]["flagged"] <= 2 and not doc["copying"]["verdict"]["copies"]
     assert doc["target"]["privacy"]["dp"] and doc["target"]["privacy"]["unit"] == "patient"
+    # what ε = 1 allows any attack, stated beside the figures (and no attack's interval lies above it)
+    assert doc["dp_ceiling"]["auc"] == pytest.approx(0.731, abs=0.002) and "per patient" in doc["dp_ceiling"]["claim"]
+    assert not any("contradicted" in r for r in doc["verdict"]["reasons"])
 
 
 def test_a_larger_cohort_trained_briefly_gives_few_copies(data, tmp_path):

@@ -81,6 +81,28 @@ def test_verdicts_weigh_the_confound_check_auc_below_half_and_resolution():
     assert v["answer"] == "no evidence" and "contains 0.5" in v["text"]
 
 
+def test_an_auc_above_what_the_targets_epsilon_permits_contradicts_its_dp_claim():
+    """ε = 1 per patient allows any attack an AUC of at most 0.731: a CI above that is evidence against the
+    claim, not "leakage within DP"; at ε = 8 the same separation is leakage the claim allows."""
+    rng = np.random.default_rng(3)
+    member = np.r_[np.ones(40), np.zeros(40)]
+    strong = 4 * member + rng.normal(size=80)
+
+    def target(eps, unit="patient"):
+        return {"dp": True, "epsilon_budget": eps, "delta": 1e-5, "unit": unit, "accountant": "rdp",
+                "neighbouring": f"add/remove-one {unit}"}
+
+    v = verdict(_doc(member, {"loss": strong}) | {"target": target(1.0)})
+    assert v["answer"] == "contradicts DP" and "0.731" in v["text"] and "ε = 1, δ = 1e-05 per patient" in v["text"]
+    v = verdict(_doc(member, {"loss": strong}) | {"target": target(8.0)})
+    assert v["answer"] == "leaks" and "within what ε = 8" in v["text"]
+    # image-level DP bounds nothing per patient (group privacy): no ceiling is claimed
+    v = verdict(_doc(member, {"loss": strong}) | {"target": target(1.0, "image")})
+    assert v["answer"] == "leaks" and "within" not in v["text"]
+    v = verdict(_doc(member, {"loss": strong}) | {"target": {"dp": None}})
+    assert v["answer"] == "leaks"
+
+
 def _audit_dir(tmp_path: Path, *, leaking: bool, confound_auc: float = 0.52) -> Path:
     """A membership audit as `audit mia` writes it, with constructed scores for 40 members and 20
     non-members (one image per patient) whose ids and file names the redaction test looks for."""

@@ -131,3 +131,14 @@ def test_gdp_one_run_bound_is_calibrated_on_a_gaussian_mechanism_and_has_power()
     s = 1.0 * included + rng.normal(size=1000)
     assert bounds.gdp_one_run_audit(s, included, delta=1e-5)["epsilon_lb"] > \
         bounds.one_run_audit(s, included, delta=1e-5)["epsilon_lb"]
+
+
+def test_the_dp_auc_ceiling_against_closed_forms():
+    # pure DP: the envelope's kink at FPR 1 / (1 + e^eps), TPR e^eps / (1 + e^eps); area 1 - ... by hand
+    for eps in (0.5, 1.0, 3.0):
+        k = 1 / (1 + math.exp(eps))
+        area = math.exp(eps) * k**2 / 2 + (1 - k) - math.exp(-eps) * (1 - k) ** 2 / 2
+        assert bounds.dp_auc_ceiling(eps, 0.0) == pytest.approx(area, abs=1e-6)
+    assert bounds.dp_auc_ceiling(0.0, 0.0) == pytest.approx(0.5, abs=1e-6)  # no attack beats chance
+    assert bounds.dp_auc_ceiling(1.0, 1e-5) == pytest.approx(0.731, abs=1e-3)
+    assert bounds.dp_auc_ceiling(1.0, 1e-2) > bounds.dp_auc_ceiling(1.0, 0.0)
