@@ -203,7 +203,7 @@ def dp_auc_ceiling(epsilon: float, delta: float) -> float:
     """The largest membership AUC any attack can reach against an (ε, δ)-DP mechanism, for records of its
     unit: the area under the ROC envelope TPR ≤ min(e^ε·FPR + δ, 1 − e^(−ε)·(1 − δ − FPR), 1) (Kairouz et
     al. 2015's hypothesis-testing view). An averaged ROC over many records obeys it too, since each record's
-    does. ε = 1, δ = 1e-5: 0.731; ε = 8: 0.9998."""
+    does. ε = 1, δ = 1e-5: 0.731; ε = 4: 0.982; ε = 8: 0.9997."""
     fpr = np.linspace(0.0, 1.0, 20001)
     tpr = np.minimum.reduce([np.exp(epsilon) * fpr + delta, 1 - np.exp(-epsilon) * (1 - delta - fpr),
                              np.ones_like(fpr)])
