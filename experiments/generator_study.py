@@ -37,6 +37,7 @@ SECTION = "generator_study"
 RESULTS_FILE = "generator_study.json"
 TABLE_FILE = "generator_study.md"
 FIGURE_FILE = "copy_rate.png"
+CALIBRATED = ("white-box-calibrated", "black-box-domias")  # the attacks a population adds
 IMAGES_PER_PATIENT = 4  # two eyes, two visits (the procedural cohort's default)
 
 
@@ -58,6 +59,8 @@ class GeneratorStudyConfig:
     holdout_patients: int = 32  # fresh patients: the audits' non-members
     audit_patients: int = 32  # at most this many training patients audited per generator
     n_samples: int = 96  # generated images per audit
+    refs: int = 0  # reference generators per audit (the calibrated attacks); 0: raw loss, DCR, copies only
+    population_patients: int = 64  # the auditor's own patients, with refs > 0: references and DOMIAS draw on them
     sample_steps: int = 25  # DDIM steps
     corpus: int = 1000  # generated images a downstream CLIP model pretrains on
     pretrain_steps: int = 150
@@ -112,7 +115,13 @@ class GeneratorStudy:
         out = [Stage("data", self._data, {k: plain[k] for k in data_keys}, dirs=(r / "data",),
                      describe="private patients, fresh patients, an external hospital")]
         gen_keys = ("config", "batch_size", "dp_images_per_patient", "delta", "seed")
-        audit_keys = ("holdout_patients", "audit_patients", "n_samples", "sample_steps", "seed")
+        audit_keys = ("holdout_patients", "audit_patients", "n_samples", "sample_steps", "seed", "refs")
+        audit_reads: tuple[str, ...] = ("data",)
+        if c.refs:
+            out.append(Stage("population", self._population, {k: plain[k] for k in ("seed", "hospitals",
+                                                                                   "population_patients")},
+                             dirs=(r / "population",), describe="the auditor's own patients (reference cohorts)"))
+            audit_reads = ("data", "population")
         for arm in arms(c):
             settings = {**{k: plain[k] for k in gen_keys}, "arm": arm.name}
             out.append(Stage(f"gen-{arm.name}", lambda up, a=arm: self._generator(a, up), settings, reads=("data",),
@@ -121,7 +130,7 @@ class GeneratorStudy:
                                       f"{'no DP' if math.isinf(arm.epsilon) else f'DP eps {arm.epsilon:g}'}, "
                                       f"{arm.steps} steps"))
             out.append(Stage(f"audit-{arm.name}", lambda up, a=arm: self._audit(a, up),
-                             {k: plain[k] for k in audit_keys}, reads=("data", f"gen-{arm.name}"),
+                             {k: plain[k] for k in audit_keys}, reads=(*audit_reads, f"gen-{arm.name}"),
                              dirs=(r / "audits" / arm.name,), describe=f"audit generator {arm.name}"))
         largest = max(c.cohort_sizes)
         clip_keys = ("corpus", "pretrain_steps", "sample_steps", "task", "seed")
@@ -172,6 +181,12 @@ class GeneratorStudy:
             cohorts[str(n)] = {"dir": str(cohort), "audited": str(sub)}
         return {"cohorts": cohorts, "holdout": str(holdout), "external": str(external)}
 
+    def _population(self, up: dict) -> dict[str, Any]:
+        c = self.cfg  # a cohort seed of its own: neither the private pool, the holdout nor the external hospital
+        pop = ensure_exported(CohortSpec(seed=c.seed + 3, size=64, hospital=c.hospitals), self.root / "population",
+                              c.population_patients * IMAGES_PER_PATIENT)
+        return {"dir": str(pop)}
+
     def _generator(self, arm: Arm, up: dict) -> dict[str, Any]:
         from fedclip.generate.train import GeneratorTrainConfig, ensure_generator
 
@@ -202,7 +217,8 @@ class GeneratorStudy:
         if not (out / AUDIT_RESULTS).exists():
             run_generator_audit(up[f"gen-{arm.name}"]["checkpoint"], up["data"]["cohorts"][str(arm.patients)][
                 "audited"], up["data"]["holdout"], out, GeneratorAuditConfig(
-                n_samples=c.n_samples, sample_steps=c.sample_steps, seed=c.seed, n_boot=500))
+                n_samples=c.n_samples, sample_steps=c.sample_steps, seed=c.seed, n_boot=500, refs=c.refs),
+                population=up["population"]["dir"] if c.refs else None)
         return {"results": str(out / AUDIT_RESULTS)}
 
     def _clip(self, name: str, up: dict) -> dict[str, Any]:
@@ -246,6 +262,10 @@ class GeneratorStudy:
                 "c_t": doc["copying"]["three_sample_test"]["c_t"],
                 "white_box_auc": white["auc"], "white_box_ci": white["ci"]["auc"],
                 "black_box_auc": black["auc"], "black_box_ci": black["ci"]["auc"],
+                **{f"{k.replace('-', '_')}_auc": doc["attacks"][k]["patient"]["auc"] for k in CALIBRATED
+                   if k in doc["attacks"]},
+                **{f"{k.replace('-', '_')}_ci": doc["attacks"][k]["patient"]["ci"]["auc"] for k in CALIBRATED
+                   if k in doc["attacks"]},
                 "frechet_samples": doc["fidelity"]["frechet_samples_to_holdout"],
                 "frechet_real": doc["fidelity"]["frechet_members_to_holdout"],
                 "verdict": "copies" if doc["verdict"]["copies"] else "no evidence"})
@@ -274,6 +294,11 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['patients_audited']} | {r['white_box_auc']:.2f} ({_ci(r['white_box_ci'])}) | "
                      f"{r['black_box_auc']:.2f} ({_ci(r['black_box_ci'])}) | {r['frechet_samples']:.3f} / "
                      f"{r['frechet_real']:.3f} | {r['verdict']} |")
+    calibrated = [r for r in result["generators"] if "white_box_calibrated_auc" in r]
+    if calibrated:
+        lines += ["", "| generator | calibrated white-box AUC (LiRA, 95% CI) | DOMIAS AUC (95% CI) |", "|---|---|---|"]
+        lines += [f"| {r['generator']} | {r['white_box_calibrated_auc']:.2f} ({_ci(r['white_box_calibrated_ci'])}) | "
+                  f"{r['black_box_domias_auc']:.2f} ({_ci(r['black_box_domias_ci'])}) |" for r in calibrated]
     lines += ["", "| CLIP pretrained on | images | zero-shot balanced accuracy (95% CI) | AUC (95% CI) |",
               "|---|---|---|---|"]
     for name, d in sorted(result["downstream"].items()):

@@ -356,8 +356,8 @@ class GradientCanaries:
     `norm * max_grad_norm * direction`, Poisson-sampled at the training's rate each step. It joins the
     records' per-sample gradients *before* clipping (Opacus' `grad_sample`, book-keeping's `extra_rows`),
     so the mechanism's own clip scales it to `max_grad_norm`: with `norm` > 1 a clip that does not bind
-    shows as a larger canary signal. The DP guarantee covers it like any record, so its inner product
-    with the final update can only reveal what the guarantee allows.
+    shows as a larger canary signal. The DP guarantee covers it like any record, so its inner products
+    with the privatized gradients (`observe`, every step) can only reveal what the guarantee allows.
     """
 
     directions: torch.Tensor  # (m, trained parameter count)

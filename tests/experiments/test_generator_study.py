@@ -29,3 +29,17 @@ def test_the_study_runs_every_arm_writes_its_table_and_figure_and_skips_finished
     GeneratorStudy(TOY, tmp_path).run(on_event=lambda kind, stage, s: seen.append(kind))
     assert set(seen) == {"skip"}  # a finished study reruns nothing
     assert outputs["report"]["figure"].endswith("copy_rate.png")
+
+
+def test_with_reference_generators_the_study_adds_the_calibrated_attacks_without_retraining(tmp_path):
+    from dataclasses import replace
+
+    GeneratorStudy(replace(TOY, cohort_sizes=(4,)), tmp_path).run()
+    seen: dict[str, str] = {}
+    calibrated = replace(TOY, cohort_sizes=(4,), refs=1, population_patients=8)
+    GeneratorStudy(calibrated, tmp_path).run(on_event=lambda kind, stage, s: seen.setdefault(stage.name, kind))
+    assert all(kind == "skip" for stage, kind in seen.items() if stage.startswith(("gen-", "clip-")))
+    assert seen["population"] != "skip" and all(seen[s] != "skip" for s in seen if s.startswith("audit-"))
+    doc = json.loads((tmp_path / "report" / "generator_study.json").read_text())
+    assert all("white_box_calibrated_auc" in r and "black_box_domias_ci" in r for r in doc["generators"])
+    assert "calibrated white-box AUC (LiRA" in (tmp_path / "report" / "generator_study.md").read_text()
