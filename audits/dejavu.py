@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from fedclip import __version__, evaluate, io, models
-from fedclip.audits.metrics import percentile_interval
 from fedclip.audits.results import AuditError, data_fingerprint, write_results
+from fedclip.bootstrap import clusters, percentile_interval, resample
 from fedclip.data.records import normalise_patient_id, read_metadata
 from fedclip.evaluate import balanced_accuracy
 from fedclip.synth.taxonomy import CONDITIONS, DR_GRADE_FINDINGS, DR_GRADE_PHRASES
@@ -91,11 +91,10 @@ def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int, seed
     """Balanced accuracy of predictions a minus b on the same records, with a paired bootstrap CI that
     draws whole patients when `groups` gives each record's patient (their records are not independent)."""
     rng = np.random.default_rng(seed)
-    clusters = ([np.flatnonzero(np.asarray(groups) == g) for g in sorted(set(groups))] if groups
-                else [np.array([i]) for i in range(len(y))])
+    parts = clusters(np.arange(len(y)), groups)
     gaps = []
     for _ in range(n_boot):
-        idx = np.concatenate([clusters[k] for k in rng.integers(0, len(clusters), len(clusters))])
+        idx = resample(parts, rng)
         if y[idx].min() == y[idx].max():
             continue
         gaps.append(balanced_accuracy(y[idx], a[idx]) - balanced_accuracy(y[idx], b[idx]))

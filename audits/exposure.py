@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from fedclip import __version__, evaluate, io, models
-from fedclip.audits.metrics import percentile_interval
 from fedclip.audits.results import AuditError, write_results
+from fedclip.bootstrap import percentile_interval
 from fedclip.data import canaries as canary_lib
 from fedclip.progress import progress_bar
 

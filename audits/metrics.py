@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from fedclip.bootstrap import clusters, percentile_interval, resample
+
 FPRS = (0.1, 0.01, 0.001)  # the fixed-FPR table (as LeakPro's); each cell only where resolvable
 
 
@@ -57,26 +59,6 @@ def point(member: np.ndarray, score: np.ndarray, fprs: Sequence[float] = FPRS) -
     return {**_raw(member, score, ok), **{tpr_key(f): None for f in fprs if f not in ok}}
 
 
-def percentile_interval(draws: Sequence[float] | np.ndarray, confidence: float) -> list[float]:
-    """The central `confidence` interval of bootstrap draws (percentile method)."""
-    lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
-    return [float(np.quantile(draws, lo)), float(np.quantile(draws, hi))]
-
-
-def _clusters(idx: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray]:
-    if groups is None:
-        return [np.array([i]) for i in idx]
-    by: dict[Any, list[int]] = {}
-    for i in idx:
-        by.setdefault(groups[i], []).append(int(i))
-    return [np.array(v) for _, v in sorted(by.items(), key=lambda kv: str(kv[0]))]
-
-
-def _draw(clusters: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    pick = rng.integers(0, len(clusters), len(clusters))
-    return np.concatenate([clusters[k] for k in pick])
-
-
 def summarise(member: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray, *, n_boot: int = 1000,
               seed: int = 0, confidence: float = 0.95, groups: Sequence[Any] | None = None,
               family: int = 1) -> dict[str, Any]:
@@ -96,12 +78,12 @@ def summarise(member: Sequence[int] | np.ndarray, score: Sequence[float] | np.nd
                            "min_fpr": 1 / n_neg}
     level = 1 - (1 - confidence) / max(1, family)
     rng = np.random.default_rng(seed)
-    pos = _clusters(np.flatnonzero(member == 1), g)
-    neg = _clusters(np.flatnonzero(member == 0), g)
+    pos = clusters(np.flatnonzero(member == 1), g)
+    neg = clusters(np.flatnonzero(member == 0), g)
     ok = [f for f in FPRS if out[tpr_key(f)] is not None]  # resolution is judged on the observed data
     boots: dict[str, list[float]] = {}
     for _ in range(n_boot):
-        idx = np.concatenate([_draw(pos, rng), _draw(neg, rng)])
+        idx = np.concatenate([resample(pos, rng), resample(neg, rng)])
         for k, v in _raw(member[idx], score[idx], ok).items():
             boots.setdefault(k, []).append(v)
     out["ci"] = {k: percentile_interval(v, level) for k, v in boots.items()}

@@ -27,7 +27,7 @@ from typing import Any
 
 from fedclip import config as cfglib
 from fedclip import evaluate, io, models
-from fedclip.data.records import Record, read_metadata, write_metadata
+from fedclip.data.records import Record, patient_key, read_metadata, write_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
 from fedclip.experiments.runner import Stage, run_stages
@@ -239,7 +239,7 @@ class GeneratorStudy:
         ext = read_metadata(up["data"]["external"])
         vc = models.load_checkpoint(ckpt)
         res = evaluate.zero_shot(vc, [r.path(up["data"]["external"]) for r in ext], [r.labels for r in ext], c.task,
-                                 n_boot=500)
+                                 n_boot=500, patients=[patient_key(r) for r in ext])
         keys = ("balanced_accuracy", "auc", "n")
         return {"checkpoint": str(ckpt), "corpus": str(corpus), "corpus_images": images,
                 **{k: res[k] for k in keys if k in res}, "ci95": {k: v for k, v in res["ci95"].items()

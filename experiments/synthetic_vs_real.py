@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedclip import evaluate, io, models, progress, tasks
-from fedclip.data.records import read_metadata
+from fedclip.data.records import patient_key, read_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
 from fedclip.pretrain import PretrainConfig, ensure_pretrained
@@ -98,12 +98,14 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                                                       for task in TASKS] for mode in ("zero-shot", "linear-probe")}
         io.write_json(done, results)
     if not calibrated.exists():
-        labels = ([r.labels for r in read_metadata(calibration)], [r.labels for r in read_metadata(external)])
+        ext_records = read_metadata(external)
+        labels = ([r.labels for r in read_metadata(calibration)], [r.labels for r in ext_records])
+        patients = [patient_key(r) for r in ext_records]
         out = {}
         for name, vc in contenders.items():
             feats = (evaluate.dir_embeddings(vc, calibration),
                      external_feats[name] if name in external_feats else evaluate.dir_embeddings(vc, external))
-            out[name] = [_calibrated(vc, labels, task, feats) for task in TASKS]
+            out[name] = [_calibrated(vc, labels, task, feats, patients) for task in TASKS]
         io.write_json(calibrated, out)
     results = json.loads(done.read_text())
     for name, entries in json.loads(calibrated.read_text()).items():
@@ -120,7 +122,7 @@ def _evaluate(vc: models.VisionClip, data: Path, task: str, mode: str, seed: int
 
 
 def _calibrated(vc: models.VisionClip, labels: tuple[list, list], task_name: str,
-                feats: tuple[Any, Any]) -> dict[str, Any]:
+                feats: tuple[Any, Any], patients: list[str]) -> dict[str, Any]:
     """Zero-shot on the external set with class offsets fitted on the synthetic calibration set (`labels`
     and `feats`: the calibration and external sets' labels and image embeddings, in that order)."""
     t = tasks.task(task_name)
@@ -129,7 +131,7 @@ def _calibrated(vc: models.VisionClip, labels: tuple[list, list], task_name: str
         return {"task": task_name, "skipped": "the calibration set has a single class for this task"}
     bias = evaluate.fit_class_bias(evaluate.zero_shot_scores(vc, feats[0][keep], t), y)
     try:
-        result = evaluate.zero_shot(vc, [], labels[1], task_name, feats=feats[1], class_bias=bias)
+        result = evaluate.zero_shot(vc, [], labels[1], task_name, feats=feats[1], class_bias=bias, patients=patients)
     except FedclipError as e:
         return {"task": task_name, "skipped": str(e)}
     return {**result, "class_bias": bias.tolist(), "calibration_images": len(keep)}

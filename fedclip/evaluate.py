@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 
+from fedclip.bootstrap import clusters, percentile_interval, resample
 from fedclip.data.images import load_rgb
 from fedclip.data.records import Record, patient_key, read_metadata
 from fedclip.errors import FedclipError
@@ -115,17 +116,19 @@ def metrics(y: np.ndarray, scores: np.ndarray, ordinal: bool = False) -> dict[st
 
 
 def bootstrap_ci(y: np.ndarray, scores: np.ndarray, ordinal: bool = False, n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Percentile 95% intervals of every metric over `n_boot` resamples of the evaluation set."""
+                 seed: int = 0, groups: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile 95% intervals of every metric over `n_boot` resamples of the evaluation set; with `groups`
+    (each image's patient) whole patients are drawn, since a patient's images are not independent."""
     rng = np.random.default_rng(seed)
+    parts = clusters(np.arange(len(y)), groups)
     draws: dict[str, list[float]] = {}
     for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
+        idx = resample(parts, rng)
         if len(np.unique(y[idx])) < 2:
             continue
         for k, v in metrics(y[idx], scores[idx], ordinal).items():
             draws.setdefault(k, []).append(v)
-    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in draws.items()}
+    return {k: tuple(percentile_interval(v, 0.95)) for k, v in draws.items()}
 
 
 def retrieval_recall(image_feats: torch.Tensor, text_feats: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
@@ -179,9 +182,10 @@ def fit_class_bias(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def zero_shot(vc: VisionClip, images: Sequence[Any], labels: Sequence[Mapping[str, int]], task_name: str,
               device: str = "cpu", n_boot: int = 200, feats: torch.Tensor | None = None,
-              class_bias: np.ndarray | None = None) -> dict[str, Any]:
-    """Zero-shot metrics (with 95% CIs) on the images whose label for the task is known; `class_bias` (from
-    `fit_class_bias` on a calibration set) is added to every image's class logits."""
+              class_bias: np.ndarray | None = None, patients: Sequence[str] | None = None) -> dict[str, Any]:
+    """Zero-shot metrics (with 95% CIs, drawn by patient when `patients` names each image's) on the images
+    whose label for the task is known; `class_bias` (from `fit_class_bias` on a calibration set) is added to
+    every image's class logits."""
     t = task(task_name)
     keep, y = labelled(labels, t)
     if feats is None:
@@ -193,7 +197,10 @@ def zero_shot(vc: VisionClip, images: Sequence[Any], labels: Sequence[Mapping[st
         scores = scores + np.asarray(class_bias)[None, :]
     return {"task": t.name, "mode": "zero-shot" if class_bias is None else "zero-shot-calibrated", "n": len(keep),
             "classes": list(t.classes), "class_counts": np.bincount(y, minlength=len(t.classes)).tolist(),
-            **metrics(y, scores, t.ordinal), "ci95": bootstrap_ci(y, scores, t.ordinal, n_boot)}
+            **metrics(y, scores, t.ordinal),
+            "ci95": bootstrap_ci(y, scores, t.ordinal, n_boot, groups=None if patients is None else
+                                 [patients[i] for i in keep]),
+            "ci_unit": "image" if patients is None else "patient"}
 
 
 def split_indices(records: Sequence[Record], seed: int = 0, test_size: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +217,7 @@ def split_indices(records: Sequence[Record], seed: int = 0, test_size: float = 0
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                  n_classes: int, ordinal: bool = False, k_shot: int | None = None, seed: int = 0,
-                 n_boot: int = 200) -> dict[str, Any]:
+                 n_boot: int = 200, test_patients: Sequence[str] | None = None) -> dict[str, Any]:
     """Class-balanced logistic regression on frozen features; C chosen on a validation split."""
     rng = np.random.default_rng(seed)
     if k_shot:
@@ -238,7 +245,9 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     scores = np.full((len(test_x), n_classes), -1e9)  # classes absent from training are never predicted
     scores[:, clf.classes_] = margins
     return {"mode": "linear-probe", "C": best_c, "n_train": int(len(train_y)), "n": int(len(test_y)),
-            "k_shot": k_shot, **metrics(test_y, scores, ordinal), "ci95": bootstrap_ci(test_y, scores, ordinal, n_boot)}
+            "k_shot": k_shot, **metrics(test_y, scores, ordinal),
+            "ci95": bootstrap_ci(test_y, scores, ordinal, n_boot, groups=test_patients),
+            "ci_unit": "image" if test_patients is None else "patient"}
 
 
 def dir_embeddings(vc: VisionClip, data: str | Path, device: str = "cpu") -> torch.Tensor:
@@ -255,6 +264,7 @@ def evaluate_dir(vc: VisionClip, data: str | Path, task_names: Sequence[str], mo
         raise FedclipError(f"unknown mode {mode!r}; use zero-shot or linear-probe")
     records = read_metadata(data)
     labels = [r.labels for r in records]
+    patients = [patient_key(r) for r in records]
     tasks = [task(n) for n in task_names if n != "retrieval"]
     if feats is None:
         feats = image_embeddings(vc, [r.path(data) for r in records], device=device)
@@ -266,7 +276,7 @@ def evaluate_dir(vc: VisionClip, data: str | Path, task_names: Sequence[str], mo
                         **retrieval_recall(feats, texts)})
     if mode == "zero-shot":
         for t in tasks:
-            results.append(zero_shot(vc, [], labels, t.name, device, n_boot, feats=feats))
+            results.append(zero_shot(vc, [], labels, t.name, device, n_boot, feats=feats, patients=patients))
         return results
     train, test = split_indices(records, seed)
     x = feats.numpy()
@@ -276,7 +286,8 @@ def evaluate_dir(vc: VisionClip, data: str | Path, task_names: Sequence[str], mo
         if not tr or not te:
             raise FedclipError(f"task {t.name!r}: no labelled images in the probe's train or test split")
         tr, te = [int(train[i]) for i in tr], [int(test[i]) for i in te]
-        res = linear_probe(x[tr], ytr, x[te], yte, len(t.classes), t.ordinal, k_shot, seed, n_boot)
+        res = linear_probe(x[tr], ytr, x[te], yte, len(t.classes), t.ordinal, k_shot, seed, n_boot,
+                           test_patients=[patients[i] for i in te])
         results.append({"task": t.name, "classes": list(t.classes), **res})
     return results
 

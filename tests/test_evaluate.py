@@ -33,6 +33,19 @@ def test_bootstrap_interval_brackets_the_estimate():
     assert lo < m["balanced_accuracy"] < hi and hi - lo < 0.2
 
 
+def test_evaluation_intervals_draw_whole_patients():
+    """Four images per patient that agree with each other: resampling images treats them as 4 independent
+    draws and gives too narrow an interval; resampling patients does not (docs: cluster everywhere)."""
+    rng = np.random.default_rng(1)
+    per_patient = rng.integers(0, 2, 60)
+    noise = rng.normal(0, 0.8, 60)
+    y = np.repeat(per_patient, 4)
+    scores = np.stack([np.zeros(240), np.repeat((per_patient - 0.5) + noise, 4)], 1)
+    images = evaluate.bootstrap_ci(y, scores, n_boot=400)["auc"]
+    patients = evaluate.bootstrap_ci(y, scores, n_boot=400, groups=np.repeat(np.arange(60), 4).astype(str))["auc"]
+    assert patients[1] - patients[0] > 1.5 * (images[1] - images[0])
+
+
 def test_retrieval_recall():
     feats = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
     r = evaluate.retrieval_recall(feats, feats, ks=(1, 5))
