@@ -146,8 +146,8 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
     warnings = [manifest["warning"]] if "warning" in manifest else []
     confound = confound_check(mem, non, roots[:2], cfg.seed)
     if confound.get("confounded"):
-        warnings.append(f"members and non-members differ in what the model should not care about (confound AUC "
-                        f"{confound['auc']:.2f} > {confound['threshold']}): the attack figures are confounded by "
+        warnings.append(f"members and non-members differ in what the model should not care about (blind-baseline "
+                        f"AUC {confound['auc']:.2f}, {_interval(confound)}): the attack figures are confounded by "
                         "distribution shift")
     vc = models.load_checkpoint(target)
     head_target = provenance.get("stage") == "federate"
@@ -241,6 +241,13 @@ def strongest_attack(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 MIN_PER_SIDE = 10  # fewer members or non-members at the audited level: the AUCs are shown, not judged
 
 
+def _interval(confound: dict[str, Any]) -> str:
+    if "ci" in confound:
+        lo, hi = confound["ci"]
+        return f"{confound.get('confidence', 0.95):.0%} interval {lo:.3f}-{hi:.3f}, above 0.5"
+    return f"above {confound.get('threshold', 0.6)}"  # audits written before the blind baseline had an interval
+
+
 def dp_ceiling(target: dict[str, Any], level: str) -> dict[str, Any] | None:
     """The largest AUC the target's DP claim allows at this level, or None where it bounds nothing: no DP,
     or image-level DP judged per patient (a patient of g images is protected only at g·ε)."""
@@ -274,7 +281,7 @@ def verdict(doc: dict[str, Any]) -> dict[str, Any]:
         return {"answer": "confounded", "attack": name, "text": (
             f"these figures cannot separate leakage from distribution shift: a classifier that never sees the "
             f"model tells members from non-members by metadata and image statistics alone (blind-baseline AUC "
-            f"{blind:.3f} > {confound['threshold']}), and {strongest}. Audit again with non-members matched to the "
+            f"{blind:.3f}, {_interval(confound)}), and {strongest}. Audit again with non-members matched to the "
             "members (same hospitals, cameras and visit mix, patients the model never saw)")}
     ceiling = dp_ceiling(doc.get("target") or {}, level)
     if ceiling is not None and lo > ceiling["auc"]:

@@ -136,8 +136,9 @@ def mia_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
                          ["attack", "hospital", "AUC [CI]", _fpr_header(0.1), "images"], hosp))
     s.tables.append(("confound check (the blind baseline): can members be told apart by metadata and image "
                      "statistics alone, without the model?",
-                     ["classifier", "AUC", "threshold", "confounded"],
-                     [[c.get("classifier", "-"), blind, str(c.get("threshold", "-")),
+                     ["classifier", "AUC", "95% interval (by patient)", "confounded (interval above 0.5)"],
+                     [[c.get("classifier", "-"), blind,
+                       f"{c['ci'][0]:.3f}-{c['ci'][1]:.3f}" if c.get("ci") else f"threshold {c.get('threshold', '-')}",
                        "yes" if c.get("confounded") else "no"]]))
     if doc.get("references"):
         r = doc["references"]
