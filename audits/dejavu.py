@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fedclip import __version__, evaluate, io, models
+from fedclip.audits.mia import check_manifest
 from fedclip.audits.results import AuditError, data_fingerprint, write_results
 from fedclip.bootstrap import clusters, percentile_interval, resample
 from fedclip.data.records import normalise_patient_id, read_metadata
@@ -89,7 +90,8 @@ def knn_predict(queries: np.ndarray, public: np.ndarray, labels: np.ndarray, k: 
 def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int,
                confidence: float, groups: list[str] | None = None) -> dict[str, Any]:
     """Balanced accuracy of predictions a minus b on the same records, with a paired bootstrap CI that
-    draws whole patients when `groups` gives each record's patient (their records are not independent)."""
+    draws whole patients when `groups` gives each record's patient (their records are not independent).
+    `draws` keeps the bootstrap gaps, for comparing two sets' gaps."""
     rng = np.random.default_rng(seed)
     parts = clusters(np.arange(len(y)), groups)
     gaps = []
@@ -99,37 +101,77 @@ def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int, seed
             continue
         gaps.append(balanced_accuracy(y[idx], a[idx]) - balanced_accuracy(y[idx], b[idx]))
     return {"gap": float(balanced_accuracy(y, a) - balanced_accuracy(y, b)),
-            "ci": percentile_interval(gaps, confidence)}
+            "ci": percentile_interval(gaps, confidence), "draws": gaps}
+
+
+def controlled_gap(members: dict[str, Any], unseen: dict[str, Any], confidence: float) -> dict[str, Any]:
+    """The members' gap minus the gap on records neither model saw, with a CI from the two sets' independent
+    bootstraps. Two models trained alike on different patients differ on everyone (measured: +0.104 on
+    records neither saw), so only what exceeds that difference is memorisation of the members."""
+    k = min(len(members["draws"]), len(unseen["draws"]))
+    diff = np.asarray(members["draws"][:k]) - np.asarray(unseen["draws"][:k])
+    return {"excess": members["gap"] - unseen["gap"], "ci": percentile_interval(diff, confidence)}
+
+
+def _ids(records: list) -> set[str]:
+    return {normalise_patient_id(r.meta.get("patient_id")) for r in records} - {""}
+
+
+def _predict(paths: dict[str, Path], queries: list[str], public: Path, pub: list, y_pub: np.ndarray,
+             k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    preds, agree = {}, {}
+    for name, path in paths.items():
+        vc = models.load_checkpoint(path)
+        pub_emb = evaluate.image_embeddings(vc, [r.path(public) for r in pub]).numpy()
+        q_emb = np.concatenate([evaluate.text_embeddings(vc, queries[i:i + 256]).numpy()
+                                for i in range(0, len(queries), 256)])
+        preds[name], agree[name] = knn_predict(q_emb, pub_emb, y_pub, k)
+    return preds, agree
+
+
+def _gap(records: list, y: np.ndarray, preds: dict[str, np.ndarray], cfg: DejavuConfig) -> dict[str, Any]:
+    ids = [normalise_patient_id(r.meta.get("patient_id")) for r in records]
+    gap = paired_gap(y, preds["target"], preds["reference"], n_boot=cfg.n_boot, seed=cfg.seed,
+                     confidence=cfg.confidence, groups=ids if all(ids) else None)
+    return gap | {"bootstrap": "patients" if all(ids) else "records"}
 
 
 def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, public: str | Path,
-               cfg: DejavuConfig, out: str | Path) -> dict[str, Any]:
+               cfg: DejavuConfig, out: str | Path, unseen: str | Path | None = None) -> dict[str, Any]:
+    """`unseen`: records of the same population that neither model trained on — the control that tells
+    memorisation of the members from the two models simply differing."""
     target, reference, members, public, out = (Path(p) for p in (target, reference, members, public, out))
     label = "dr" if cfg.attribute == "dr" else cfg.attribute
     phrases(cfg.attribute)  # validates the attribute
     mem = [r for r in read_metadata(members) if label in r.labels]
     pub = [r for r in read_metadata(public) if label in r.labels]
-    overlap = ({normalise_patient_id(r.meta.get("patient_id")) for r in mem}
-               & {normalise_patient_id(r.meta.get("patient_id")) for r in pub} - {""})
-    if overlap:
-        raise AuditError(f"members and the public set share {len(overlap)} patient(s); the public set must be "
-                         "records neither model trained on")
+    ctrl = [r for r in read_metadata(unseen) if label in r.labels] if unseen is not None else []
+    if _ids(mem) & _ids(pub):
+        raise AuditError(f"members and the public set share {len(_ids(mem) & _ids(pub))} patient(s); the public "
+                         "set must be records neither model trained on")
+    if ctrl and (_ids(ctrl) & (_ids(mem) | _ids(pub))):
+        raise AuditError("the unseen set shares patients with the members or the public set; pass records of the "
+                         "same population that neither model trained on and the public set does not hold")
     y, y_pub = np.array([r.labels[label] for r in mem]), np.array([r.labels[label] for r in pub])
     if len(mem) < 2 or y.min() == y.max() or len(pub) < cfg.k or y_pub.min() == y_pub.max():
         raise AuditError(f"deja-vu needs members and at least k={cfg.k} public records with both values of "
                          f"{label!r}; got {len(mem)} members and {len(pub)} public records")
+    provenance = models.read_checkpoint_config(target).get("provenance") or {}
+    manifest = check_manifest(target, provenance, mem, ctrl)  # members trained the target; unseen records did not
+    paths = {"target": target, "reference": reference}
     queries = [strip(r.caption, cfg.attribute) for r in mem]
-    preds, agree = {}, {}
-    for name, path in (("target", target), ("reference", reference)):
-        vc = models.load_checkpoint(path)
-        pub_emb = evaluate.image_embeddings(vc, [r.path(public) for r in pub]).numpy()
-        q_emb = np.concatenate([evaluate.text_embeddings(vc, queries[i:i + 256]).numpy()
-                                for i in range(0, len(queries), 256)])
-        preds[name], agree[name] = knn_predict(q_emb, pub_emb, y_pub, cfg.k)
-    ids = [normalise_patient_id(r.meta.get("patient_id")) for r in mem]
-    gap = paired_gap(y, preds["target"], preds["reference"], n_boot=cfg.n_boot, seed=cfg.seed,
-                     confidence=cfg.confidence, groups=ids if all(ids) else None)
-    gap["bootstrap"] = "patients" if all(ids) else "records"
+    preds, agree = _predict(paths, queries, public, pub, y_pub, cfg.k)
+    gap = _gap(mem, y, preds, cfg)
+    control = None
+    if ctrl:
+        y_ctrl = np.array([r.labels[label] for r in ctrl])
+        if y_ctrl.min() == y_ctrl.max():
+            raise AuditError(f"the unseen set needs both values of {label!r}")
+        ctrl_preds, _ = _predict(paths, [strip(r.caption, cfg.attribute) for r in ctrl], public, pub, y_pub, cfg.k)
+        control = {"gap": _gap(ctrl, y_ctrl, ctrl_preds, cfg), "n_unseen": len(ctrl)}
+        control["members_minus_unseen"] = controlled_gap(gap, control["gap"], cfg.confidence)
+        control["gap"].pop("draws")
+    gap.pop("draws")
     confident_right = ((agree["target"] >= cfg.confident) & (preds["target"] == y) & (preds["reference"] != y))
     rows = StringIO(newline="")
     w = csv.writer(rows)
@@ -150,11 +192,17 @@ def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, p
         "config": asdict(cfg), "attribute": cfg.attribute, "label": label,
         "balanced_accuracy": {n: float(balanced_accuracy(y, p)) for n, p in preds.items()},
         "gap": gap, "confident_and_right_only_on_target": int(confident_right.sum()),
-        "memorised": gap["ci"][0] > 0,
+        "control": control, "manifest": manifest,
+        # with the control, memorisation is what the members' gap exceeds the unseen records' by
+        "memorised": (control["members_minus_unseen"]["ci"][0] > 0) if control else gap["ci"][0] > 0,
+        "caution": None if control else (
+            "no unseen-records control (--unseen): two models trained alike on different patients differ on "
+            "records neither saw (measured +0.104), so this gap may not be memorisation"),
         "method": (f"caption stripped of what it says about {cfg.attribute}; its text embedding retrieves the "
                    f"{cfg.k} nearest public images; {label} predicted by their majority"),
     }
     io.write_text(out / DEJAVU_FILE, rows.getvalue())
     write_results(out, doc, {"target": str(target.resolve()), "reference": str(reference.resolve()),
-                             "members": data_fingerprint(members, mem), "public": data_fingerprint(public, pub)})
+                             "members": data_fingerprint(members, mem), "public": data_fingerprint(public, pub),
+                             **({"unseen": data_fingerprint(Path(unseen), ctrl)} if unseen is not None else {})})
     return doc

@@ -631,6 +631,9 @@ def audit_dejavu(
     reference: Annotated[Path, typer.Option(help="Same-architecture checkpoint that never saw --members.")],
     members: Annotated[Path, typer.Option(help="Dataset dir of image-caption pairs that trained the target.")],
     public: Annotated[Path, typer.Option(help="Dataset dir of labelled images neither model trained on.")],
+    unseen: Annotated[Path | None, typer.Option(
+        help="The control: image-caption pairs of the same population that neither model trained on. Only the "
+             "members' gap beyond theirs counts as memorisation.")] = None,
     attribute: Annotated[str, typer.Option(help="What the captions are stripped of: dr or a condition.")] = "dr",
     k: Annotated[int, typer.Option(help="Public neighbours retrieved per stripped caption.")] = 10,
     seed: Annotated[int, typer.Option(help="The auditor's seed: bootstrap.")] = 0,
@@ -640,7 +643,8 @@ def audit_dejavu(
     from fedclip.audits.dejavu import DejavuConfig, run_dejavu
 
     try:
-        doc = run_dejavu(target, reference, members, public, DejavuConfig(attribute=attribute, k=k, seed=seed), out)
+        doc = run_dejavu(target, reference, members, public, DejavuConfig(attribute=attribute, k=k, seed=seed), out,
+                         unseen=unseen)
     except FedclipError as e:
         _fail(e)
     g, ba = doc["gap"], doc["balanced_accuracy"]
@@ -648,6 +652,13 @@ def audit_dejavu(
                   f"target {ba['target']:.3f}, reference {ba['reference']:.3f}; gap {g['gap']:+.3f} "
                   f"[{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]; confidently right only on the target: "
                   f"{doc['confident_and_right_only_on_target']} of {doc['data']['n_members']}")
+    if doc.get("control"):
+        c = doc["control"]
+        console.print(f"on {c['n_unseen']} unseen records the gap is {c['gap']['gap']:+.3f}; members beyond them: "
+                      f"{c['members_minus_unseen']['excess']:+.3f} [{c['members_minus_unseen']['ci'][0]:+.3f}, "
+                      f"{c['members_minus_unseen']['ci'][1]:+.3f}]")
+    elif doc.get("caution"):
+        console.print(f"[yellow]caution:[/] {escape(doc['caution'])}")
     console.print("[bold red]deja-vu memorization: the target recalls what its captions no longer say[/]"
                   if doc["memorised"] else "no deja-vu memorization beyond the reference")
     console.print(f"results: {out / 'results.json'}")

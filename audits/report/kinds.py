@@ -382,9 +382,12 @@ def exposure_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Sect
 def dejavu_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Section:
     s = Section(f"Déjà-vu memorization — {label(doc, redact)}")
     g, ba, data = doc["gap"], doc["balanced_accuracy"], doc["data"]
+    control = doc.get("control")
+    beyond = "the reference and the unseen-records control" if control else "the reference"
     answer = (f"the target recalls what its training captions no longer say: balanced accuracy {ba['target']:.3f} "
-              f"against {ba['reference']:.3f} for a model that never saw these records" if doc["memorised"] else
-              f"no memorization beyond the reference (gap {g['gap']:+.3f}, CI {g['ci'][0]:+.3f} to {g['ci'][1]:+.3f})")
+              f"against {ba['reference']:.3f} for a model that never saw these records, beyond {beyond}"
+              if doc["memorised"] else
+              f"no memorization beyond {beyond} (gap {g['gap']:+.3f}, CI {g['ci'][0]:+.3f} to {g['ci'][1]:+.3f})")
     s.paragraphs.append(
         f"What was tested: whether the model remembers its training pairs beyond what it learnt about fundus "
         f"images in general. Each of {data['n_members']} training captions was stripped of what it says about "
@@ -397,6 +400,15 @@ def dejavu_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Sectio
                      [["target", f"{ba['target']:.3f}", f"{g['gap']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]",
                        str(doc["confident_and_right_only_on_target"])],
                       ["reference", f"{ba['reference']:.3f}", "-", "-"]]))
+    if control:
+        m = control["members_minus_unseen"]
+        s.tables.append(("the unseen-records control: the same gap on records neither model trained on",
+                         ["records", "gap (target - reference)"],
+                         [[f"unseen ({control['n_unseen']})", f"{control['gap']['gap']:+.3f} "
+                           f"[{control['gap']['ci'][0]:+.3f}, {control['gap']['ci'][1]:+.3f}]"],
+                          ["members beyond unseen", f"{m['excess']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"]]))
+    elif doc.get("caution"):
+        s.paragraphs.append(f"Caution: {doc['caution']}.")
     return s
 
 

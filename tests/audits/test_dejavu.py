@@ -1,5 +1,5 @@
 """Deja-vu memorization: caption stripping, the neighbour vote and the paired gap on constructed embeddings
-with known answers, and the command end to end (a model compared with itself shows no gap)."""
+with known answers, the unseen-records control, and the command end to end (manifest checked)."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedclip import models
-from fedclip.audits.dejavu import knn_predict, paired_gap, strip
+from fedclip.audits.dejavu import controlled_gap, knn_predict, paired_gap, strip
 from fedclip.cli.main import app
 from fedclip.synth.taxonomy import DR_GRADE_PHRASES
 
@@ -41,22 +41,55 @@ def test_a_memorising_model_predicts_the_hidden_label_and_a_reference_does_not()
     assert same["gap"] == 0 and same["ci"] == [0.0, 0.0]
 
 
-def test_dejavu_end_to_end_with_a_model_against_itself_finds_no_gap(tmp_path):
-    from fedclip.data.synthetic import export
-    from fedclip.synth import CohortSpec
+def test_the_unseen_control_takes_out_what_two_models_differ_on_everyone():
+    """Known answers for the control: a target better on its members *and* on records it never saw is not
+    memorising (excess CI contains 0); better only on its members, it is."""
+    rng = np.random.default_rng(4)
 
-    export(CohortSpec(seed=41, size=64, diabetic_rate=1.0, hospital="riverside"), tmp_path / "members", 60)
-    export(CohortSpec(seed=42, size=64, diabetic_rate=1.0, hospital="riverside"), tmp_path / "public", 60)
-    ckpt = models.save_checkpoint(models.create("visionclip-tiny", seed=0), tmp_path / "ckpt")
-    result = CliRunner().invoke(app, ["-q", "audit", "dejavu", "--target", str(ckpt), "--reference", str(ckpt),
-                                      "--members", str(tmp_path / "members"), "--public", str(tmp_path / "public"),
+    def gap(right_target, n=80):
+        y = rng.integers(0, 2, n)
+        a = np.where(rng.random(n) < right_target, y, 1 - y)
+        b = np.where(rng.random(n) < 0.55, y, 1 - y)
+        return paired_gap(y, a, b, n_boot=400, seed=int(rng.integers(1000)), confidence=0.95)
+
+    differ = controlled_gap(gap(0.8), gap(0.8), 0.95)
+    assert differ["ci"][0] <= 0 <= differ["ci"][1]
+    memorised = controlled_gap(gap(0.95), gap(0.55), 0.95)
+    assert memorised["ci"][0] > 0 and memorised["excess"] > 0.2
+
+
+def test_dejavu_end_to_end_with_the_control_and_the_members_manifest(tmp_path):
+    from fedclip.data.synthetic import export
+    from fedclip.pretrain import PretrainConfig, pretrain
+    from fedclip.synth import CohortSpec
+    from tests.audits.conftest import split_by_patient
+
+    export(CohortSpec(seed=41, size=64, diabetic_rate=0.6, hospital="riverside"), tmp_path / "all", 120)
+    d = split_by_patient(tmp_path / "all", tmp_path, {"members": 1 / 3, "unseen": 1 / 3, "public": 1 / 3})
+    run = pretrain(PretrainConfig(data=d["members"], steps=3, batch_size=16, workers=0, warmup=1), tmp_path / "run")
+    reference = models.save_checkpoint(models.create("visionclip-tiny", seed=1), tmp_path / "ref")
+    args = ["-q", "audit", "dejavu", "--target", run["checkpoint"], "--reference", str(reference),
+            "--public", str(d["public"])]
+    result = CliRunner().invoke(app, [*args, "--members", str(d["members"]), "--unseen", str(d["unseen"]),
                                       "--out", str(tmp_path / "audit")])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "audit" / "results.json").read_text())
-    assert doc["gap"]["gap"] == 0 and not doc["memorised"]
-    assert (tmp_path / "audit" / "dejavu.csv").read_text().count("\n") == doc["data"]["n_members"] + 1
-    result = CliRunner().invoke(app, ["report", str(tmp_path / "audit")])
-    assert result.exit_code == 0 and "Déjà-vu" in (tmp_path / "audit" / "report.html").read_text()
+    assert doc["manifest"]["checked"] and doc["control"]["n_unseen"] > 0
+    excess = doc["control"]["members_minus_unseen"]
+    assert doc["memorised"] == (excess["ci"][0] > 0)
+    assert excess["excess"] == pytest.approx(doc["gap"]["gap"] - doc["control"]["gap"]["gap"])
+    assert not doc["memorised"]  # three steps of pretraining memorise nothing
+    html_res = CliRunner().invoke(app, ["report", str(tmp_path / "audit")])
+    assert html_res.exit_code == 0 and "unseen-records control" in (tmp_path / "audit" / "report.html").read_text()
+    # members that did not train the target, or an unseen set that did, are refused
+    result = CliRunner().invoke(app, [*args, "--members", str(d["unseen"]), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "manifest" in result.output
+    result = CliRunner().invoke(app, [*args, "--members", str(d["members"]), "--unseen", str(d["members"]),
+                                      "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    # without the control the audit says what its gap may be
+    result = CliRunner().invoke(app, [*args, "--members", str(d["members"]), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0 and "unseen-records control" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("attribute", ["nonsense"])
