@@ -76,8 +76,18 @@ def _mean_ci(x: np.ndarray, cfg: ExposureConfig, rng: np.random.Generator) -> di
 
 
 def _gap_ci(a: np.ndarray, b: np.ndarray, cfg: ExposureConfig, rng: np.random.Generator) -> dict[str, Any]:
+    """The mean gap, a bootstrap interval to show, and the exact one-sided permutation p-value the verdict
+    uses: with 4 canaries a group the bootstrap interval said "memorised" in 7% of null audits against a
+    promised 2.5%; relabelling planted and control canaries is exact at any size (every split enumerated
+    while there are at most 20,000, Monte Carlo beyond)."""
+    from scipy.stats import permutation_test
+
     boots = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(cfg.n_boot)]
-    return {"gap": float(a.mean() - b.mean()), "ci": percentile_interval(boots, cfg.confidence)}
+    test = permutation_test((a, b), lambda x, y: np.mean(x) - np.mean(y), alternative="greater",
+                            n_resamples=20_000, rng=rng)
+    return {"gap": float(a.mean() - b.mean()), "ci": percentile_interval(boots, cfg.confidence),
+            "p_value": float(test.pvalue), "smallest_p": 1 / math.comb(len(a) + len(b), len(a)),
+            "test": "one-sided permutation test of the mean gap"}
 
 
 def run_exposure(target: str | Path, run: str | Path, reference: str | Path | None, cfg: ExposureConfig,
@@ -113,7 +123,21 @@ def run_exposure(target: str | Path, run: str | Path, reference: str | Path | No
             if reference:
                 g["gap_to_reference"] = _gap_ci(exposures["target"][idx], exposures["reference"][idx], cfg, rng)
         groups[str(r)] = g
-    memorised = [r for r, g in groups.items() if r != "0" and g["gap_to_controls"]["ci"][0] > 0]
+    planted_groups = [r for r in groups if r != "0"]
+    alpha = (1 - cfg.confidence) / max(1, len(planted_groups))  # Bonferroni over the repeat counts tested
+    memorised = [r for r in planted_groups if groups[r]["gap_to_controls"]["p_value"] < alpha]
+    blind = [r for r in planted_groups if groups[r]["gap_to_controls"]["smallest_p"] >= alpha]
+    if blind:
+        warnings.append(f"repeats {', '.join(blind)}: too few canaries for any result to reach p < {alpha:.3g} "
+                        "against the controls (an exact test cannot go below 1 / C(planted + controls, planted)); "
+                        "plant more canaries (--canaries)")
+    k = min(cfg.candidates, canary_lib.SPACE)
+    resolution = math.log2(canary_lib.SPACE) - math.log2(1 + (canary_lib.SPACE - 1) / max(k - 1, 1))
+    if k < canary_lib.SPACE:
+        warnings.append(f"ranks are estimated from {k} of {canary_lib.SPACE} candidates: a secret ranked first "
+                        f"among them lies somewhere in the top {(canary_lib.SPACE - 1) / (k - 1) + 1:.0f}, so "
+                        f"exposures above {resolution:.1f} bits are not resolved (and read high near the top); "
+                        f"--candidates {canary_lib.SPACE} ranks exactly")
     rows = StringIO(newline="")
     w = csv.writer(rows)
     w.writerow(["canary", "patient_id", "repeats", *[f"exposure_{n}" for n in exposures]])
@@ -128,6 +152,9 @@ def run_exposure(target: str | Path, run: str | Path, reference: str | Path | No
         "space": canary_lib.SPACE, "max_exposure": math.log2(canary_lib.SPACE),
         "n_planted": int((repeats > 0).sum()), "n_controls": int((repeats == 0).sum()),
         "by_repeats": groups, "memorised_at_repeats": memorised, "warnings": warnings,
+        "decision": f"one-sided permutation p-value below {alpha:.4g} ({1 - cfg.confidence:g} split over "
+                    f"{len(planted_groups)} repeat counts)", "resolved_bits": resolution if k < canary_lib.SPACE
+        else math.log2(canary_lib.SPACE),
         "method": (f"image -> text similarity rank of the true {canary_lib.DIGITS}-digit code among "
                    f"{min(cfg.candidates, canary_lib.SPACE)} candidates, rank in the space of {canary_lib.SPACE} "
                    "estimated linearly; controls: canaries drawn the same way, never trained on"),

@@ -360,10 +360,12 @@ def exposure_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Sect
         gap = g.get("gap_to_controls")
         rows.append(["controls" if r == "0" else r, str(g["target"]["n"]),
                      *[f"{g[n]['mean']:.2f} [{g[n]['ci'][0]:.2f}, {g[n]['ci'][1]:.2f}]" for n in names],
-                     f"{gap['gap']:.2f} [{gap['ci'][0]:.2f}, {gap['ci'][1]:.2f}]" if gap else "-"])
+                     f"{gap['gap']:.2f} [{gap['ci'][0]:.2f}, {gap['ci'][1]:.2f}]" if gap else "-",
+                     f"{gap['p_value']:.3g}" if gap and "p_value" in gap else "-"])
     ci = int(doc["config"]["confidence"] * 100)
-    s.tables.append((f"mean exposure in bits by repeat count ({ci}% bootstrap CIs)",
-                     ["repeats", "canaries", *names, "target - controls"], rows))
+    s.tables.append((f"mean exposure in bits by repeat count ({ci}% bootstrap CIs; the verdict: "
+                     f"{doc.get('decision', 'the gap CI above 0')})",
+                     ["repeats", "canaries", *names, "target - controls", "p (permutation)"], rows))
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     reps = [r for r in doc["by_repeats"] if r != "0"]
     x = np.arange(len(reps))
