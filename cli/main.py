@@ -575,9 +575,10 @@ def audit_epsilon(
                             seed=seed)
         if training is None:
             training = prepare(base, data, ft)
+        source["data"] = str(data) if data else f"the run's data, {node_dir.name if node_dir else ''} partition"
         with progress_bar(f"{threat} {method} audit", 1 if method == "one-run" else trials) as advance:
-            doc = run_epsilon(training, cfg, out, source={**source, "data": str(data)}, ledger_epsilon=ledger_eps,
-                              check_power=power, advance=advance)
+            doc = run_epsilon(training, cfg, out, source=source, ledger_epsilon=ledger_eps, check_power=power,
+                              advance=advance)
     except FedclipError as e:
         _fail(e)
     th = doc["theoretical"]
