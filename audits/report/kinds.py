@@ -218,8 +218,9 @@ def epsilon_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Secti
            if doc["threat"] == "white-box" else "crafted input canaries scored by the released model")
     gdp = b.get("analysis") == "gdp"
     s.paragraphs.append(
-        f"What was tested: whether DP fine-tuning with the federation's settings leaks more than its accountant "
-        f"says, by a {doc['threat']} audit ({how}), "
+        f"What was tested: whether the audited DP fine-tuning "
+        f"({th.get('mechanism', 're-run from the stated settings')}) leaks more than its accountant says, by a "
+        f"{doc['threat']} audit ({how}), "
         f"{doc['method']} method. The answer: the data rule out epsilon below {doc['epsilon_lb']:.3f} at "
         f"{int(b['confidence'] * 100)}% confidence, against a theoretical epsilon of {th['epsilon']:.3f} "
         f"(delta {th['delta']:g}, {th['accountant']}, per {th['unit']}, {th['neighbouring']}). "
