@@ -34,7 +34,7 @@ from fedclip.accounting import epsilon_for
 from fedclip.audits import bounds
 from fedclip.audits.results import SCORES_FILE, AuditError, write_results
 from fedclip.audits.signals import head_signals
-from fedclip.data.records import read_metadata
+from fedclip.data.records import normalise_patient_id, read_metadata
 from fedclip.finetune import (
     FinetuneConfig,
     GradientCanaries,
@@ -108,16 +108,28 @@ def _tokens(vc: models.VisionClip, records: list, root: Path, ft: FinetuneConfig
     return keep, tokens, torch.from_numpy(y)
 
 
+def _patients_of(records: list, keep: list[int], tokens: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Patient-level records: images without an id are left out, as a node's default policy does."""
+    ids = [normalise_patient_id(records[i].meta.get("patient_id")) for i in keep]
+    kept = [j for j, i in enumerate(ids) if i]
+    return tokens[kept], targets[kept], [ids[j] for j in kept]
+
+
 def prepare(base: str | Path, data: str | Path, ft: FinetuneConfig) -> Training:
-    """A DP training re-run from stated settings, one image per record, its noise calibrated for them."""
+    """A DP training re-run from stated settings (`ft.unit` the record: image, or patient), its noise
+    calibrated for them over the data's own size."""
     _check_auditable(ft)
-    ft = replace(ft, unit="image")
     vc = models.load_checkpoint(base)
-    _, tokens, targets = _tokens(vc, read_metadata(data), Path(data), ft)
-    n = len(tokens)
+    records = read_metadata(data)
+    keep, tokens, targets = _tokens(vc, records, Path(data), ft)
+    patients = None
+    if ft.unit == "patient":
+        tokens, targets, patients = _patients_of(records, keep, tokens, targets)
+    n = len(set(patients)) if patients is not None else len(tokens)
     steps = steps_per_round(ft, n)
     return Training(vc, tokens, targets, ft, (Round(noise_for_budget(ft, n, steps), min(1.0, ft.batch_size / n),
-                                                    steps, n),))
+                                                    steps, n),), patients)
 
 
 def _train(t: Training, *, tokens: torch.Tensor | None = None, targets: torch.Tensor | None = None,
@@ -291,7 +303,7 @@ def prepare_deployed(run: str | Path, node_dir: str | Path, data: str | Path | N
     δ and accountant, the public size it released, the federation's fine-tuning settings, and the node's
     records — `data`, or for a simulated node `client-K` the K-th partition of the run's data."""
     from fedclip import config as cfglib
-    from fedclip.data.records import fingerprint, normalise_patient_id
+    from fedclip.data.records import fingerprint
     from fedclip.federated.config import FederateConfig
     from fedclip.federated.task import simulated_partitions
 
@@ -332,10 +344,8 @@ def prepare_deployed(run: str | Path, node_dir: str | Path, data: str | Path | N
     vc = models.load_checkpoint(fed.checkpoint)
     keep, tokens, targets = _tokens(vc, records, root, ft)
     patients = None
-    if ft.unit == "patient":  # images without an id are left out, as the node's default policy does
-        ids = [normalise_patient_id(records[i].meta.get("patient_id")) for i in keep]
-        kept = [j for j, i in enumerate(ids) if i]
-        tokens, targets, patients = tokens[kept], targets[kept], [ids[j] for j in kept]
+    if ft.unit == "patient":
+        tokens, targets, patients = _patients_of(records, keep, tokens, targets)
     units_n = len(set(patients)) if patients is not None else len(tokens)
 
     def public_size(e: dict[str, Any]) -> int:  # released that round, else what q = batch / size implies

@@ -114,3 +114,15 @@ def test_the_white_box_audit_catches_a_missing_clip_and_reports_its_power(cohort
     assert set(doc["power"]) == {"noise-half", "clip-off"}
     with pytest.raises(AuditError, match="one-run"):
         run_epsilon(t, EpsilonConfig(method="trials", trials=2), tmp_path / "b", source={}, check_power=True)
+
+
+def test_a_patient_level_training_is_audited_per_patient(cohort, tmp_path):
+    root, base, d = cohort
+    ft = FinetuneConfig(task="referable_dr", train_blocks=0, epochs=2, batch_size=32, lr=1.0, dp=True,
+                        epsilon=2.0, rounds=1, unit="patient")
+    t = prepare(base, d["members"], ft)
+    assert t.patients is not None and len(t.patients) == len(t.tokens)
+    doc = run_epsilon(t, EpsilonConfig(canaries=300, confidence=0.999), tmp_path / "a", source={})
+    th = doc["theoretical"]
+    assert th["unit"] == "patient" and th["neighbouring"] == "add/remove-one patient"
+    assert th["epsilon"] == pytest.approx(2.0, rel=0.02) and doc["epsilon_lb"] <= th["epsilon"]
