@@ -594,8 +594,8 @@ def epsilon_limitations(d: dict[str, Any]) -> list[str]:
             "the deployed mechanism replayed from a node's ledger continues its own weights between rounds "
             "instead of the server's average (the guarantee does not depend on them)"
             if str(d["theoretical"].get("mechanism", "")).startswith("replayed") else
-            "the audited training is re-run from the stated settings at image level, not replayed from a "
-            "node's ledger (`--node-dir`): it tests the code path, not what a node deployed"]
+            "the audited training is re-run from the stated settings, not replayed from a node's ledger "
+            "(`--node-dir`): it tests the code path, not what a node deployed"]
 
 
 def epsilon_measures(d: dict[str, Any]) -> dict[str, Any]:
