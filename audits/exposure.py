@@ -18,6 +18,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass
 from io import StringIO
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,16 @@ def _gap_ci(a: np.ndarray, b: np.ndarray, cfg: ExposureConfig, rng: np.random.Ge
     from scipy.stats import permutation_test
 
     boots = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(cfg.n_boot)]
-    test = permutation_test((a, b), lambda x, y: np.mean(x) - np.mean(y), alternative="greater",
-                            n_resamples=20_000, rng=rng)
+    if min(len(a), len(b)) >= 2:
+        p = float(permutation_test((a, b), lambda x, y: np.mean(x) - np.mean(y), alternative="greater",
+                                   n_resamples=20_000, rng=rng).pvalue)
+    else:  # scipy refuses a sample of one; every relabelling is then just which item is the odd one out
+        pooled, k = np.r_[a, b], len(a)
+        gaps = [pooled[list(c)].mean() - np.delete(pooled, list(c)).mean()
+                for c in combinations(range(len(pooled)), k)]
+        p = float(np.mean(np.asarray(gaps) >= a.mean() - b.mean() - 1e-12))
     return {"gap": float(a.mean() - b.mean()), "ci": percentile_interval(boots, cfg.confidence),
-            "p_value": float(test.pvalue), "smallest_p": 1 / math.comb(len(a) + len(b), len(a)),
+            "p_value": p, "smallest_p": 1 / math.comb(len(a) + len(b), len(a)),
             "test": "one-sided permutation test of the mean gap"}
 
 

@@ -93,3 +93,5 @@ def test_the_memorised_decision_holds_its_error_rate_under_the_null_with_four_ca
     assert fired <= 0.025 * 300 + 6  # 7.5 expected at most; the bootstrap rule gave about 21
     strong = _gap_ci(np.full(4, 13.0), np.array([1.0, 0.5, 2.0, 1.5]), cfg, rng)
     assert strong["p_value"] == pytest.approx(1 / 70)  # the smallest an exact 4-vs-4 test can give
+    one = _gap_ci(np.array([13.0]), np.array([1.0, 0.5, 2.0, 13.0]), cfg, rng)  # one canary of a repeat count
+    assert one["p_value"] == pytest.approx(2 / 5) and one["smallest_p"] == pytest.approx(1 / 5)
