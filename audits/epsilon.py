@@ -20,9 +20,9 @@ without one canary and Clopper-Pearson bounds (Jagielski et al. 2020).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,11 @@ class Training:
     patients: list[str] | None = None  # per image, with unit = patient
     source: str = "re-run from the stated settings"
     ledger_epsilon: float | None = None  # the node's lifetime epsilon on this cohort, where it was replayed
+
+    @cached_property
+    def dim(self) -> int:
+        """Trained parameters of the head (building it encodes the class prompts: done once)."""
+        return len(head_vector(self.base, self.ft))
 
     @property
     def theoretical(self) -> dict[str, Any]:
@@ -159,8 +164,7 @@ def white_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
     final update keeps the signal whatever the optimizer does with the gradient (Adam rescales it per
     coordinate). The canaries enter before clipping with 25x the clip norm, so a clip that does not bind
     shows."""
-    dim = len(head_vector(t.base, t.ft))
-    dirs = _directions(len(included), dim, gen)
+    dirs = _directions(len(included), t.dim, gen)
     canaries = GradientCanaries(dirs, torch.from_numpy(included), int(torch.randint(0, 2**62, (1,), generator=gen)))
     _train(t, canaries=canaries, broken=broken)
     if not canaries.projections:
@@ -212,7 +216,7 @@ def default_canaries(t: Training, threat: str) -> int:
     512 MiB holds, 500 to 10,000. Black-box canaries are extra training inputs that dilute the data: 500."""
     if threat != "white-box":
         return 500
-    return int(min(MAX_CANARIES, max(500, CANARY_BUDGET // len(head_vector(t.base, t.ft)))))
+    return int(min(MAX_CANARIES, max(500, CANARY_BUDGET // t.dim)))
 
 
 def one_run(t: Training, cfg: EpsilonConfig, broken: str | None = None) -> tuple[dict[str, Any], np.ndarray,
@@ -305,6 +309,7 @@ def prepare_deployed(run: str | Path, node_dir: str | Path, data: str | Path | N
     from fedclip import config as cfglib
     from fedclip.data.records import fingerprint
     from fedclip.federated.config import FederateConfig
+    from fedclip.federated.ledger import read_entries
     from fedclip.federated.task import simulated_partitions
 
     run, node_dir = RunDir(Path(run)), Path(node_dir)
@@ -329,17 +334,25 @@ def prepare_deployed(run: str | Path, node_dir: str | Path, data: str | Path | N
             raise AuditError(f"{name}: the run had {len(parts)} clients")
         records = [everything[i] for i in parts[k]]
     fp = fingerprint(records)
-    entries = [e for path in ledgers for e in map(json.loads, path.read_text().splitlines())]
-    trained = [e for e in entries if e.get("kind") == "train" and e.get("data_fingerprint") == fp]
+    # the cohort ledger that holds trainings on this data, read as the node reads it (hash chain verified)
+    cohort, trained = [], []
+    for path in ledgers:
+        entries = read_entries(path)
+        hits = [e for e in entries if e.kind == "train" and e.data_fingerprint == fp]
+        if hits:
+            if trained:
+                raise AuditError(f"{node_dir} holds trainings on this data in several cohort ledgers; audit them "
+                                 "apart")
+            cohort, trained = entries, hits
     if not trained:
         raise AuditError(f"no DP training on this data in {node_dir}'s ledger (fingerprint {fp[:12]}); pass the "
                          "node's own data (--data) as it was when the federation ran")
-    if len({e["unit"] for e in trained}) != 1 or len({(e["delta"], e["accountant"]) for e in trained}) != 1:
+    if len({e.unit for e in trained}) != 1 or len({(e.delta, e.accountant) for e in trained}) != 1:
         raise AuditError(f"{node_dir}'s trainings on this data mix units, deltas or accountants; audit them apart")
     first = trained[0]
-    sizes = {e["round"]: e.get("public_size") for e in entries
-             if e.get("kind") == "dataset-size" and e.get("data_fingerprint") == fp}
-    ft = replace(fed.finetune, dp=True, unit=first["unit"], delta=first["delta"], accountant=first["accountant"])
+    # the size the node released once for this cohort and reused (`PrivacyLedger.public_size`)
+    released = next((e.public_size for e in cohort if e.kind == "dataset-size"), None)
+    ft = replace(fed.finetune, dp=True, unit=first.unit, delta=first.delta, accountant=first.accountant)
     _check_auditable(ft)
     vc = models.load_checkpoint(fed.checkpoint)
     keep, tokens, targets = _tokens(vc, records, root, ft)
@@ -348,13 +361,10 @@ def prepare_deployed(run: str | Path, node_dir: str | Path, data: str | Path | N
         tokens, targets, patients = _patients_of(records, keep, tokens, targets)
     units_n = len(set(patients)) if patients is not None else len(tokens)
 
-    def public_size(e: dict[str, Any]) -> int:  # released that round, else what q = batch / size implies
-        q = float(e["sample_rate"])
-        return int(sizes.get(e["round"]) or (round(ft.batch_size / q) if q < 1 else units_n))
+    def public_size(q: float) -> int:  # released, else (a size the policy declared) what q = batch / size implies
+        return int(released or (round(ft.batch_size / q) if q < 1 else units_n))
 
-    plan = tuple(Round(float(e["noise_multiplier"]), float(e["sample_rate"]), int(e["steps"]), public_size(e))
-                 for e in trained)
-    lifetime = max(float(e["epsilon"]) for e in entries if e.get("dataset") == first.get("dataset"))
+    plan = tuple(Round(e.noise_multiplier, e.sample_rate, e.steps, public_size(e.sample_rate)) for e in trained)
     return Training(vc, tokens, targets, ft, plan, patients,
                     source=f"replayed from {node_dir.name}'s ledger: {len(plan)} recorded training(s), "
-                           f"per {ft.unit}", ledger_epsilon=lifetime)
+                           f"per {ft.unit}", ledger_epsilon=cohort[-1].epsilon)

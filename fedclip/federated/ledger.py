@@ -102,6 +102,39 @@ def plan_noise(history: list[tuple[float, float, int]], *, target: float, delta:
     return hi
 
 
+def _complete_lines(path: Path) -> tuple[list[str], bool]:
+    """Complete lines, and whether a torn (newline-less) tail follows them."""
+    if not path.exists():
+        return [], False
+    text = path.read_text(encoding="utf-8")
+    torn = bool(text) and not text.endswith("\n")
+    return text.split("\n")[:-1], torn
+
+
+def read_entries(path: str | Path) -> list[LedgerEntry]:
+    """Every complete entry of a ledger file, the hash chain verified (a torn last line is ignored: never
+    replied). The node reads its ledger through this, and so does an audit replaying what the node ran."""
+    path = Path(path)
+    out: list[LedgerEntry] = []
+    prev = GENESIS
+    lines, _ = _complete_lines(path)
+    for i, line in enumerate(lines, start=1):
+        where = f"{path}:{i}"
+        try:
+            raw = json.loads(line)
+            entry = LedgerEntry(**raw)
+        except (json.JSONDecodeError, TypeError):
+            raise LedgerCorrupt(f"{where} is not a ledger entry; the ledger cannot be trusted — restore it "
+                                "from a backup before this node releases anything again") from None
+        body = {k: v for k, v in raw.items() if k != "hash"}
+        if entry.prev != prev or _digest(body) != entry.hash:
+            raise LedgerCorrupt(f"{where}: the hash chain is broken (an entry was deleted, edited or reordered); "
+                                "restore the ledger from a backup before this node releases anything again")
+        prev = entry.hash
+        out.append(entry)
+    return out
+
+
 class PrivacyLedger:
     def __init__(self, path: str | Path, *, client: str, dataset: str, budget: float, delta: float,
                  accountant: str = "rdp", unit: str = "image") -> None:
@@ -114,35 +147,9 @@ class PrivacyLedger:
         self.unit = unit
 
     # ----------------------------------------------------------------------------------- reading
-    def _lines(self) -> tuple[list[str], bool]:
-        """Complete lines, and whether a torn (newline-less) tail follows them."""
-        if not self.path.exists():
-            return [], False
-        text = self.path.read_text(encoding="utf-8")
-        torn = bool(text) and not text.endswith("\n")
-        lines = text.split("\n")
-        return (lines[:-1], torn)
-
     def entries(self) -> list[LedgerEntry]:
         """Every complete entry, the hash chain verified (a torn last line is ignored: never replied)."""
-        out: list[LedgerEntry] = []
-        prev = GENESIS
-        lines, _ = self._lines()
-        for i, line in enumerate(lines, start=1):
-            where = f"{self.path}:{i}"
-            try:
-                raw = json.loads(line)
-                entry = LedgerEntry(**raw)
-            except (json.JSONDecodeError, TypeError):
-                raise LedgerCorrupt(f"{where} is not a ledger entry; the ledger cannot be trusted — restore it "
-                                    "from a backup before this node releases anything again") from None
-            body = {k: v for k, v in raw.items() if k != "hash"}
-            if entry.prev != prev or _digest(body) != entry.hash:
-                raise LedgerCorrupt(f"{where}: the hash chain is broken (an entry was deleted, edited or reordered); "
-                                    "restore the ledger from a backup before this node releases anything again")
-            prev = entry.hash
-            out.append(entry)
-        return out
+        return read_entries(self.path)
 
     def history(self) -> list[tuple[float, float, int]]:
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries()]
@@ -167,7 +174,7 @@ class PrivacyLedger:
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
-                lines, torn = self._lines()
+                lines, torn = _complete_lines(self.path)
                 if torn:
                     with open(self.path, "r+b") as fh:
                         fh.truncate(sum(len(line.encode("utf-8")) + 1 for line in lines))
