@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 from scipy.stats import beta as beta_dist
@@ -208,3 +209,8 @@ def dp_auc_ceiling(epsilon: float, delta: float) -> float:
     tpr = np.minimum.reduce([np.exp(epsilon) * fpr + delta, 1 - np.exp(-epsilon) * (1 - delta - fpr),
                              np.ones_like(fpr)])
     return float(np.trapezoid(np.clip(tpr, 0.0, 1.0), fpr))
+
+
+def dp_claim_ceiling(epsilon: float, delta: float, unit: str) -> dict[str, Any]:
+    """What a verdict quotes about a DP claim: the largest AUC it allows and the claim in words."""
+    return {"auc": dp_auc_ceiling(epsilon, delta), "claim": f"ε = {epsilon:.3g}, δ = {delta:g} per {unit}"}

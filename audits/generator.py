@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from io import StringIO
 from pathlib import Path
@@ -107,12 +108,14 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, basis: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * np.real(root)))
 
 
-def _embed(paths: list[Path], embed: str, aligned: bool) -> np.ndarray:
-    """(n, d), or (n, views, d) aligned over small shifts and rotations for the image-space embeddings; a CLIP
-    checkpoint's image tower has no aligned views (it is meant to be invariant to such moves)."""
+def _embedder(embed: str) -> Callable[[list[Path], bool], np.ndarray]:
+    """`embed(paths, aligned)`: (n, d), or (n, views, d) aligned over small shifts and rotations for the
+    image-space embeddings; a CLIP checkpoint's image tower (loaded once) has no aligned views (it is meant
+    to be invariant to such moves)."""
     if embed in (ANATOMY, PIXELS):
-        return pixel_embedding(paths, aligned=aligned, anatomy=embed == ANATOMY)
-    return model_embedding(models.load_checkpoint(embed), paths)
+        return lambda paths, aligned: pixel_embedding(paths, aligned=aligned, anatomy=embed == ANATOMY)
+    vc = models.load_checkpoint(embed)
+    return lambda paths, aligned: model_embedding(vc, paths)
 
 
 def _identity(views: np.ndarray) -> np.ndarray:
@@ -167,8 +170,9 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     copying = run_copying(samples, roots[0], roots[1], CopyingConfig(embed=cfg.embed, alpha=cfg.alpha,
                                                                      seed=cfg.seed), out / COPYING_DIR)
     syn_records = read_metadata(samples)
-    syn = _embed([r.path(samples) for r in syn_records], cfg.embed, aligned=False)
-    real_views = _embed([r.path(roots[0]) for r in mem] + [r.path(roots[1]) for r in hold], cfg.embed, aligned=True)
+    embed = _embedder(cfg.embed)
+    syn = embed([r.path(samples) for r in syn_records], False)
+    real_views = embed([r.path(roots[0]) for r in mem] + [r.path(roots[1]) for r in hold], True)
     distance, _ = nearest(real_views, syn)
     real = _identity(real_views)
     dims = int(min(FRECHET_DIMS, len(mem) - 1, len(hold) - 1, len(syn) - 1))
@@ -190,7 +194,7 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     if pop_root:
         from fedclip.audits import generator_calibration as calib
 
-        pop_emb = _embed([r.path(pop_root) for r in pop], cfg.embed, aligned=False)
+        pop_emb = embed([r.path(pop_root) for r in pop], False)
         scores["black-box-domias"] = calib.density_ratio_score(syn, pop_emb, real)
         signal["black-box-domias"] = (f"log density of the {cfg.n_samples} samples minus log density of the "
                                       f"{len(pop)} population images at the record (Gaussian kernels on "
@@ -233,9 +237,8 @@ def run_generator_audit(checkpoint: str | Path, members: str | Path, holdout: st
     privacy = provenance.get("privacy") or {}
     ceiling = None
     if privacy.get("dp") and privacy.get("epsilon") is not None:
-        ceiling = {"auc": bounds.dp_auc_ceiling(float(privacy["epsilon"]), float(privacy.get("delta") or 0.0)),
-                   "claim": f"ε = {float(privacy['epsilon']):.3g}, δ = {privacy.get('delta', 0):g} per "
-                            f"{privacy.get('unit', 'patient')}"}
+        ceiling = bounds.dp_claim_ceiling(float(privacy["epsilon"]), float(privacy.get("delta") or 0.0),
+                                          privacy.get("unit", "patient"))
         above = [] if few else [n for n, a in attacks_out.items() if a["patient"]["ci"]["auc"][0] > ceiling["auc"]]
         leaks += [f"{n} membership AUC above the {ceiling['auc']:.3f} that {ceiling['claim']} permits any attack: "
                   "the DP claim is contradicted" for n in above]

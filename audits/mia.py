@@ -254,9 +254,7 @@ def dp_ceiling(target: dict[str, Any], level: str) -> dict[str, Any] | None:
     privacy = TargetPrivacy.from_json(target)
     if privacy.dp is not True or privacy.epsilon_budget is None or (privacy.unit == "image" and level != "image"):
         return None
-    delta = privacy.delta or 0.0
-    return {"auc": bounds.dp_auc_ceiling(privacy.epsilon_budget, delta),
-            "claim": f"ε = {privacy.epsilon_budget:g}, δ = {delta:g} per {privacy.unit}"}
+    return bounds.dp_claim_ceiling(privacy.epsilon_budget, privacy.delta or 0.0, str(privacy.unit))
 
 
 def verdict(doc: dict[str, Any]) -> dict[str, Any]:
