@@ -158,16 +158,17 @@ def run_dejavu(target: str | Path, reference: str | Path, members: str | Path, p
                          f"{label!r}; got {len(mem)} members and {len(pub)} public records")
     provenance = models.read_checkpoint_config(target).get("provenance") or {}
     manifest = check_manifest(target, provenance, mem, ctrl)  # members trained the target; unseen records did not
-    paths = {"target": target, "reference": reference}
-    queries = [strip(r.caption, cfg.attribute) for r in mem]
-    preds, agree = _predict(paths, queries, public, pub, y_pub, cfg.k)
+    y_ctrl = np.array([r.labels[label] for r in ctrl])
+    if ctrl and y_ctrl.min() == y_ctrl.max():
+        raise AuditError(f"the unseen set needs both values of {label!r}")
+    # members' and unseen records' queries in one pass: each model and its public embeddings load once
+    queries = [strip(r.caption, cfg.attribute) for r in mem + ctrl]
+    both, both_agree = _predict({"target": target, "reference": reference}, queries, public, pub, y_pub, cfg.k)
+    preds, agree = ({n: v[:len(mem)] for n, v in d.items()} for d in (both, both_agree))
     gap = _gap(mem, y, preds, cfg)
     control = None
     if ctrl:
-        y_ctrl = np.array([r.labels[label] for r in ctrl])
-        if y_ctrl.min() == y_ctrl.max():
-            raise AuditError(f"the unseen set needs both values of {label!r}")
-        ctrl_preds, _ = _predict(paths, [strip(r.caption, cfg.attribute) for r in ctrl], public, pub, y_pub, cfg.k)
+        ctrl_preds = {n: v[len(mem):] for n, v in both.items()}
         control = {"gap": _gap(ctrl, y_ctrl, ctrl_preds, cfg), "n_unseen": len(ctrl)}
         control["members_minus_unseen"] = controlled_gap(gap, control["gap"], cfg.confidence)
         control["gap"].pop("draws")
