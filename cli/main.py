@@ -835,8 +835,10 @@ def experiment_list() -> None:
 
 
 def _shipped_study_names() -> list[str]:
-    """The studies under experiments/studies, read without importing the study code (help stays fast)."""
-    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "experiments" / "studies").glob("*.toml"))
+    """The shipped studies, read without importing the study code (help stays fast)."""
+    from fedclip.experiments import STUDIES_DIR
+
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
 
 
 @experiment_app.command("run")

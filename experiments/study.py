@@ -31,13 +31,12 @@ from fedclip import config as cfglib
 from fedclip import evaluate, io, models
 from fedclip.data.records import fingerprint, read_metadata
 from fedclip.errors import FedclipError
-from fedclip.experiments import headline
+from fedclip.experiments import STUDIES_DIR, headline
 from fedclip.experiments.runner import STAGES_DIR, Stage, run_stages
 from fedclip.federated.config import FederateConfig, federated_finetune
 from fedclip.pretrain import PretrainConfig
 from fedclip.run import RunDir
 
-STUDIES_DIR = Path(__file__).parent / "studies"
 SECTION = "study"
 
 
