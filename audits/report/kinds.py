@@ -310,8 +310,13 @@ def generator_section(doc: dict[str, Any], audit_dir: Path, redact: bool) -> Sec
                f"δ = {privacy['delta']:g}, {privacy['accountant']} accountant, noise from the OS CSPRNG)"
                if privacy.get("dp") else "trained without DP: it carries no privacy guarantee")
     verdict = doc["verdict"]
-    answer = ("the generator reproduces its patients: " + "; ".join(verdict["reasons"]) if verdict["copies"]
-              else "no evidence that the generator reproduces its patients")
+    # near-copies mean it reproduces patients; membership evidence alone means it tells them apart, no more
+    copied = doc["copying"]["verdict"].get("copies")
+    answer = ("no evidence that the generator reproduces its patients" if not verdict["copies"] else
+              "the generator reproduces its patients: " if copied else
+              "the generator reveals which patients it was trained on (no sample is a near-copy): ")
+    if verdict["copies"]:
+        answer += "; ".join(verdict["reasons"])
     s.paragraphs.append(
         f"What was tested: whether a generator ({doc['target']['model']}, {doc['target']['steps']} steps, {trained}) "
         f"reproduces the {data['n_member_patients']} patients it was trained on, against {data['n_holdout_patients']} "

@@ -156,3 +156,23 @@ def test_a_dp_generators_audit_states_the_auc_its_epsilon_allows(gen_cohort, tmp
     assert doc["dp_ceiling"]["auc"] == pytest.approx(dp_auc_ceiling(run["epsilon"], 1e-5))
     html = render([tmp_path / "a"], tmp_path / "report")["html"].read_text()
     assert "What the DP claim allows" in html and f"{doc['dp_ceiling']['auc']:.3f}" in html
+
+
+def test_the_report_says_reproduces_only_for_near_copies_and_reveals_for_membership_alone(
+        gen_trained, gen_cohort, tmp_path):
+    """A membership signal without a single near-copy is not "reproduces its patients" (measured: a 24-patient
+    generator with calibrated AUC 0.73 and 0 of 64 samples flagged)."""
+    from fedclip.audits.report.kinds import generator_section
+
+    _, result = gen_trained
+    cfg = GeneratorAuditConfig(n_samples=4, sample_steps=2, timesteps=(10,), draws=1, n_boot=20)
+    doc = run_generator_audit(result["checkpoint"], gen_cohort / "data", gen_cohort / "holdout", tmp_path / "a", cfg)
+    reason = "white-box-calibrated membership AUC 0.73 (CI 0.54-0.89) excludes 0.5"
+    leaks = doc | {"verdict": {"copies": True, "reasons": [reason], "caution": None},
+                   "copying": doc["copying"] | {"verdict": {"copies": False, "reasons": [], "caution": None}}}
+    text = generator_section(leaks, tmp_path / "a", redact=True).paragraphs[0]
+    assert "reveals which patients it was trained on (no sample is a near-copy)" in text
+    assert "The answer: the generator reproduces" not in text
+    copies = leaks | {"copying": doc["copying"] | {"verdict": {"copies": True, "reasons": ["C_T -5.5"]}}}
+    text = generator_section(copies, tmp_path / "a", redact=True).paragraphs[0]
+    assert "The answer: the generator reproduces its patients" in text
