@@ -142,3 +142,18 @@ def test_the_dp_auc_ceiling_against_closed_forms():
     assert bounds.dp_auc_ceiling(0.0, 0.0) == pytest.approx(0.5, abs=1e-6)  # no attack beats chance
     assert bounds.dp_auc_ceiling(1.0, 1e-5) == pytest.approx(0.731, abs=1e-3)
     assert bounds.dp_auc_ceiling(1.0, 1e-2) > bounds.dp_auc_ceiling(1.0, 0.0)
+
+
+def test_the_vectorised_bootstrap_figures_equal_scikit_learn_on_each_resampled_draw():
+    from fedclip.audits.metrics import _raw, _weighted_figures
+
+    rng = np.random.default_rng(3)
+    member = np.r_[np.ones(30, int), np.zeros(70, int)]
+    score = np.round(rng.normal(size=100) + 0.5 * member, 1)  # rounded: many ties
+    draws = np.stack([np.bincount(np.r_[rng.integers(0, 30, 30), rng.integers(30, 100, 70)], minlength=100)
+                      for _ in range(25)])
+    fast = _weighted_figures(member, score, draws, (0.1, 0.05))
+    for b, w in enumerate(draws):
+        idx = np.repeat(np.arange(100), w)
+        slow = _raw(member[idx], score[idx], (0.1, 0.05))
+        assert {k: fast[k][b] for k in slow} == pytest.approx(slow, abs=1e-12)
