@@ -52,6 +52,7 @@ class MiaConfig:
     confidence: float = 0.95
     gamma: float = 1.0  # RMIA
     offline_a: float = 0.3  # RMIA offline
+    workers: int = 1  # reference models trained in parallel on Ray by this many worker processes (1: in-process)
     views: int = 1  # CLIP targets: augmented views averaged into the signal
     # training: the members trained the target (checked against its member manifest); generator: they
     # reached it only through a synthetic corpus fitted to them (a synthetic-data model audited against the
@@ -186,7 +187,7 @@ def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, pop
             # (x and RMIA's z alike) is IN half of them and OUT of the other half
             ref_m, ref_p, ref_in = train_references(
                 base, tokens, targets, ft, count=cfg.refs, seed=cfg.seed, data_fingerprint=data_fp,
-                cache=out / "refs", advance=advance)
+                cache=out / "refs", workers=cfg.workers, advance=advance)
             global_std = cfg.refs < 16
             info = {"count": cfg.refs, "how": "fine-tuned from the target's base checkpoint with the federation's "
                     f"settings (centralised, {ft.epochs} epochs, dp={ft.dp}, epsilon={ft.epsilon}) on complementary "

@@ -478,13 +478,16 @@ def audit_mia(
     refs: Annotated[int, typer.Option(help="Reference models (even; fine-tuned targets).")] = 8,
     level: Annotated[str, typer.Option(help="patient | image | auto (patient where patient ids exist).")] = "auto",
     seed: Annotated[int, typer.Option(help="The auditor's seed: reference splits, bootstrap.")] = 0,
+    workers: Annotated[int, typer.Option(help="Reference models trained in parallel on Ray by this many worker "
+                                              "processes; 1 trains them in this process.")] = 1,
     out: Annotated[Path, typer.Option(help="Audit dir (results.json, scores.csv, refs/).")] = Path("runs/audit-mia"),
 ) -> None:
     """Membership inference against a checkpoint: AUC and TPR at low FPR with CIs, per patient and image."""
     from fedclip.audits.mia import MiaConfig, run_mia
     from fedclip.progress import progress_bar
 
-    cfg = MiaConfig(attacks=tuple(attack or ("loss", "lira", "rmia")), refs=refs, level=level, seed=seed)
+    cfg = MiaConfig(attacks=tuple(attack or ("loss", "lira", "rmia")), refs=refs, level=level, seed=seed,
+                    workers=workers)
     try:
         with progress_bar("reference models", refs if any(a != "loss" for a in cfg.attacks) else 0) as advance:
             doc = run_mia(target, members, nonmembers, population, cfg, out, advance=advance)
