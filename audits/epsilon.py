@@ -35,16 +35,9 @@ from fedclip.audits import bounds
 from fedclip.audits.results import SCORES_FILE, AuditError, write_results
 from fedclip.audits.signals import head_signals
 from fedclip.data.records import normalise_patient_id, read_metadata
-from fedclip.finetune import (
-    FinetuneConfig,
-    GradientCanaries,
-    finetune,
-    head_vector,
-    load_pixels,
-    noise_for_budget,
-    prefix_tokens,
-    steps_per_round,
-)
+from fedclip.finetune import FinetuneConfig, finetune, load_pixels, noise_for_budget, prefix_tokens, steps_per_round
+from fedclip.head import head_vector
+from fedclip.mechanism import GradientCanaries
 from fedclip.run import RunDir
 
 

@@ -16,7 +16,8 @@ import torch
 
 from fedclip import evaluate
 from fedclip.data.images import load_rgb
-from fedclip.finetune import FinetuneConfig, build_head
+from fedclip.finetune import FinetuneConfig
+from fedclip.head import build_head
 from fedclip.models import VisionClip
 
 

@@ -51,7 +51,7 @@ def _noise_ms(blocks: int, rank: int, repeats: int = 20) -> float:
     """Opacus' secure-mode noise for the trained parameters of one step: the floor under any DP step."""
     from opacus.optimizers.optimizer import _generate_noise
 
-    from fedclip.finetune import build_head
+    from fedclip.head import build_head
 
     head = build_head(models.create("visionclip-tiny", seed=0), FinetuneConfig(train_blocks=blocks, lora_rank=rank))
     params = [p for p in head.parameters() if p.requires_grad]

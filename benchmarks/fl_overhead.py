@@ -26,7 +26,7 @@ from fedclip.federated.node import Node
 from fedclip.federated.policy import NodePolicy
 from fedclip.federated.simulation import simulate
 from fedclip.federated.task import client_train, load_global
-from fedclip.finetune import trained_keys
+from fedclip.head import trained_keys
 from fedclip.synth import CohortSpec
 
 

@@ -78,7 +78,7 @@ def main() -> None:
         print(f"{'model':34s} {'ε':>4s} {'unit':>8s}  {'external bal. acc [CI]':>24s}  "
               f"{'patient-level MIA AUC [CI]':>28s}  {'image-level AUC':>15s}")
         for label, eps, unit, util, mia in rows:
-            lo, hi = util["ci95"]["balanced_accuracy"]
+            lo, hi = util["ci"]["balanced_accuracy"]
             line = f"{label:34s} {eps:>4s} {unit:>8s}  {util['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
             if mia:
                 p, i = mia["patient"], mia["image"]

@@ -318,7 +318,7 @@ def _result_table(title: str, results: list[dict]) -> Table:
     for r in results:
         if r["task"] == "retrieval":
             continue
-        ci = r.get("ci95", {}).get("balanced_accuracy")
+        ci = r.get("ci", {}).get("balanced_accuracy")
         bacc = f"{r['balanced_accuracy']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
         table.add_row(r["task"], r.get("mode", ""), str(r["n"]), bacc, f"{r['macro_f1']:.3f}",
                       f"{r['auc']:.3f}" if "auc" in r else "-", f"{r['kappa']:.3f}" if "kappa" in r else "-")
@@ -433,7 +433,7 @@ def federate(
         reasons.update({int(c.get("partition", -1)): c["reason"] for c in clients if c.get("reason")})
         if r.central:
             text += f"; central ε={r.central['epsilon']:.2f} per hospital"
-        bacc = r.server.get("balanced-accuracy")
+        bacc = r.server.get("balanced_accuracy")
         table.add_row(str(r.round), f"{bacc:.3f}" if bacc is not None else "-", text or "(start)")
     console.print(table)
     for pid, reason in sorted(reasons.items()):

@@ -4,3 +4,14 @@ from pathlib import Path
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 """The shipped study TOMLs; here (not in `study`) so the CLI can list them without importing the study code."""
+
+COHORT_SEED_OFFSETS = {"private": 100, "holdout": 101, "test": 102, "synthetic": 200, "external": 300,
+                       "calibration": 400}
+"""Each generated cohort's seed is the study seed plus its offset, so the cohorts of one study never share
+patients and every study that says "private" or "external" means the same draw (the quickstart study and
+the synthetic-vs-real comparison read this one table)."""
+
+
+def cohort_seed(seed: int, role: str) -> int:
+    """The generator seed of the `role` cohort (a key of `COHORT_SEED_OFFSETS`) in a study seeded `seed`."""
+    return seed + COHORT_SEED_OFFSETS[role]

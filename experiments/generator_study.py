@@ -242,7 +242,7 @@ class GeneratorStudy:
                                  n_boot=500, patients=[patient_key(r) for r in ext])
         keys = ("balanced_accuracy", "auc", "n")
         return {"checkpoint": str(ckpt), "corpus": str(corpus), "corpus_images": images,
-                **{k: res[k] for k in keys if k in res}, "ci95": {k: v for k, v in res["ci95"].items()
+                **{k: res[k] for k in keys if k in res}, "ci": {k: v for k, v in res["ci"].items()
                                                                     if k in ("balanced_accuracy", "auc")}}
 
     def _report(self, up: dict) -> dict[str, Any]:
@@ -303,8 +303,8 @@ def markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|"]
     for name, d in sorted(result["downstream"].items()):
         ba, auc = d["balanced_accuracy"], d.get("auc")
-        lines.append(f"| {name} | {d['corpus_images']} | {ba:.3f} ({_ci(d['ci95'].get('balanced_accuracy'))}) | "
-                     + (f"{auc:.3f} ({_ci(d['ci95'].get('auc'))})" if auc is not None else "-") + " |")
+        lines.append(f"| {name} | {d['corpus_images']} | {ba:.3f} ({_ci(d['ci'].get('balanced_accuracy'))}) | "
+                     + (f"{auc:.3f} ({_ci(d['ci'].get('auc'))})" if auc is not None else "-") + " |")
     return "\n".join(lines) + "\n"
 
 

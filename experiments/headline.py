@@ -37,7 +37,7 @@ def _task_entry(results: list[dict[str, Any]], task: str) -> dict[str, Any]:
     return next(r for r in results if r["task"] == task)
 
 
-def _metric(entry: Mapping[str, Any], key: str, ci_key: str = "ci95") -> dict[str, Any]:
+def _metric(entry: Mapping[str, Any], key: str, ci_key: str = "ci") -> dict[str, Any]:
     ci = (entry.get(ci_key) or {}).get(key)
     return {"value": entry.get(key), "ci": list(ci) if ci else None}
 
@@ -96,8 +96,8 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
             "mia": _mia(_results(audits, f"mia-{name}")), "epsilon_lb": None,
         })
     for name, fed in up["federate"].items():
-        start = fed["rounds"][0].get("balanced-accuracy") if fed["rounds"] else None
-        end = fed["rounds"][-1].get("balanced-accuracy") if fed["rounds"] else None
+        start = fed["rounds"][0].get("balanced_accuracy") if fed["rounds"] else None
+        end = fed["rounds"][-1].get("balanced_accuracy") if fed["rounds"] else None
         ledger = fed["ledger_epsilon"]
         rows.append({
             "model": name, "stage": "federated", "base": fed["model"],

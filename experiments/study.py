@@ -31,7 +31,7 @@ from fedclip import config as cfglib
 from fedclip import evaluate, io, models
 from fedclip.data.records import fingerprint, read_metadata
 from fedclip.errors import FedclipError
-from fedclip.experiments import STUDIES_DIR, headline
+from fedclip.experiments import STUDIES_DIR, cohort_seed, headline
 from fedclip.experiments.runner import STAGES_DIR, Stage, run_stages
 from fedclip.federated.config import FederateConfig, federated_finetune
 from fedclip.pretrain import PretrainConfig
@@ -184,7 +184,7 @@ class Study:
     def private_spec(self):  # noqa: ANN201 - CohortSpec, imported lazily (the generator pulls in numpy/PIL)
         from fedclip.synth import CohortSpec
 
-        return CohortSpec(seed=self.cfg.seed + 100, size=self.cfg.size, hospital=self.cfg.hospitals)
+        return CohortSpec(seed=cohort_seed(self.cfg.seed, "private"), size=self.cfg.size, hospital=self.cfg.hospitals)
 
     # 1 ------------------------------------------------------------------------------------------
     def data(self, _: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,9 +195,10 @@ class Study:
         base = self.private_spec()
         made = {
             "members": (c.private_data, base, c.n_members),
-            "holdout": (c.holdout_data, replace(base, seed=c.seed + 101), c.n_holdout),
-            "test": (c.test_data, replace(base, seed=c.seed + 102), c.n_test),
-            "external": (c.external_data, CohortSpec(seed=c.seed + 300, size=c.size, hospital=c.external_hospital),
+            "holdout": (c.holdout_data, replace(base, seed=cohort_seed(c.seed, "holdout")), c.n_holdout),
+            "test": (c.test_data, replace(base, seed=cohort_seed(c.seed, "test")), c.n_test),
+            "external": (c.external_data, CohortSpec(seed=cohort_seed(c.seed, "external"), size=c.size,
+                                                    hospital=c.external_hospital),
                          c.n_external),
         }
         return {name: _dataset(Path(given) if given else ensure_exported(spec, d / name, n, c.workers))
@@ -222,7 +223,7 @@ class Study:
         stats = estimate(cohort, hospitals=spec.hospitals, epsilon=c.generator_epsilon,
                          delta=c.generator_delta)
         io.write_json(self.root / "synthetic" / "cohort_statistics.json", asdict(stats))
-        synth = synthetic_spec(stats, seed=c.seed + 200, size=c.size, visits=spec.visits)
+        synth = synthetic_spec(stats, seed=cohort_seed(c.seed, "synthetic"), size=c.size, visits=spec.visits)
         corpus = ensure_exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or up["data"]["members"]["n"],
                            c.workers)
         return {"corpus": _dataset(corpus), "generator": {
@@ -407,7 +408,7 @@ def _federation_result(out: Path) -> dict[str, Any]:
     from fedclip.run import largest_node_epsilon
 
     s = summary(out)
-    rounds = [{"round": r.round, **{k: r.server[k] for k in ("balanced-accuracy", "auc") if k in r.server}}
+    rounds = [{"round": r.round, **{k: r.server[k] for k in ("balanced_accuracy", "auc") if k in r.server}}
               for r in s.rounds]
     return {"rounds": rounds, "ledger_epsilon": largest_node_epsilon(s.ledger),
             "ledger": [row.to_json() for row in s.ledger]}

@@ -31,6 +31,7 @@ from fedclip import evaluate, io, models, progress, tasks
 from fedclip.data.records import patient_key, read_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
+from fedclip.experiments import cohort_seed
 from fedclip.pretrain import PretrainConfig, ensure_pretrained
 from fedclip.synth import CohortSpec, patient
 from fedclip.synth.estimate import estimate, synthetic_spec
@@ -66,22 +67,22 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One seed's three models, evaluated on every task (zero-shot, zero-shot calibrated on a fresh synthetic
     set, linear probe); every stage cached on disk."""
     root = Path(args.out) / f"seed-{seed}"
-    private = CohortSpec(seed=seed + 100, size=args.size, hospital=args.hospitals)
+    private = CohortSpec(seed=cohort_seed(seed, "private"), size=args.size, hospital=args.hospitals)
     cohort = [patient(private, i) for i in range(-(-args.n // private.images_per_patient))]
     stats = estimate(cohort)
     io.write_json(root / "cohort_statistics.json", asdict(stats))
-    synthetic = synthetic_spec(stats, seed=seed + 200, size=args.size, visits=private.visits)
+    synthetic = synthetic_spec(stats, seed=cohort_seed(seed, "synthetic"), size=args.size, visits=private.visits)
     if args.ablation == "all-diabetic":  # the Med-AIGC step before 2026-11-30: every synthetic patient diabetic,
         # with the worse-eye grade mix over all patients (grade 0 for those without diabetes)
         grades = np.bincount([max(p.dr_grade) for p in cohort], minlength=5) / len(cohort)
         synthetic = replace(synthetic, diabetic_rate=1.0, dr_grades=tuple(float(g) for g in grades))
     data = {"private": ensure_exported(private, root / "data" / "private", args.n, args.workers),
             "synthetic": ensure_exported(synthetic, root / "data" / "synthetic", args.n, args.workers)}
-    external = ensure_exported(CohortSpec(seed=seed + 300, size=args.size, hospital="lakeshore"),
+    external = ensure_exported(CohortSpec(seed=cohort_seed(seed, "external"), size=args.size, hospital="lakeshore"),
                                root / "data" / "external", args.external, args.workers)
     # new synthetic patients, public like the corpus: where both models' zero-shot boundaries are calibrated
-    calibration = ensure_exported(replace(synthetic, seed=seed + 400), root / "data" / "calibration",
-                                  args.calibration, args.workers)
+    calibration = ensure_exported(replace(synthetic, seed=cohort_seed(seed, "calibration")),
+                                  root / "data" / "calibration", args.calibration, args.workers)
     contenders = {"untrained": models.create("visionclip-tiny", seed=seed)}
     for name, data_dir in data.items():
         run = root / "pretrain" / name
@@ -153,7 +154,7 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
                         continue
                     cell[metric] = {"mean": statistics.fmean(values),
                                     "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                    "seeds": values, "ci95": [(e.get("ci95") or {}).get(metric) for e in entries]}
+                                    "seeds": values, "ci": [(e.get("ci") or {}).get(metric) for e in entries]}
                 row[model] = cell
             row["ratio"] = {m: row["synthetic"][m]["mean"] / row["private"][m]["mean"]
                             for m in METRICS if m in row["synthetic"] and m in row["private"]
@@ -190,7 +191,7 @@ def per_seed_markdown(per_seed: dict[int, dict[str, Any]], task: str = "referabl
                 e = next((r for r in res[model].get(mode, []) if r["task"] == task and "skipped" not in r), None)
                 if e is None:
                     continue
-                ci = e.get("ci95") or {}
+                ci = e.get("ci") or {}
 
                 def cell(metric: str, e: dict = e, ci: dict = ci) -> str:
                     lo_hi = ci.get(metric)

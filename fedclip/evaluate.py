@@ -198,7 +198,7 @@ def zero_shot(vc: VisionClip, images: Sequence[Any], labels: Sequence[Mapping[st
     return {"task": t.name, "mode": "zero-shot" if class_bias is None else "zero-shot-calibrated", "n": len(keep),
             "classes": list(t.classes), "class_counts": np.bincount(y, minlength=len(t.classes)).tolist(),
             **metrics(y, scores, t.ordinal),
-            "ci95": bootstrap_ci(y, scores, t.ordinal, n_boot, groups=None if patients is None else
+            "ci": bootstrap_ci(y, scores, t.ordinal, n_boot, groups=None if patients is None else
                                  [patients[i] for i in keep]),
             "ci_unit": "image" if patients is None else "patient"}
 
@@ -246,7 +246,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     scores[:, clf.classes_] = margins
     return {"mode": "linear-probe", "C": best_c, "n_train": int(len(train_y)), "n": int(len(test_y)),
             "k_shot": k_shot, **metrics(test_y, scores, ordinal),
-            "ci95": bootstrap_ci(test_y, scores, ordinal, n_boot, groups=test_patients),
+            "ci": bootstrap_ci(test_y, scores, ordinal, n_boot, groups=test_patients),
             "ci_unit": "image" if test_patients is None else "patient"}
 
 

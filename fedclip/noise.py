@@ -25,6 +25,12 @@ def generator(seed: int | None = None) -> torch.Generator:
     return torch.Generator().manual_seed(secure_seed() if seed is None else seed)
 
 
+def dp_generators(seed: int | None = None) -> tuple[torch.Generator, torch.Generator]:
+    """(sampling, noise): DP-SGD's two independent streams, each from a fresh OS-CSPRNG seed (tests: `seed`
+    and `seed + 1`)."""
+    return generator(seed), generator(None if seed is None else seed + 1)
+
+
 def gaussian_like(std: float, reference: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Noise of `reference`'s shape, Opacus' secure-mode sampler."""
     from opacus.optimizers.optimizer import _generate_noise

@@ -38,8 +38,7 @@ class PerRecordPrivatizer:
         self.params = {k: p for k, p in module.named_parameters() if p.requires_grad}
         self.max_grad_norm, self.noise_multiplier = max_grad_norm, noise_multiplier
         self.sample_rate, self.public_records, self.chunk = sample_rate, public_records, chunk
-        self.sampling = noise.generator(noise_seed)  # tests only pass a seed; the ledger then says so
-        self.noise = noise.generator(None if noise_seed is None else noise_seed + 1)
+        self.sampling, self.noise = noise.dp_generators(noise_seed)  # tests only pass a seed; the ledger says so
 
     @property
     def expected_batch_size(self) -> float:

@@ -11,7 +11,8 @@ from opacus.optimizers import DPOptimizer
 
 from fedclip import evaluate, models, tasks
 from fedclip.dp import BookKeeping, supports
-from fedclip.finetune import Head, _patient_loss
+from fedclip.head import Head
+from fedclip.mechanism import record_losses
 
 SEED = 1234
 
@@ -47,7 +48,7 @@ def _opacus_step(head, x, y, mask, clip, sigma, patients, steps=1):
     for _ in range(steps):
         opt.zero_grad()
         logits = model(x)
-        loss = _patient_loss(logits, y, mask) if patients else F.cross_entropy(logits, y)
+        loss = record_losses(logits, y, mask, by_patient=True).mean() if patients else F.cross_entropy(logits, y)
         loss.backward()
         opt.step()
     return params

@@ -3,15 +3,8 @@ import torch
 
 from fedclip import evaluate, models, tasks
 from fedclip.errors import FedclipError
-from fedclip.finetune import (
-    FinetuneConfig,
-    Head,
-    finetune,
-    load_pixels,
-    noise_for_budget,
-    prefix_tokens,
-    trained_keys,
-)
+from fedclip.finetune import FinetuneConfig, finetune, load_pixels, noise_for_budget, prefix_tokens
+from fedclip.head import Head, trained_keys
 from fedclip.synth import CohortSpec, sample
 from fedclip.tasks import labelled
 
@@ -129,7 +122,6 @@ def test_patient_level_dp_equals_a_direct_implementation(mode):
     gradients summed per patient, clipped, summed, noised with the same noise: one SGD step, to 1e-6."""
     from opacus.optimizers.optimizer import _generate_noise
 
-    from fedclip.finetune import Head
 
     vc = models.create("visionclip-tiny", seed=1)
     tokens, targets, patients = _patient_case()

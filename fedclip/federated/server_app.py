@@ -22,7 +22,7 @@ from fedclip.errors import FedclipError
 from fedclip.federated import keys, strategies
 from fedclip.federated.config import FederateConfig, from_run_config
 from fedclip.federated.task import load_global, server_evaluate
-from fedclip.finetune import trained_keys
+from fedclip.head import trained_keys
 from fedclip.progress import progress_bar
 from fedclip.run import EPSILON_PER_NODE, LedgerRow, RoundLine, RunDir, RunState, read_ledger, write_ledger
 
@@ -126,8 +126,8 @@ class Recorder:
         shown: dict[str, Any] = {"clients": sum(r["status"] == "aggregated" for r in replies)}
         if spent:
             shown["max ε"] = round(max(spent), 3)
-        if "balanced-accuracy" in metrics:
-            shown["balanced acc"] = round(float(metrics["balanced-accuracy"]), 3)
+        if "balanced_accuracy" in metrics:
+            shown["balanced acc"] = round(float(metrics["balanced_accuracy"]), 3)
         if self.advance is not None:
             self.advance(1, **shown)
         return MetricRecord(metrics) if metrics else None

@@ -25,13 +25,9 @@ from fedclip.federated.config import FederateConfig
 from fedclip.federated.ledger import BudgetExhausted, PrivacyLedger, plan_noise
 from fedclip.federated.node import Node
 from fedclip.federated.policy import NEIGHBOURING, Grant, Refusal, check_request, negotiate
-from fedclip.finetune import (
-    finetune,
-    load_pixels,
-    prefix_tokens,
-    steps_per_round,
-    trained_keys,
-)
+from fedclip.federated.tokens import NODE_TOKENS
+from fedclip.finetune import finetune, steps_per_round
+from fedclip.head import trained_keys
 from fedclip.noise import gaussian_noise
 
 
@@ -60,35 +56,6 @@ def simulated_partitions(cfg: FederateConfig, records: list[Record], num: int) -
     """The simulated hospitals' record indices: what client `partition-id` K trains on is `[K]`."""
     return partitioning.split(records, cfg.partitioning, num, seed=cfg.seed, alpha=cfg.alpha,
                               label=tasks.task(cfg.finetune.task).target)
-
-
-class TokenCache:
-    """Frozen-prefix outputs of a node's labelled images, keyed by content (weights hash, data, task).
-
-    The prefix never trains, so a node computes them once per checkpoint and dataset; one entry per
-    node is kept (a simulation worker may host several nodes in turn).
-    """
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self.entries: dict[str, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, vc: models.VisionClip, records: list[Record], root: Path, cfg: FederateConfig,
-            dataset: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-        """(indices of the records labelled for the task, their prefix tokens, their targets), `dataset`
-        being the records' fingerprint."""
-        weights = models.read_checkpoint_config(cfg.checkpoint)["weights_sha256"]
-        key = f"{weights}|{cfg.finetune.train_blocks}|{cfg.finetune.task}|{root}|{dataset}"
-        if key not in self.entries:
-            keep, y = tasks.labelled([r.labels for r in records], cfg.finetune.task, required=False)
-            pixels = load_pixels(vc, [records[i].path(root) for i in keep])
-            if len(self.entries) >= self.size:
-                self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = (keep, prefix_tokens(vc, pixels, cfg.finetune.train_blocks), torch.from_numpy(y))
-        return self.entries[key]
-
-
-TOKENS = TokenCache()
 
 
 def load_global(cfg: FederateConfig, arrays: dict[str, torch.Tensor] | None) -> models.VisionClip:
@@ -190,7 +157,7 @@ def client_train(cfg: FederateConfig, node: Node, node_config: dict[str, Any], a
     records, root = client_records(cfg, node, node_config)
     dataset = fingerprint(records)
     vc = load_global(cfg, arrays)
-    keep, tokens, targets = TOKENS.get(vc, records, root, cfg, dataset)
+    keep, tokens, targets = NODE_TOKENS.get(vc, records, root, cfg, dataset)
     ft = cfg.finetune_config(grant, proximal_mu)
     units, patients, grouping = len(records), None, "image"
     if grant.unit == "image" and _most_images_per_patient(records) is None:
@@ -324,6 +291,6 @@ def check_update(update: dict[str, np.ndarray], global_arrays: dict[str, np.ndar
 def server_evaluate(cfg: FederateConfig, vc: models.VisionClip, records: list[Record], root: Path) -> dict[str, float]:
     res = evaluate.zero_shot(vc, [r.path(root) for r in records], [r.labels for r in records], cfg.finetune.task,
                              n_boot=0)
-    return {"balanced-accuracy": res["balanced_accuracy"], "macro-f1": res["macro_f1"],
+    return {"balanced_accuracy": res["balanced_accuracy"], "macro_f1": res["macro_f1"],
             **({"auc": res["auc"]} if "auc" in res else {}), "n": float(res["n"])}
 

@@ -14,7 +14,7 @@ from fedclip.federated.config import FederateConfig
 from fedclip.federated.policy import NodePolicy
 from fedclip.federated.server_app import make_server_app
 from fedclip.federated.simulation import _absolute, summary
-from fedclip.finetune import trained_keys
+from fedclip.head import trained_keys
 from tests.federated.helpers import tampering_client_app
 
 pytestmark = pytest.mark.slow  # three Ray simulations: ~1.5 min
@@ -54,7 +54,7 @@ def _round(cfg: FederateConfig, tmp_path: Path, strategy: str) -> tuple[float, f
     assert all(torch.isfinite(after[k]).all() for k in keys)
     change = float(torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in keys)))
     rounds = summary(run.out).rounds
-    return change, rounds[0].server["balanced-accuracy"], rounds[1].server["balanced-accuracy"]
+    return change, rounds[0].server["balanced_accuracy"], rounds[1].server["balanced_accuracy"]
 
 
 def test_median_and_trimmed_mean_bound_a_byzantine_hospital_that_fedavg_lets_through(federation, tmp_path):

@@ -22,7 +22,7 @@ from fedclip.federated.policy import NodePolicy, Refusal, load_simulated, negoti
 from fedclip.federated.server_app import resume_point
 from fedclip.federated.simulation import simulate
 from fedclip.federated.task import client_evaluate, client_train, load_global
-from fedclip.finetune import trained_keys
+from fedclip.head import trained_keys
 
 ALLOWED = keys.PUBLIC_METRICS | keys.PUBLIC_STRINGS | {"node", "status"}
 

@@ -28,7 +28,7 @@ def test_simulation_runs_rounds_with_dp_clients_and_durable_ledgers(federation):
     base, cfg, result = federation
     assert result.state.round == 2
     rounds = result.rounds
-    assert [r.round for r in rounds] == [0, 1, 2] and "balanced-accuracy" in rounds[0].server
+    assert [r.round for r in rounds] == [0, 1, 2] and "balanced_accuracy" in rounds[0].server
     for r in rounds[1:]:
         assert sorted(int(c["partition"]) for c in r.clients) == [0, 1, 2]
         assert all(c["status"] == "aggregated" for c in r.clients)
