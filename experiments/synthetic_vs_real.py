@@ -11,9 +11,9 @@ alike (visionclip-tiny, AdamW, same seed, order and steps), and every task evalu
 images of `lakeshore` (a camera neither saw) with 95% bootstrap CIs: zero-shot, zero-shot with class
 offsets fitted on `calibration` fresh synthetic images (both models alike), and a linear probe. Then,
 per task and metric, the mean and standard deviation over seeds and the ratio synthetic / private of the
-means. Written to
-`OUT/results.json` and `OUT/results.md` (the table docs/results/ keeps); each seed's stage is resumable
-(a finished pretraining or evaluation is reused when the command is run again).
+means. Written to `OUT/results.json` and `OUT/results.md` (the table docs/results/ keeps). Each seed's
+cohorts, pretraining, evaluation and calibration are stages of `experiments.runner` (the study's runner):
+a finished stage is reused when the command is run again, a changed setting reruns it and what reads it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from fedclip.data.records import patient_key, read_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
 from fedclip.experiments import cohort_seed
+from fedclip.experiments.runner import Stage, run_stages
 from fedclip.pretrain import PretrainConfig, ensure_pretrained
 from fedclip.synth import CohortSpec, patient
 from fedclip.synth.estimate import estimate, synthetic_spec
@@ -65,51 +66,83 @@ def corpus_profile(data: Path) -> dict[str, Any]:
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One seed's three models, evaluated on every task (zero-shot, zero-shot calibrated on a fresh synthetic
-    set, linear probe); every stage cached on disk."""
+    set, linear probe), as four stages of `experiments.runner` in `OUT/seed-S`: a finished stage is reused, a
+    changed setting reruns it and what reads it, an interrupted one resumes."""
     root = Path(args.out) / f"seed-{seed}"
-    private = CohortSpec(seed=cohort_seed(seed, "private"), size=args.size, hospital=args.hospitals)
-    cohort = [patient(private, i) for i in range(-(-args.n // private.images_per_patient))]
-    stats = estimate(cohort)
-    io.write_json(root / "cohort_statistics.json", asdict(stats))
-    synthetic = synthetic_spec(stats, seed=cohort_seed(seed, "synthetic"), size=args.size, visits=private.visits)
-    if args.ablation == "all-diabetic":  # the Med-AIGC step before 2026-11-30: every synthetic patient diabetic,
-        # with the worse-eye grade mix over all patients (grade 0 for those without diabetes)
-        grades = np.bincount([max(p.dr_grade) for p in cohort], minlength=5) / len(cohort)
-        synthetic = replace(synthetic, diabetic_rate=1.0, dr_grades=tuple(float(g) for g in grades))
-    data = {"private": ensure_exported(private, root / "data" / "private", args.n, args.workers),
-            "synthetic": ensure_exported(synthetic, root / "data" / "synthetic", args.n, args.workers)}
-    external = ensure_exported(CohortSpec(seed=cohort_seed(seed, "external"), size=args.size, hospital="lakeshore"),
-                               root / "data" / "external", args.external, args.workers)
-    # new synthetic patients, public like the corpus: where both models' zero-shot boundaries are calibrated
-    calibration = ensure_exported(replace(synthetic, seed=cohort_seed(seed, "calibration")),
-                                  root / "data" / "calibration", args.calibration, args.workers)
-    contenders = {"untrained": models.create("visionclip-tiny", seed=seed)}
-    for name, data_dir in data.items():
-        run = root / "pretrain" / name
-        cfg = PretrainConfig(model="visionclip-tiny", data=data_dir, steps=args.steps, batch_size=args.batch_size,
-                             lr=1e-3, warmup=max(1, args.steps // 10), seed=seed, workers=args.workers)
-        contenders[name] = models.load_checkpoint(ensure_pretrained(cfg, run))
-    done, calibrated = root / "evaluation.json", root / "calibrated.json"
-    external_feats = {}  # each model's external embeddings, computed once for every mode that needs them
-    if not done.exists():
-        results: dict[str, Any] = {"corpora": {name: corpus_profile(d) for name, d in data.items()}}
-        for name, vc in contenders.items():
+    data_settings = {"seed": seed, "n": args.n, "size": args.size, "hospitals": args.hospitals,
+                     "external": args.external, "calibration": args.calibration, "ablation": args.ablation}
+    external_feats: dict[str, Any] = {}  # each model's external embeddings, computed once per process
+
+    def cohorts(_: Any) -> dict[str, Any]:
+        private = CohortSpec(seed=cohort_seed(seed, "private"), size=args.size, hospital=args.hospitals)
+        cohort = [patient(private, i) for i in range(-(-args.n // private.images_per_patient))]
+        stats = estimate(cohort)
+        io.write_json(root / "cohort_statistics.json", asdict(stats))
+        synthetic = synthetic_spec(stats, seed=cohort_seed(seed, "synthetic"), size=args.size, visits=private.visits)
+        if args.ablation == "all-diabetic":  # the Med-AIGC step before 2026-11-30: every synthetic patient
+            # diabetic, with the worse-eye grade mix over all patients (grade 0 for those without diabetes)
+            grades = np.bincount([max(p.dr_grade) for p in cohort], minlength=5) / len(cohort)
+            synthetic = replace(synthetic, diabetic_rate=1.0, dr_grades=tuple(float(g) for g in grades))
+        d = root / "data"
+        return {
+            "private": str(ensure_exported(private, d / "private", args.n, args.workers)),
+            "synthetic": str(ensure_exported(synthetic, d / "synthetic", args.n, args.workers)),
+            "external": str(ensure_exported(CohortSpec(seed=cohort_seed(seed, "external"), size=args.size,
+                                                       hospital="lakeshore"), d / "external", args.external,
+                                            args.workers)),
+            # new synthetic patients, public like the corpus: where both models' zero-shot boundaries are calibrated
+            "calibration": str(ensure_exported(replace(synthetic, seed=cohort_seed(seed, "calibration")),
+                                               d / "calibration", args.calibration, args.workers)),
+        }
+
+    def pretrain(up: Any) -> dict[str, Any]:
+        out = {}
+        for name in ("private", "synthetic"):
+            cfg = PretrainConfig(model="visionclip-tiny", data=Path(up["cohorts"][name]), steps=args.steps,
+                                 batch_size=args.batch_size, lr=1e-3, warmup=max(1, args.steps // 10), seed=seed,
+                                 workers=args.workers)
+            ckpt = ensure_pretrained(cfg, root / "pretrain" / name)
+            out[name] = {"checkpoint": str(ckpt),
+                         "weights_sha256": models.read_checkpoint_config(ckpt)["weights_sha256"]}
+        return out
+
+    def contenders(up: Any) -> dict[str, models.VisionClip]:
+        return {"untrained": models.create("visionclip-tiny", seed=seed),
+                **{name: models.load_checkpoint(e["checkpoint"]) for name, e in up["pretrain"].items()}}
+
+    def evaluation(up: Any) -> dict[str, Any]:
+        external = Path(up["cohorts"]["external"])
+        results: dict[str, Any] = {"corpora": {name: corpus_profile(Path(up["cohorts"][name]))
+                                               for name in ("private", "synthetic")}}
+        for name, vc in contenders(up).items():
             feats = external_feats[name] = evaluate.dir_embeddings(vc, external)
             results[name] = {mode.replace("-", "_"): [_evaluate(vc, external, task, mode, seed, feats)
                                                       for task in TASKS] for mode in ("zero-shot", "linear-probe")}
-        io.write_json(done, results)
-    if not calibrated.exists():
+        io.write_json(root / "evaluation.json", results)
+        return {"file": str(root / "evaluation.json")}
+
+    def calibration(up: Any) -> dict[str, Any]:
+        external, calibration_set = Path(up["cohorts"]["external"]), Path(up["cohorts"]["calibration"])
         ext_records = read_metadata(external)
-        labels = ([r.labels for r in read_metadata(calibration)], [r.labels for r in ext_records])
+        labels = ([r.labels for r in read_metadata(calibration_set)], [r.labels for r in ext_records])
         patients = [patient_key(r) for r in ext_records]
         out = {}
-        for name, vc in contenders.items():
-            feats = (evaluate.dir_embeddings(vc, calibration),
+        for name, vc in contenders(up).items():
+            feats = (evaluate.dir_embeddings(vc, calibration_set),
                      external_feats[name] if name in external_feats else evaluate.dir_embeddings(vc, external))
             out[name] = [_calibrated(vc, labels, task, feats, patients) for task in TASKS]
-        io.write_json(calibrated, out)
-    results = json.loads(done.read_text())
-    for name, entries in json.loads(calibrated.read_text()).items():
+        io.write_json(root / "calibrated.json", out)
+        return {"file": str(root / "calibrated.json")}
+
+    train = {"steps": args.steps, "batch_size": args.batch_size}
+    done = run_stages(root, [
+        Stage("cohorts", cohorts, data_settings, dirs=(root / "data",)),
+        Stage("pretrain", pretrain, train, reads=("cohorts",), dirs=(root / "pretrain",)),
+        Stage("evaluate", evaluation, {"tasks": TASKS}, reads=("cohorts", "pretrain")),
+        Stage("calibrate", calibration, {"tasks": TASKS}, reads=("cohorts", "pretrain")),
+    ])
+    results = json.loads(Path(done["evaluate"]["file"]).read_text())
+    for name, entries in json.loads(Path(done["calibrate"]["file"]).read_text()).items():
         results[name]["zero_shot_calibrated"] = entries
     return results
 
