@@ -165,15 +165,38 @@ def white_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
     return torch.stack(canaries.projections).sum(0).numpy()
 
 
+def outlier_inputs(tokens: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor:
+    """`m` crafted inputs off the data: random directions orthogonal to every record (and to the constant
+    vector a layer norm removes), at the records' typical norm.
+
+    A canary's score is how much training moved the model on it. Drawn like the data (as before), every
+    record's gradient moved it too, and that interference buried its own. Off the data's span, a record's
+    gradient of the head's first layer (outer product of its normalised input with the output gradient) is
+    orthogonal to the canary's, so what moves a canary is its own gradient, the other canaries' (random
+    directions) and the noise. Only as many directions exist as the inputs have dimensions beyond the data's
+    (9 for a 128-wide projection head trained on 120 images), so many canaries still share them."""
+    flat = tokens.reshape(len(tokens), -1).double()
+    width = tokens.shape[-1]
+    ones = torch.zeros(flat.shape[1] // width, flat.shape[1], dtype=torch.float64)
+    for i in range(len(ones)):  # each position's constant vector: a layer norm subtracts it
+        ones[i, i * width:(i + 1) * width] = 1.0
+    basis = torch.cat([flat, ones])
+    _, s, vh = torch.linalg.svd(basis, full_matrices=False)
+    span = vh[s > s[0] * 1e-6]
+    z = torch.randn(m, flat.shape[1], generator=gen, dtype=torch.float64)
+    z = z - (z @ span.T) @ span
+    z = z / z.norm(dim=1, keepdim=True) * flat.norm(dim=1).mean()
+    return z.reshape(m, *tokens.shape[1:]).to(tokens.dtype)
+
+
 def black_box_scores(t: Training, included: np.ndarray, gen: torch.Generator, *,
                      broken: str | None = None) -> np.ndarray:
-    """Crafted input canaries: random prefix outputs (with the data's own spread) and random labels; score:
-    how much training raised the head's margin for the canary's label (after minus before: the model
-    before training is public, and the difference removes each canary's own starting margin)."""
+    """Crafted input canaries (`outlier_inputs`) with random labels; score: how much training raised the
+    head's margin for the canary's label (after minus before: the model before training is public, and the
+    difference removes each canary's own starting margin)."""
     m = len(included)
     classes = len(tasks.task(t.ft.task).classes)
-    scale = t.tokens.std(dim=0, keepdim=True)
-    tokens = t.tokens.mean(0, keepdim=True) + scale * torch.randn((m, *t.tokens.shape[1:]), generator=gen)
+    tokens = outlier_inputs(t.tokens, m, gen)
     labels = torch.randint(0, classes, (m,), generator=gen)
     inc = torch.from_numpy(included)
     extra = [f"canary:{i}" for i in np.flatnonzero(included)]  # each canary its own patient

@@ -2,6 +2,7 @@
 audit catches a mechanism whose noise is secretly off while its accounting claims epsilon = 1."""
 
 import pytest
+import torch
 
 from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon
 from fedclip.audits.results import AuditError
@@ -126,3 +127,20 @@ def test_a_patient_level_training_is_audited_per_patient(cohort, tmp_path):
     th = doc["theoretical"]
     assert th["unit"] == "patient" and th["neighbouring"] == "add/remove-one patient"
     assert th["epsilon"] == pytest.approx(2.0, rel=0.02) and doc["epsilon_lb"] <= th["epsilon"]
+
+
+def test_black_box_canaries_lie_off_the_datas_span_at_its_scale():
+    """Constructed: 40 records in a 12-dimensional subspace of 64 features; every crafted input is orthogonal to
+    each record and to the constant vector (what a layer norm removes), at the records' mean norm."""
+    from fedclip.audits.epsilon import outlier_inputs
+
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(64, 12, generator=gen))[0].T
+    records = (torch.randn(40, 12, generator=gen) @ basis + 3.0)[:, None, :]  # (records, 1 token, 64)
+    canaries = outlier_inputs(records, 30, gen)
+    assert canaries.shape == (30, 1, 64)
+    flat = canaries[:, 0].double()
+    assert (flat @ records[:, 0].double().T).abs().max() < 1e-6 * flat.norm(dim=1).max() * records.norm(dim=-1).max()
+    assert flat.sum(1).abs().max() < 1e-6 * flat.norm(dim=1).max()
+    assert float(flat.norm(dim=1).mean()) == pytest.approx(float(records[:, 0].norm(dim=1).mean()), rel=1e-4)
+    assert (flat @ flat.T - torch.diag(flat.pow(2).sum(1))).abs().max() < flat.pow(2).sum(1).mean()  # not one input
