@@ -1,7 +1,8 @@
 """What the audits cost and what they can find, on 2 CPU cores or more:
 
 1. the one-run ε audit's lower bound against the claim, ε = 1, 2, 4, 8, white-box (1,000 gradient canaries,
-   every privatized gradient seen) and black-box (500 input canaries, the final model), each analysed as
+   every privatized gradient seen, on a projection head) and black-box (100 outlier input canaries, the
+   final model, on a head with one trained block, honest and with the noise secretly off), each analysed as
    (ε, δ)-DP (Steinke, Nasr, Jagielski 2023) and as μ-GDP (Mahloujifar, Melis, Chaudhuri 2024);
 2. P5: RMIA with 2 reference models against LiRA with 16 (AUC, TPR@1%FPR, wall time; goal: within 0.01 AUC
    at <= 1/8 of the cost), and LiRA-16's references trained on Ray by `--workers` processes against the same
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,18 +37,20 @@ from tests.audits.conftest import federated_target, split_by_patient  # noqa: E4
 
 def epsilon_table(base: Path, members: Path) -> None:
     print("one-run ε audit, δ 1e-5 (ε_lb / claimed ε):")
-    print(f"{'claimed ε':>9}  {'threat':9}  {'canaries':>8}  {'(ε,δ)-DP':>14}  {'μ-GDP':>14}  {'s':>5}")
+    print(f"{'claimed ε':>9}  {'threat':9}  {'mechanism':9}  {'canaries':>8}  {'(ε,δ)-DP':>14}  {'μ-GDP':>14}  "
+          f"{'s':>5}")
+    projection = FinetuneConfig(task="referable_dr", train_blocks=0, epochs=3, batch_size=32, lr=1.0, dp=True)
+    one_block = replace(projection, train_blocks=1, lr=1e-3, optimizer="adamw")
     for claim in (1.0, 2.0, 4.0, 8.0):
-        ft = FinetuneConfig(task="referable_dr", train_blocks=0, epochs=3, batch_size=32, lr=1.0, dp=True,
-                            epsilon=claim, rounds=1)
-        t = prepare(base, members, ft)
-        eps = t.theoretical["epsilon"]
-        for threat, m in (("white-box", 1000), ("black-box", 500)):
+        for threat, ft, m, broken in (("white-box", projection, 1000, None), ("black-box", one_block, 100, None),
+                                      ("black-box", one_block, 100, "noise-off")):
+            t = prepare(base, members, replace(ft, epsilon=claim, rounds=1))
+            eps = t.theoretical["epsilon"]
             start = time.perf_counter()
-            b = one_run(t, EpsilonConfig(threat=threat, canaries=m))[0]
+            b = one_run(t, EpsilonConfig(threat=threat, canaries=m), broken=broken)[0]
             dp, gdp = b["epsilon_dp"]["epsilon_lb"], b["gdp"]["epsilon_lb"]
-            print(f"{eps:9.2f}  {threat:9}  {m:8d}  {dp:6.2f} ({dp / eps:4.2f})  {gdp:6.2f} ({gdp / eps:4.2f})  "
-                  f"{time.perf_counter() - start:5.0f}")
+            print(f"{eps:9.2f}  {threat:9}  {broken or 'honest':9}  {m:8d}  {dp:6.2f} ({dp / eps:4.2f})  "
+                  f"{gdp:6.2f} ({gdp / eps:4.2f})  {time.perf_counter() - start:5.0f}")
 
 
 def mia_cost(base: Path, d: dict[str, Path], root: Path, epochs: int, workers: int) -> None:

@@ -526,7 +526,7 @@ def audit_epsilon(
     threat: Annotated[str, typer.Option(help="white-box (the server's view) | black-box.")] = "white-box",
     canaries: Annotated[int | None, typer.Option(
         help="one-run: canaries, each included with probability 1/2 (default: white-box as many as 512 MiB of "
-             "directions holds, 500-10,000; black-box 500).")] = None,
+             "directions holds, 500-10,000; black-box 100).")] = None,
     trials: Annotated[int, typer.Option(help="trials: trainings, half of them with the canary.")] = 100,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
     seed: Annotated[int, typer.Option(help="The auditor's seed (canaries), never the training's noise.")] = 0,
