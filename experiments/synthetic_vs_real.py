@@ -72,6 +72,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     data_settings = {"seed": seed, "n": args.n, "size": args.size, "hospitals": args.hospitals,
                      "external": args.external, "calibration": args.calibration, "ablation": args.ablation}
     external_feats: dict[str, Any] = {}  # each model's external embeddings, computed once per process
+    loaded: dict[str, models.VisionClip] = {}  # the three models, loaded once for both evaluation stages
 
     def cohorts(_: Any) -> dict[str, Any]:
         private = CohortSpec(seed=cohort_seed(seed, "private"), size=args.size, hospital=args.hospitals)
@@ -107,8 +108,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         return out
 
     def contenders(up: Any) -> dict[str, models.VisionClip]:
-        return {"untrained": models.create("visionclip-tiny", seed=seed),
-                **{name: models.load_checkpoint(e["checkpoint"]) for name, e in up["pretrain"].items()}}
+        if not loaded:
+            loaded.update({"untrained": models.create("visionclip-tiny", seed=seed),
+                           **{name: models.load_checkpoint(e["checkpoint"]) for name, e in up["pretrain"].items()}})
+        return loaded
 
     def evaluation(up: Any) -> dict[str, Any]:
         external = Path(up["cohorts"]["external"])

@@ -107,15 +107,28 @@ class GradientCanaries:
         return draw
 
 
-class Plain:
+class _Step:
+    """What every step holds: the module it trains, its trained parameters and their optimizer."""
+
+    loader: Iterable[Batch]
+
+    def __init__(self, head: nn.Module, params: list[torch.Tensor], cfg: FinetuneConfig, by_patient: bool) -> None:
+        self.head, self.params, self.by_patient = head, params, by_patient
+        self.optimizer = make_optimizer(params, cfg)
+
+    def gradients(self) -> list[torch.Tensor]:
+        """The step's gradient as applied (privatized, for a DP step), in parameter order."""
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+
+
+class Plain(_Step):
     """No privacy promised: data order from the config seed, an ordinary backward pass."""
 
     def __init__(self, head: nn.Module, params: list[torch.Tensor], dataset: TensorDataset, cfg: FinetuneConfig,
                  *, by_patient: bool) -> None:
-        self.head, self.params, self.by_patient = head, params, by_patient
-        self.optimizer = make_optimizer(params, cfg)
-        self.loader: Iterable[Batch] = _with_mask(DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                                             generator=torch.Generator().manual_seed(cfg.seed)))
+        super().__init__(head, params, cfg, by_patient)
+        self.loader = _with_mask(DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                                            generator=torch.Generator().manual_seed(cfg.seed)))
 
     def step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the batch: (its mean record loss, its logits)."""
@@ -126,12 +139,8 @@ class Plain:
         self.optimizer.step()
         return loss, logits
 
-    def gradients(self) -> list[torch.Tensor]:
-        """The step's gradient as applied (privatized, for a DP step), in parameter order."""
-        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
 
-
-class BookKeepingDP(Plain):
+class BookKeepingDP(_Step):
     """DP-SGD with `fedclip.dp`'s book-keeping clipping on the head (see the module docstring)."""
 
     def __init__(self, head: nn.Module, params: list[torch.Tensor], dataset: TensorDataset, cfg: FinetuneConfig,
@@ -139,8 +148,7 @@ class BookKeepingDP(Plain):
                  noise_seed: int | None) -> None:
         if not supports(head):
             raise FedclipError("grad_sample_mode bk needs a head of linear and layer-norm layers; use hooks")
-        self.head, self.params, self.by_patient = head, params, by_patient
-        self.optimizer = make_optimizer(params, cfg)
+        super().__init__(head, params, cfg, by_patient)
         sampling, noise = dp_generators(noise_seed)
         self.privatizer = BookKeeping(head, params, max_grad_norm=cfg.max_grad_norm, noise_multiplier=sigma,
                                       expected_batch_size=expected_batch_size, generator=noise)
@@ -167,7 +175,7 @@ class BookKeepingDP(Plain):
             _break_noise(self.privatizer, how)
 
 
-class OpacusDP(Plain):
+class OpacusDP(_Step):
     """DP-SGD with Opacus' GradSampleModule and DPOptimizer around the head, fedclip's randomness and
     normalisation (see the module docstring)."""
 
@@ -176,13 +184,14 @@ class OpacusDP(Plain):
                  noise_seed: int | None) -> None:
         from opacus import PrivacyEngine
 
-        self.params, self.by_patient, self.mode = params, by_patient, cfg.grad_sample_mode
+        super().__init__(head, params, cfg, by_patient)
+        self.mode = cfg.grad_sample_mode
         sampling, noise = dp_generators(noise_seed)
         with warnings.catch_warnings():  # "Secure RNG turned off": fedclip supplies its own, see above
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=cfg.accountant)  # its accountant is unused: the ledger accounts
         criterion = nn.CrossEntropyLoss()
-        wrapped = engine.make_private(module=head, optimizer=make_optimizer(params, cfg),
+        wrapped = engine.make_private(module=head, optimizer=self.optimizer,
                                       data_loader=_poisson(dataset, sample_rate, sampling), criterion=criterion,
                                       noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                                       poisson_sampling=False, grad_sample_mode=cfg.grad_sample_mode,
