@@ -876,8 +876,8 @@ def experiment_run(
         if generator_study.is_generator_study(study_file(study)):
             outputs = generator_study.GeneratorStudy(generator_study.load(study_file(study), tuple(set_ or ())),
                                                      root).run(start_from=from_, on_event=event)
-            console.print(f"table: {outputs['report']['table']}; figure: {outputs['report']['figure']}; "
-                          f"results: {outputs['report']['results']}")
+            made = outputs["report"]
+            console.print(f"table: {made.table}; figure: {made.figure}; results: {made.results}")
             return
         cfg = load(study, tuple(set_ or ()))
         outputs = Study(cfg, root, verbose=verbose).run(start_from=from_, on_event=event)
@@ -886,7 +886,8 @@ def experiment_run(
     except KeyboardInterrupt:
         console.print(f"interrupted; run the same command to resume ({root})")
         raise typer.Exit(130) from None
-    doc = json.loads(Path(outputs["report"]["results"]).read_text())
+    report = outputs["report"]
+    doc = json.loads(Path(report.results).read_text())
     table = Table(title=f"{doc['task']}: quality at {doc['external_hospital']} (external) and at the hospitals; "
                   "leakage of the private cohort (patient level)")
     for col in CONSOLE_HEADER:
@@ -897,7 +898,7 @@ def experiment_run(
     r = doc["ratios"]
     console.print(f"synthetic ÷ real external balanced accuracy: "
                   f"{r['synthetic_over_private_external_balanced_accuracy']:.2f}")
-    console.print(f"report: {outputs['report']['pdf']} (also .html, .json); results: {outputs['report']['results']}")
+    console.print(f"report: {report.pdf} (also .html, .json); results: {report.results}")
 
 
 def _interrupted(out: Path) -> NoReturn:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from fedclip import evaluate, io, models
 from fedclip.data.records import Record, patient_key, read_metadata, write_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
+from fedclip.experiments import cohort_seed
+from fedclip.experiments.outputs import ResultsFile
 from fedclip.experiments.runner import Stage, run_stages
 from fedclip.synth import CohortSpec
 
@@ -103,6 +105,67 @@ def arms(c: GeneratorStudyConfig) -> list[Arm]:
     return out
 
 
+# ------------------------------------------------------------------- what the stages hand each other
+@dataclass(frozen=True)
+class Cohort:
+    """One training cohort (the pool's first n patients) and the part of it the audits score."""
+
+    dir: str
+    audited: str
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """`data`: the nested training cohorts by size, fresh patients, an external hospital."""
+
+    cohorts: dict[str, Cohort]  # str(patients) -> cohort
+    holdout: str
+    external: str
+
+
+@dataclass(frozen=True)
+class Population:
+    """`population`: the auditor's own patients (reference generators and DOMIAS draw on them)."""
+
+    dir: str
+
+
+@dataclass(frozen=True)
+class TrainedGenerator:
+    """`gen-*`: a generator's checkpoint, its weights' SHA-256 and its provenance's privacy statement."""
+
+    checkpoint: str
+    weights_sha256: str
+    privacy: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DownstreamClip:
+    """`clip-*`: a CLIP model pretrained on a corpus, zero-shot at the external hospital."""
+
+    checkpoint: str
+    corpus: str
+    corpus_images: int
+    balanced_accuracy: float
+    n: int
+    ci: dict[str, list[float]]
+    auc: float | None = None  # None where the external set has one class for the task
+
+
+@dataclass(frozen=True)
+class GeneratorReport:
+    """`report`: the study's results, table and figure."""
+
+    results: str
+    table: str
+    figure: str
+
+
+def _spec(c: GeneratorStudyConfig, role: str, hospital: str | None = None) -> CohortSpec:
+    """The study's `role` cohort (pool, holdout, external, population) at 64 px."""
+    return CohortSpec(seed=cohort_seed(c.seed, f"generator-{role}"), size=64, hospital=hospital or c.hospitals)
+
+
 class GeneratorStudy:
     def __init__(self, cfg: GeneratorStudyConfig, root: str | Path) -> None:
         self.cfg, self.root = cfg, Path(root)
@@ -112,55 +175,54 @@ class GeneratorStudy:
         c, r = self.cfg, self.root
         plain = cfglib.plain(c)
         data_keys = ("seed", "hospitals", "external_hospital", "cohort_sizes", "holdout_patients", "n_external")
-        out = [Stage("data", self._data, {k: plain[k] for k in data_keys}, dirs=(r / "data",),
+        out = [Stage("data", self._data, StudyData, {k: plain[k] for k in data_keys}, dirs=(r / "data",),
                      describe="private patients, fresh patients, an external hospital")]
         gen_keys = ("config", "batch_size", "dp_images_per_patient", "delta", "seed")
         audit_keys = ("holdout_patients", "audit_patients", "n_samples", "sample_steps", "seed", "refs")
         audit_reads: tuple[str, ...] = ("data",)
         if c.refs:
-            out.append(Stage("population", self._population, {k: plain[k] for k in ("seed", "hospitals",
-                                                                                   "population_patients")},
+            out.append(Stage("population", self._population, Population,
+                             {k: plain[k] for k in ("seed", "hospitals", "population_patients")},
                              dirs=(r / "population",), describe="the auditor's own patients (reference cohorts)"))
             audit_reads = ("data", "population")
         for arm in arms(c):
             settings = {**{k: plain[k] for k in gen_keys}, "arm": arm.name}
-            out.append(Stage(f"gen-{arm.name}", lambda up, a=arm: self._generator(a, up), settings, reads=("data",),
+            out.append(Stage(f"gen-{arm.name}", lambda up, a=arm: self._generator(a, up), TrainedGenerator, settings,
+                             reads=("data",),
                              dirs=(r / "generators" / arm.name, r / "nodes" / arm.name),
                              describe=f"train the generator on {arm.patients} patients, "
                                       f"{'no DP' if math.isinf(arm.epsilon) else f'DP eps {arm.epsilon:g}'}, "
                                       f"{arm.steps} steps"))
-            out.append(Stage(f"audit-{arm.name}", lambda up, a=arm: self._audit(a, up),
+            out.append(Stage(f"audit-{arm.name}", lambda up, a=arm: self._audit(a, up), ResultsFile,
                              {k: plain[k] for k in audit_keys}, reads=(*audit_reads, f"gen-{arm.name}"),
                              dirs=(r / "audits" / arm.name,), describe=f"audit generator {arm.name}"))
         largest = max(c.cohort_sizes)
         clip_keys = ("corpus", "pretrain_steps", "sample_steps", "task", "seed")
         downstream = [a for a in arms(c) if a.patients == largest and a.steps in (c.steps, c.dp_steps)]
         for arm in downstream:
-            out.append(Stage(f"clip-{arm.name}", lambda up, a=arm: self._clip(a.name, up),
+            out.append(Stage(f"clip-{arm.name}", lambda up, a=arm: self._clip(a.name, up), DownstreamClip,
                              {k: plain[k] for k in clip_keys}, reads=("data", f"gen-{arm.name}"),
                              dirs=(r / "clip" / arm.name,), describe=f"CLIP on generator {arm.name}'s corpus"))
-        out.append(Stage("clip-real", lambda up: self._clip("real", up), {k: plain[k] for k in clip_keys},
+        out.append(Stage("clip-real", lambda up: self._clip("real", up), DownstreamClip,
+                         {k: plain[k] for k in clip_keys},
                          reads=("data",), dirs=(r / "clip" / "real",),
                          describe=f"CLIP on the {largest} real patients themselves"))
         reads = tuple(s.name for s in out if s.name.startswith(("audit-", "clip-")))
-        out.append(Stage("report", self._report, plain, reads=("data", *reads), dirs=(r / "report",),
+        out.append(Stage("report", self._report, GeneratorReport, plain, reads=("data", *reads), dirs=(r / "report",),
                          describe="table and figure"))
         return out
 
-    def run(self, start_from: str | None = None, on_event: Any = None) -> dict[str, dict[str, Any]]:
+    def run(self, start_from: str | None = None, on_event: Any = None) -> dict[str, Any]:
         cfglib.write(self.root / "config.toml", {SECTION: self.cfg})
         return run_stages(self.root, self.stages(), start_from=start_from, on_event=on_event)
 
     # ------------------------------------------------------------------------------ stage bodies
-    def _data(self, up: dict) -> dict[str, Any]:
+    def _data(self, up: dict) -> StudyData:
         c, d = self.cfg, self.root / "data"
         largest = max(c.cohort_sizes)
-        pool = ensure_exported(CohortSpec(seed=c.seed, size=64, hospital=c.hospitals), d / "pool",
-                               largest * IMAGES_PER_PATIENT)
-        holdout = ensure_exported(CohortSpec(seed=c.seed + 1, size=64, hospital=c.hospitals), d / "holdout",
-                                  c.holdout_patients * IMAGES_PER_PATIENT)
-        external = ensure_exported(CohortSpec(seed=c.seed + 2, size=64, hospital=c.external_hospital),
-                                   d / "external", c.n_external)
+        pool = ensure_exported(_spec(c, "pool"), d / "pool", largest * IMAGES_PER_PATIENT)
+        holdout = ensure_exported(_spec(c, "holdout"), d / "holdout", c.holdout_patients * IMAGES_PER_PATIENT)
+        external = ensure_exported(_spec(c, "external", c.external_hospital), d / "external", c.n_external)
         rows = read_metadata(pool)
         patients: list[str] = []
         for r in rows:
@@ -178,16 +240,16 @@ class GeneratorStudy:
             if not (sub / "metadata.csv").exists():
                 write_metadata(sub, [Record(str(r.path(pool)), r.caption, r.labels, r.meta) for r in rows
                                      if r.meta["patient_id"] in audited])
-            cohorts[str(n)] = {"dir": str(cohort), "audited": str(sub)}
-        return {"cohorts": cohorts, "holdout": str(holdout), "external": str(external)}
+            cohorts[str(n)] = Cohort(str(cohort), str(sub))
+        return StudyData(cohorts, str(holdout), str(external))
 
-    def _population(self, up: dict) -> dict[str, Any]:
+    def _population(self, up: dict) -> Population:
         c = self.cfg  # a cohort seed of its own: neither the private pool, the holdout nor the external hospital
-        pop = ensure_exported(CohortSpec(seed=c.seed + 3, size=64, hospital=c.hospitals), self.root / "population",
+        pop = ensure_exported(_spec(c, "population"), self.root / "population",
                               c.population_patients * IMAGES_PER_PATIENT)
-        return {"dir": str(pop)}
+        return Population(str(pop))
 
-    def _generator(self, arm: Arm, up: dict) -> dict[str, Any]:
+    def _generator(self, arm: Arm, up: dict) -> TrainedGenerator:
         from fedclip.generate.train import GeneratorTrainConfig, ensure_generator
 
         c = self.cfg
@@ -196,7 +258,7 @@ class GeneratorStudy:
         if dp:  # the hospital declares its number of patients public (so q is not charged a noisy count)
             io.write_text(state / "policy.toml", f"[policy]\ndataset_size = {arm.patients}\n")
         cfg = GeneratorTrainConfig(
-            data=Path(up["data"]["cohorts"][str(arm.patients)]["dir"]), config=c.config, steps=arm.steps,
+            data=Path(up["data"].cohorts[str(arm.patients)].dir), config=c.config, steps=arm.steps,
             batch_size=min(c.batch_size, arm.patients) if dp else c.batch_size, seed=c.seed, save_every=0,
             hospitals=tuple(h.strip() for h in c.hospitals.split(",")),
             epsilon=arm.epsilon if dp else None, delta=c.delta, state_dir=state if dp else None,
@@ -205,51 +267,50 @@ class GeneratorStudy:
         from fedclip.generate.model import read_generator_config
 
         gcfg = read_generator_config(ckpt)
-        return {"checkpoint": str(ckpt), "weights_sha256": gcfg["weights_sha256"],
-                "privacy": gcfg["provenance"]["privacy"]}
+        return TrainedGenerator(str(ckpt), gcfg["weights_sha256"], gcfg["provenance"]["privacy"])
 
-    def _audit(self, arm: Arm, up: dict) -> dict[str, Any]:
+    def _audit(self, arm: Arm, up: dict) -> ResultsFile:
         from fedclip.audits.generator import GeneratorAuditConfig, run_generator_audit
         from fedclip.audits.results import RESULTS_FILE as AUDIT_RESULTS
 
-        c = self.cfg
+        c, data = self.cfg, up["data"]
         out = self.root / "audits" / arm.name
         if not (out / AUDIT_RESULTS).exists():
-            run_generator_audit(up[f"gen-{arm.name}"]["checkpoint"], up["data"]["cohorts"][str(arm.patients)][
-                "audited"], up["data"]["holdout"], out, GeneratorAuditConfig(
-                n_samples=c.n_samples, sample_steps=c.sample_steps, seed=c.seed, n_boot=500, refs=c.refs),
-                population=up["population"]["dir"] if c.refs else None)
-        return {"results": str(out / AUDIT_RESULTS)}
+            run_generator_audit(up[f"gen-{arm.name}"].checkpoint, data.cohorts[str(arm.patients)].audited,
+                                data.holdout, out, GeneratorAuditConfig(n_samples=c.n_samples,
+                                                                        sample_steps=c.sample_steps, seed=c.seed,
+                                                                        n_boot=500, refs=c.refs),
+                                population=up["population"].dir if c.refs else None)
+        return ResultsFile.of(out / AUDIT_RESULTS)
 
-    def _clip(self, name: str, up: dict) -> dict[str, Any]:
+    def _clip(self, name: str, up: dict) -> DownstreamClip:
         from fedclip.generate.sample import SampleConfig, sample_dataset
         from fedclip.pretrain import PretrainConfig, ensure_pretrained
 
-        c, d = self.cfg, self.root / "clip" / name
+        c, d, data = self.cfg, self.root / "clip" / name, up["data"]
         if name == "real":
-            corpus = Path(up["data"]["cohorts"][str(max(c.cohort_sizes))]["dir"])
+            corpus = Path(data.cohorts[str(max(c.cohort_sizes))].dir)
         else:
             corpus = d / "corpus"
             if not (corpus / "metadata.csv").exists():
-                sample_dataset(up[f"gen-{name}"]["checkpoint"], corpus,
+                sample_dataset(up[f"gen-{name}"].checkpoint, corpus,
                                SampleConfig(n=c.corpus, seed=c.seed, steps=c.sample_steps))
         images = len(read_metadata(corpus))
         ckpt = ensure_pretrained(PretrainConfig(data=corpus, steps=c.pretrain_steps, batch_size=min(64, images),
                                                 lr=1e-3, warmup=10, workers=0, seed=c.seed), d / "run")
-        ext = read_metadata(up["data"]["external"])
+        ext = read_metadata(data.external)
         vc = models.load_checkpoint(ckpt)
-        res = evaluate.zero_shot(vc, [r.path(up["data"]["external"]) for r in ext], [r.labels for r in ext], c.task,
+        res = evaluate.zero_shot(vc, [r.path(data.external) for r in ext], [r.labels for r in ext], c.task,
                                  n_boot=500, patients=[patient_key(r) for r in ext])
-        keys = ("balanced_accuracy", "auc", "n")
-        return {"checkpoint": str(ckpt), "corpus": str(corpus), "corpus_images": images,
-                **{k: res[k] for k in keys if k in res}, "ci": {k: v for k, v in res["ci"].items()
-                                                                    if k in ("balanced_accuracy", "auc")}}
+        return DownstreamClip(str(ckpt), str(corpus), images, res["balanced_accuracy"], res["n"],
+                              {k: list(v) for k, v in res["ci"].items() if k in ("balanced_accuracy", "auc")},
+                              auc=res.get("auc"))
 
-    def _report(self, up: dict) -> dict[str, Any]:
+    def _report(self, up: dict) -> GeneratorReport:
         c, out = self.cfg, self.root / "report"
         rows = []
         for arm in arms(c):
-            doc = json.loads(Path(up[f"audit-{arm.name}"]["results"]).read_text())
+            doc = json.loads(Path(up[f"audit-{arm.name}"].results).read_text())
             white, black = doc["attacks"]["white-box-loss"]["patient"], doc["attacks"]["black-box-dcr"]["patient"]
             privacy = doc["target"]["privacy"]
             rows.append({
@@ -269,13 +330,13 @@ class GeneratorStudy:
                 "frechet_samples": doc["fidelity"]["frechet_samples_to_holdout"],
                 "frechet_real": doc["fidelity"]["frechet_members_to_holdout"],
                 "verdict": "copies" if doc["verdict"]["copies"] else "no evidence"})
-        downstream = {name.removeprefix("clip-"): out_ for name, out_ in up.items() if name.startswith("clip-")}
+        downstream = {name.removeprefix("clip-"): asdict(out_) for name, out_ in up.items() if name.startswith("clip-")}
         result = {"config": cfglib.plain(c), "generators": rows, "downstream": downstream,
                   "unit": "patient", "neighbouring": "add/remove-one patient", "delta": c.delta}
         io.write_json(out / RESULTS_FILE, result)
         io.write_text(out / TABLE_FILE, markdown(result))
         figure(rows, out / FIGURE_FILE)
-        return {"results": str(out / RESULTS_FILE), "table": str(out / TABLE_FILE), "figure": str(out / FIGURE_FILE)}
+        return GeneratorReport(str(out / RESULTS_FILE), str(out / TABLE_FILE), str(out / FIGURE_FILE))
 
 
 def _ci(ci: list[float] | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from fedclip.audits.mia import strongest_attack  # noqa: E402
 from fedclip.audits.report import Section, figure_png  # noqa: E402
 from fedclip.audits.report import render as render_audits  # noqa: E402
 from fedclip.audits.results import load_results  # noqa: E402
+from fedclip.experiments.outputs import Cohorts, Federation, ResultsFile, Synthesized  # noqa: E402
 
 if TYPE_CHECKING:  # the study module imports this one
     from fedclip.experiments.study import StudyConfig
@@ -72,13 +74,25 @@ def _eps_lb(doc: dict[str, Any] | None) -> dict[str, Any] | None:
                    f"{doc['config']['confidence']:.0%} confidence"}
 
 
-def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Inputs:
+    """What the headline is built from: the study's stage outputs it reads."""
+
+    data: Cohorts
+    synthesized: Synthesized
+    evaluation: ResultsFile  # evaluate's results.json: every model zero-shot and by linear probe
+    federations: dict[str, Federation]
+    audits: dict[str, str]  # audit name -> its dir
+
+
+def build(cfg: StudyConfig, inputs: Inputs) -> dict[str, Any]:
     """The study's results document (results.json): the headline rows, ratios and the epsilon sweep."""
-    ev = json.loads(Path(up["evaluate"]["results"]).read_text())
-    audits = {name: entry["dir"] for name, entry in up["audit"].items()}
+    ev = json.loads(Path(inputs.evaluation.results).read_text())
+    audits = inputs.audits
     rows: list[dict[str, Any]] = []
-    corpus = up["synthesize"]["corpus"]
-    generator = (up["synthesize"].get("generator") or {}).get("privacy")  # a DP release of the members' statistics
+    corpus = inputs.synthesized.corpus
+    release = inputs.synthesized.generator
+    generator = release.privacy if release else None  # a DP release of the members' statistics
     synthetic_dp = (f"no patient record trained it; generator statistics ε = {generator['epsilon']:g}"
                     if generator else "not needed: no patient record trained it")
     for name in ("synthetic", "private"):
@@ -86,8 +100,8 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
         hosp = _task_entry(ev[name]["hospitals_zero_shot"], cfg.task)
         rows.append({
             "model": name, "stage": "pretrained",
-            "data": (f"synthetic corpus ({corpus['n']} images)" if name == "synthetic"
-                     else f"private cohort ({up['data']['members']['n']} images)"),
+            "data": (f"synthetic corpus ({corpus.n} images)" if name == "synthetic"
+                     else f"private cohort ({inputs.data.members.n} images)"),
             "dp": synthetic_dp if name == "synthetic" else "none (ε = ∞)",
             "dp_short": (f"{generator['epsilon']:g} (gen.)" if generator else "-") if name == "synthetic" else "∞",
             "ledger_epsilon": None,
@@ -95,18 +109,18 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
             "hospitals_balanced_accuracy": hosp["balanced_accuracy"],
             "mia": _mia(_results(audits, f"mia-{name}")), "epsilon_lb": None,
         })
-    for name, fed in up["federate"].items():
-        start = fed["rounds"][0].get("balanced_accuracy") if fed["rounds"] else None
-        end = fed["rounds"][-1].get("balanced_accuracy") if fed["rounds"] else None
-        ledger = fed["ledger_epsilon"]
+    for name, fed in inputs.federations.items():
+        start = fed.rounds[0].get("balanced_accuracy") if fed.rounds else None
+        end = fed.rounds[-1].get("balanced_accuracy") if fed.rounds else None
+        ledger = fed.ledger_epsilon
         rows.append({
-            "model": name, "stage": "federated", "base": fed["model"],
-            "data": f"{fed['model']}, then {'DP ' if fed['dp'] else ''}federated fine-tuning on the members",
-            "dp": _fed_dp(fed, ledger),
-            "dp_short": (f"{ledger:.2f}" if ledger is not None else "-") if fed["dp"] else "∞",
-            "ledger_epsilon": ledger, "requested_epsilon": None if math.isinf(fed["epsilon"]) else fed["epsilon"],
-            "external": {"balanced_accuracy": _metric(fed["external"], "balanced_accuracy"),
-                         "auc": _metric(fed["external"], "auc")},
+            "model": name, "stage": "federated", "base": fed.model,
+            "data": f"{fed.model}, then {'DP ' if fed.dp else ''}federated fine-tuning on the members",
+            "dp": _fed_dp(fed),
+            "dp_short": (f"{ledger:.2f}" if ledger is not None else "-") if fed.dp else "∞",
+            "ledger_epsilon": ledger, "requested_epsilon": None if math.isinf(fed.epsilon) else fed.epsilon,
+            "external": {"balanced_accuracy": _metric(fed.external, "balanced_accuracy"),
+                         "auc": _metric(fed.external, "auc")},
             "hospitals_balanced_accuracy": end, "hospitals_start": start,
             "finetuning_helped": None if start is None or end is None else end >= start,
             "mia": _mia(_results(audits, f"mia-{name}")),
@@ -128,13 +142,13 @@ def build(cfg: StudyConfig, up: Mapping[str, Any]) -> dict[str, Any]:
             "summaries": _summaries(other), "config": cfglib.plain(cfg)}
 
 
-def _fed_dp(fed: Mapping[str, Any], ledger: float | None) -> str:
-    if not fed["dp"]:
+def _fed_dp(fed: Federation) -> str:
+    if not fed.dp:
         return "none (ε = ∞)"
-    text = f"{ledger:.2f}" if ledger is not None else "-"
+    text = f"{fed.ledger_epsilon:.2f}" if fed.ledger_epsilon is not None else "-"
     # the real-data model's pretraining saw the members without DP: the fine-tuning's epsilon bounds only
     # what fine-tuning adds
-    return text + (" (fine-tuning; pretraining ε = ∞)" if fed["model"] == "private" else "")
+    return text + (" (fine-tuning; pretraining ε = ∞)" if fed.model == "private" else "")
 
 
 def _summaries(other: Mapping[str, Any]) -> dict[str, str]:

@@ -19,7 +19,6 @@ an interrupted one resumes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -29,9 +28,20 @@ from typing import Any
 
 from fedclip import config as cfglib
 from fedclip import evaluate, io, models
-from fedclip.data.records import fingerprint, read_metadata
 from fedclip.errors import FedclipError
 from fedclip.experiments import STUDIES_DIR, cohort_seed, headline
+from fedclip.experiments.outputs import (
+    AuditDir,
+    Checkpoint,
+    Cohorts,
+    Dataset,
+    Federation,
+    GeneratorRelease,
+    Pretrained,
+    ResultsFile,
+    StudyReport,
+    Synthesized,
+)
 from fedclip.experiments.runner import STAGES_DIR, Stage, run_stages
 from fedclip.federated.config import FederateConfig, federated_finetune
 from fedclip.pretrain import PretrainConfig
@@ -165,15 +175,6 @@ def federation_names(cfg: StudyConfig) -> list[tuple[str, str, float]]:
     return [(f"{m}-{_eps_name(e)}", m, e) for m in cfg.federate_models for e in cfg.epsilons]
 
 
-def _dataset(path: Path) -> dict[str, Any]:
-    records = read_metadata(path)
-    return {"dir": str(path), "n": len(records), "fingerprint": fingerprint(records)}
-
-
-def _checkpoint(path: Path) -> dict[str, Any]:
-    return {"checkpoint": str(path), "weights_sha256": models.read_checkpoint_config(path).get("weights_sha256")}
-
-
 # ---------------------------------------------------------------------------------------- stages
 class Study:
     """The stages of one study in one dir; `run()` chains them."""
@@ -187,7 +188,7 @@ class Study:
         return CohortSpec(seed=cohort_seed(self.cfg.seed, "private"), size=self.cfg.size, hospital=self.cfg.hospitals)
 
     # 1 ------------------------------------------------------------------------------------------
-    def data(self, _: Mapping[str, Any]) -> dict[str, Any]:
+    def data(self, _: Mapping[str, Any]) -> Cohorts:
         from fedclip.data.synthetic import ensure_exported
         from fedclip.synth import CohortSpec
 
@@ -201,18 +202,18 @@ class Study:
                                                     hospital=c.external_hospital),
                          c.n_external),
         }
-        return {name: _dataset(Path(given) if given else ensure_exported(spec, d / name, n, c.workers))
-                for name, (given, spec, n) in made.items()}
+        return Cohorts(**{name: Dataset.of(Path(given) if given else ensure_exported(spec, d / name, n, c.workers))
+                          for name, (given, spec, n) in made.items()})
 
     # 2 ------------------------------------------------------------------------------------------
-    def synthesize(self, up: Mapping[str, Any]) -> dict[str, Any]:
+    def synthesize(self, up: Mapping[str, Any]) -> Synthesized:
         from fedclip.data.synthetic import ensure_exported
         from fedclip.synth import patient
         from fedclip.synth.estimate import estimate, synthetic_spec
 
         c = self.cfg
         if c.synthetic_data is not None:
-            return {"corpus": _dataset(Path(c.synthetic_data)), "generator": None}
+            return Synthesized(Dataset.of(Path(c.synthetic_data)), generator=None)
         if c.private_data is not None:
             raise FedclipError("study.private_data is your own cohort: fitting the generator to it is not supported; "
                                "pass study.synthetic_data as well (e.g. SynFundus-1M, fedclip data import)")
@@ -224,40 +225,40 @@ class Study:
                          delta=c.generator_delta)
         io.write_json(self.root / "synthetic" / "cohort_statistics.json", asdict(stats))
         synth = synthetic_spec(stats, seed=cohort_seed(c.seed, "synthetic"), size=c.size, visits=spec.visits)
-        corpus = ensure_exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or up["data"]["members"]["n"],
-                           c.workers)
-        return {"corpus": _dataset(corpus), "generator": {
-            "statistics": str(self.root / "synthetic" / "cohort_statistics.json"), "privacy": stats.privacy}}
+        data: Cohorts = up["data"]
+        corpus = ensure_exported(synth, self.root / "synthetic" / "corpus", c.n_synthetic or data.members.n, c.workers)
+        return Synthesized(Dataset.of(corpus), GeneratorRelease(
+            str(self.root / "synthetic" / "cohort_statistics.json"), stats.privacy))
 
     # 3 ------------------------------------------------------------------------------------------
-    def pretrain(self, up: Mapping[str, Any]) -> dict[str, Any]:
+    def pretrain(self, up: Mapping[str, Any]) -> Pretrained:
         from fedclip.pretrain import ensure_pretrained
 
-        c = self.cfg
-        data = {"synthetic": up["synthesize"]["corpus"]["dir"], "private": up["data"]["members"]["dir"]}
+        c, cohorts, synthesized = self.cfg, up["data"], up["synthesize"]
+        data = {"synthetic": synthesized.corpus.dir, "private": cohorts.members.dir}
         if c.dejavu or c.pretrain.canaries:
             # deja-vu and exposure compare the real-data model with one trained alike on *other* patients of
             # the same hospitals: what it knows about a member, the population teaches; the rest is memory
-            data["reference"] = up["data"]["holdout"]["dir"]
+            data["reference"] = cohorts.holdout.dir
         out = {}
         for name, data_dir in data.items():
             run = self.root / "pretrain" / name
             pcfg = replace(c.pretrain, data=Path(data_dir), seed=c.seed,
-                           batch_size=min(c.pretrain.batch_size, up["data"]["members"]["n"]),
+                           batch_size=min(c.pretrain.batch_size, cohorts.members.n),
                            canaries=c.pretrain.canaries if name == "private" else 0)
-            out[name] = {"run": str(run), **_checkpoint(ensure_pretrained(pcfg, run))}
-        return out
+            out[name] = Checkpoint.of(ensure_pretrained(pcfg, run), run)
+        return Pretrained(**out)
 
     # 4 ------------------------------------------------------------------------------------------
-    def evaluate(self, up: Mapping[str, Any]) -> dict[str, Any]:
-        c = self.cfg
+    def evaluate(self, up: Mapping[str, Any]) -> ResultsFile:
+        c, pretrained = self.cfg, up["pretrain"]
         path = self.root / "evaluate" / "results.json"
         if path.exists():
-            return {"results": str(path), "sha256": _sha256(path)}
-        contenders = {"synthetic": models.load_checkpoint(up["pretrain"]["synthetic"]["checkpoint"]),
-                      "private": models.load_checkpoint(up["pretrain"]["private"]["checkpoint"]),
+            return ResultsFile.of(path)
+        contenders = {"synthetic": models.load_checkpoint(pretrained.synthetic.checkpoint),
+                      "private": models.load_checkpoint(pretrained.private.checkpoint),
                       "untrained": models.create(c.pretrain.model, seed=c.seed)}
-        external, test = up["data"]["external"]["dir"], up["data"]["test"]["dir"]
+        external, test = up["data"].external.dir, up["data"].test.dir
         results: dict[str, Any] = {}
         for name, vc in contenders.items():
             feats = evaluate.dir_embeddings(vc, external)  # once for both modes
@@ -268,21 +269,21 @@ class Study:
                 "hospitals_zero_shot": evaluate.evaluate_dir(vc, test, (c.task,)),
             }
         io.write_json(path, results)
-        return {"results": str(path), "sha256": _sha256(path)}
+        return ResultsFile.of(path)
 
     # 5 ------------------------------------------------------------------------------------------
-    def federate(self, up: Mapping[str, Any]) -> dict[str, Any]:
+    def federate(self, up: Mapping[str, Any]) -> dict[str, Federation]:
         from fedclip.federated.policy import NodePolicy
         from fedclip.federated.simulation import simulate
 
-        c = self.cfg
+        c, cohorts, pretrained = self.cfg, up["data"], up["pretrain"]
         finite = [e for e in c.epsilons if not math.isinf(e)]
         out = {}
         for name, model, eps in federation_names(c):
             dp = not math.isinf(eps)
             run = RunDir(self.root / "federate" / name)
-            fed = replace(c.federate, checkpoint=Path(up["pretrain"][model]["checkpoint"]),
-                          data=Path(up["data"]["members"]["dir"]), eval_data=Path(up["data"]["test"]["dir"]),
+            fed = replace(c.federate, checkpoint=Path(pretrained.model(model).checkpoint),
+                          data=Path(cohorts.members.dir), eval_data=Path(cohorts.test.dir),
                           out=run.root, resume=run.state.exists(), clients=len(c.hospital_names),
                           partitioning="hospital", seed=c.seed
                           ).with_finetune(task=c.task, dp=dp, epsilon=eps if dp else 8.0)
@@ -293,48 +294,49 @@ class Study:
                 policy = NodePolicy(dp_required=dp, max_epsilon=max(finite, default=8.0))
                 simulate(fed, verbose=self.verbose,
                          state_root=self.root / "nodes" / name, policies=[policy] * fed.clients)
-            result = _federation_result(fed.out)
-            last = run.checkpoint()
-            ext = evaluate.evaluate_dir(models.load_checkpoint(last), up["data"]["external"]["dir"], (c.task,))[0]
-            out[name] = {"model": model, "epsilon": eps, "dp": dp, "run": str(fed.out), **_checkpoint(last),
-                         **result, "external": ext}
+            last = Checkpoint.of(run.checkpoint())
+            ext = evaluate.evaluate_dir(models.load_checkpoint(last.checkpoint), cohorts.external.dir, (c.task,))[0]
+            out[name] = Federation(model=model, epsilon=eps, dp=dp, run=str(fed.out), checkpoint=last.checkpoint,
+                                   weights_sha256=last.weights_sha256, external=ext, **_federation_result(fed.out))
         return out
 
     # 6 ------------------------------------------------------------------------------------------
-    def audit(self, up: Mapping[str, Any]) -> dict[str, Any]:
+    def audit(self, up: Mapping[str, Any]) -> dict[str, AuditDir]:
         from fedclip.audits.copying import CopyingConfig, run_copying
         from fedclip.audits.dejavu import DejavuConfig, run_dejavu
         from fedclip.audits.exposure import ExposureConfig, run_exposure
         from fedclip.audits.mia import MiaConfig, run_mia
 
         c, a = self.cfg, self.root / "audits"
-        members, holdout = up["data"]["members"]["dir"], up["data"]["holdout"]["dir"]
+        cohorts: Cohorts = up["data"]
+        synthesized: Synthesized = up["synthesize"]
+        pretrained: Pretrained = up["pretrain"]
+        federations: dict[str, Federation] = up["federate"]
+        members, holdout = cohorts.members.dir, cohorts.holdout.dir
         jobs: dict[str, Callable[[Path], Any]] = {}
         for model in ("synthetic", "private"):
             via = "generator" if model == "synthetic" else "training"
             jobs[f"mia-{model}"] = lambda out, m=model, v=via: run_mia(
-                up["pretrain"][m]["checkpoint"], members, holdout, None,
+                pretrained.model(m).checkpoint, members, holdout, None,
                 MiaConfig(attacks=("loss",), level="patient", seed=c.seed, members_via=v), out)
-        for name, fed in up["federate"].items():
+        for name, fed in federations.items():
             attacks = tuple(c.mia_attacks)
-            population = up["data"]["test"]["dir"] if any(x.startswith("rmia") for x in attacks) else None
+            population = cohorts.test.dir if any(x.startswith("rmia") for x in attacks) else None
             jobs[f"mia-{name}"] = lambda out, f=fed, p=population, at=attacks: run_mia(
-                f["checkpoint"], members, holdout, p, MiaConfig(attacks=at, refs=c.mia_refs, level="patient",
-                                                                 seed=c.seed), out)
-            if fed["dp"]:
+                f.checkpoint, members, holdout, p, MiaConfig(attacks=at, refs=c.mia_refs, level="patient",
+                                                             seed=c.seed), out)
+            if fed.dp:
                 jobs[f"epsilon-{name}"] = lambda out, f=fed: _epsilon(f, c, out)
-        if c.copying and up["synthesize"]["generator"] is not None:
-            jobs["copying"] = lambda out: run_copying(up["synthesize"]["corpus"]["dir"], members, holdout,
+        if c.copying and synthesized.generator is not None:
+            jobs["copying"] = lambda out: run_copying(synthesized.corpus.dir, members, holdout,
                                                       CopyingConfig(seed=c.seed), out)
-        if c.dejavu:
-            jobs["dejavu"] = lambda out: run_dejavu(up["pretrain"]["private"]["checkpoint"],
-                                                    up["pretrain"]["reference"]["checkpoint"], members,
-                                                    up["data"]["external"]["dir"], DejavuConfig(seed=c.seed), out)
-        if c.pretrain.canaries:
-            jobs["exposure"] = lambda out: run_exposure(up["pretrain"]["private"]["checkpoint"],
-                                                        up["pretrain"]["private"]["run"],
-                                                        up["pretrain"]["reference"]["checkpoint"],
-                                                        ExposureConfig(seed=c.seed), out)
+        reference = pretrained.reference
+        if c.dejavu and reference is not None:
+            jobs["dejavu"] = lambda out: run_dejavu(pretrained.private.checkpoint, reference.checkpoint, members,
+                                                    cohorts.external.dir, DejavuConfig(seed=c.seed), out)
+        if c.pretrain.canaries and reference is not None:
+            jobs["exposure"] = lambda out: run_exposure(pretrained.private.checkpoint, pretrained.private.run,
+                                                        reference.checkpoint, ExposureConfig(seed=c.seed), out)
         from fedclip.progress import progress_bar
 
         with progress_bar("audits", len(jobs)) as advance:
@@ -343,14 +345,16 @@ class Study:
                     job(a / name)
                 advance(1)
         # each audit's results digest: the report reruns when an audit's results change
-        return {name: {"dir": str(a / name), "sha256": _sha256(a / name / "results.json")} for name in jobs}
+        return {name: AuditDir(str(a / name), ResultsFile.of(a / name / "results.json").sha256) for name in jobs}
 
     # 7 ------------------------------------------------------------------------------------------
-    def report(self, up: Mapping[str, Any]) -> dict[str, Any]:
-        doc = headline.build(self.cfg, up)
+    def report(self, up: Mapping[str, Any]) -> StudyReport:
+        audits = {name: entry.dir for name, entry in up["audit"].items()}
+        doc = headline.build(self.cfg, headline.Inputs(up["data"], up["synthesize"], up["evaluate"], up["federate"],
+                                                       audits))
         io.write_json(self.root / "results.json", doc)
-        paths = headline.render(self.cfg, doc, {k: v["dir"] for k, v in up["audit"].items()}, self.root / "report")
-        return {"results": str(self.root / "results.json"), **{k: str(v) for k, v in paths.items()}}
+        paths = headline.render(self.cfg, doc, audits, self.root / "report")
+        return StudyReport(results=str(self.root / "results.json"), **{k: str(v) for k, v in paths.items()})
 
     # --------------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
@@ -365,23 +369,29 @@ class Study:
             return {k: cfglib.to_toml_value(getattr(c, k)) for k in keys}
 
         return [
-            Stage("data", self.data, pick(data_keys), (), (r / "data",),
-                  "the private cohort (members, held-out patients), the hospitals' test patients, an external "
-                  "hospital"),
-            Stage("synthesize", self.synthesize, pick(("n_synthetic", "synthetic_data", "generator_epsilon",
-                                                       "generator_delta", "seed", "size")), ("data",),
-                  (r / "synthetic",), "the Med-AIGC step: generator fitted to the members, a synthetic corpus"),
-            Stage("pretrain", self.pretrain, pick(pre_keys), ("data", "synthesize"), (r / "pretrain",),
-                  "a synthetic-data and a real-data model (and a reference on other patients), pretrained alike"),
-            Stage("evaluate", self.evaluate, pick(("tasks", "task", "probe", "seed")), ("data", "pretrain"),
-                  (r / "evaluate",), "zero-shot and linear probe on the external hospital"),
-            Stage("federate", self.federate, pick(fed_keys), ("data", "pretrain"), (r / "federate", r / "nodes"),
-                  "DP federated fine-tuning of each model across the hospitals"),
-            Stage("audit", self.audit, pick(aud_keys), ("data", "synthesize", "pretrain", "federate"),
-                  (r / "audits",), "membership, epsilon lower bounds, copying, deja-vu, exposure"),
-            Stage("report", self.report, {**pick(("task", "description")), "format": headline.FORMAT},
-                  ("data", "synthesize", "pretrain", "evaluate", "federate", "audit"), (r / "report",),
-                  "the comparison report (HTML, PDF, JSON)"),
+            Stage("data", self.data, Cohorts, pick(data_keys), dirs=(r / "data",),
+                  describe="the private cohort (members, held-out patients), the hospitals' test patients, an "
+                           "external hospital"),
+            Stage("synthesize", self.synthesize, Synthesized,
+                  pick(("n_synthetic", "synthetic_data", "generator_epsilon", "generator_delta", "seed", "size")),
+                  reads=("data",), dirs=(r / "synthetic",),
+                  describe="the Med-AIGC step: generator fitted to the members, a synthetic corpus"),
+            Stage("pretrain", self.pretrain, Pretrained, pick(pre_keys), reads=("data", "synthesize"),
+                  dirs=(r / "pretrain",),
+                  describe="a synthetic-data and a real-data model (and a reference on other patients), pretrained "
+                           "alike"),
+            Stage("evaluate", self.evaluate, ResultsFile, pick(("tasks", "task", "probe", "seed")),
+                  reads=("data", "pretrain"), dirs=(r / "evaluate",),
+                  describe="zero-shot and linear probe on the external hospital"),
+            Stage("federate", self.federate, dict[str, Federation], pick(fed_keys), reads=("data", "pretrain"),
+                  dirs=(r / "federate", r / "nodes"),
+                  describe="DP federated fine-tuning of each model across the hospitals"),
+            Stage("audit", self.audit, dict[str, AuditDir], pick(aud_keys),
+                  reads=("data", "synthesize", "pretrain", "federate"), dirs=(r / "audits",),
+                  describe="membership, epsilon lower bounds, copying, deja-vu, exposure"),
+            Stage("report", self.report, StudyReport, {**pick(("task", "description")), "format": headline.FORMAT},
+                  reads=("data", "synthesize", "pretrain", "evaluate", "federate", "audit"), dirs=(r / "report",),
+                  describe="the comparison report (HTML, PDF, JSON)"),
         ]
 
     def run(self, start_from: str | None = None, on_event: Callable[..., None] | None = None) -> dict[str, Any]:
@@ -398,10 +408,6 @@ class Study:
         return run_stages(self.root, stages, start_from=start_from, on_event=on_event)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _federation_result(out: Path) -> dict[str, Any]:
     """Per-round server evaluation at the hospitals' test patients and the nodes' ledger spend."""
     from fedclip.federated.simulation import summary
@@ -414,10 +420,10 @@ def _federation_result(out: Path) -> dict[str, Any]:
             "ledger": [row.to_json() for row in s.ledger]}
 
 
-def _epsilon(fed: Mapping[str, Any], c: StudyConfig, out: Path) -> dict[str, Any]:
+def _epsilon(fed: Federation, c: StudyConfig, out: Path) -> dict[str, Any]:
     """The one-run white-box bound of what one hospital ran over the whole federation."""
     from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon, settings_from_run
 
-    base, data, ft, ledger_eps = settings_from_run(fed["run"])
+    base, data, ft, ledger_eps = settings_from_run(fed.run)
     return run_epsilon(prepare(base, data, ft), EpsilonConfig(canaries=c.epsilon_canaries, seed=c.seed), out,
-                       source={"run": fed["run"], "data": str(data)}, ledger_epsilon=ledger_eps)
+                       source={"run": fed.run, "data": str(data)}, ledger_epsilon=ledger_eps)

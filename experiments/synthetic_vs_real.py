@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from fedclip.data.records import patient_key, read_metadata
 from fedclip.data.synthetic import ensure_exported
 from fedclip.errors import FedclipError
 from fedclip.experiments import cohort_seed
+from fedclip.experiments.outputs import Checkpoint, ResultsFile
 from fedclip.experiments.runner import Stage, run_stages
 from fedclip.pretrain import PretrainConfig, ensure_pretrained
 from fedclip.synth import CohortSpec, patient
@@ -64,6 +65,16 @@ def corpus_profile(data: Path) -> dict[str, Any]:
             "mean_rgb_first_500": colour.round(2).tolist()}
 
 
+@dataclass(frozen=True)
+class Corpora:
+    """One seed's `cohorts` stage: the dataset dirs both models train on and are judged with."""
+
+    private: str  # the private cohort (the real-data model's corpus)
+    synthetic: str  # drawn from statistics estimated on the private cohort
+    external: str  # lakeshore: the camera neither model saw
+    calibration: str  # fresh synthetic patients, where zero-shot boundaries are calibrated
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One seed's three models, evaluated on every task (zero-shot, zero-shot calibrated on a fresh synthetic
     set, linear probe), as four stages of `experiments.runner` in `OUT/seed-S`: a finished stage is reused, a
@@ -74,7 +85,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     external_feats: dict[str, Any] = {}  # each model's external embeddings, computed once per process
     loaded: dict[str, models.VisionClip] = {}  # the three models, loaded once for both evaluation stages
 
-    def cohorts(_: Any) -> dict[str, Any]:
+    def cohorts(_: Any) -> Corpora:
         private = CohortSpec(seed=cohort_seed(seed, "private"), size=args.size, hospital=args.hospitals)
         cohort = [patient(private, i) for i in range(-(-args.n // private.images_per_patient))]
         stats = estimate(cohort)
@@ -85,47 +96,46 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             grades = np.bincount([max(p.dr_grade) for p in cohort], minlength=5) / len(cohort)
             synthetic = replace(synthetic, diabetic_rate=1.0, dr_grades=tuple(float(g) for g in grades))
         d = root / "data"
-        return {
-            "private": str(ensure_exported(private, d / "private", args.n, args.workers)),
-            "synthetic": str(ensure_exported(synthetic, d / "synthetic", args.n, args.workers)),
-            "external": str(ensure_exported(CohortSpec(seed=cohort_seed(seed, "external"), size=args.size,
-                                                       hospital="lakeshore"), d / "external", args.external,
-                                            args.workers)),
+        return Corpora(
+            private=str(ensure_exported(private, d / "private", args.n, args.workers)),
+            synthetic=str(ensure_exported(synthetic, d / "synthetic", args.n, args.workers)),
+            external=str(ensure_exported(CohortSpec(seed=cohort_seed(seed, "external"), size=args.size,
+                                                    hospital="lakeshore"), d / "external", args.external,
+                                         args.workers)),
             # new synthetic patients, public like the corpus: where both models' zero-shot boundaries are calibrated
-            "calibration": str(ensure_exported(replace(synthetic, seed=cohort_seed(seed, "calibration")),
-                                               d / "calibration", args.calibration, args.workers)),
-        }
+            calibration=str(ensure_exported(replace(synthetic, seed=cohort_seed(seed, "calibration")),
+                                            d / "calibration", args.calibration, args.workers)),
+        )
 
-    def pretrain(up: Any) -> dict[str, Any]:
+    def pretrain(up: Any) -> dict[str, Checkpoint]:
         out = {}
         for name in ("private", "synthetic"):
-            cfg = PretrainConfig(model="visionclip-tiny", data=Path(up["cohorts"][name]), steps=args.steps,
+            cfg = PretrainConfig(model="visionclip-tiny", data=Path(getattr(up["cohorts"], name)), steps=args.steps,
                                  batch_size=args.batch_size, lr=1e-3, warmup=max(1, args.steps // 10), seed=seed,
                                  workers=args.workers)
-            ckpt = ensure_pretrained(cfg, root / "pretrain" / name)
-            out[name] = {"checkpoint": str(ckpt),
-                         "weights_sha256": models.read_checkpoint_config(ckpt)["weights_sha256"]}
+            out[name] = Checkpoint.of(ensure_pretrained(cfg, root / "pretrain" / name))
         return out
 
     def contenders(up: Any) -> dict[str, models.VisionClip]:
         if not loaded:
             loaded.update({"untrained": models.create("visionclip-tiny", seed=seed),
-                           **{name: models.load_checkpoint(e["checkpoint"]) for name, e in up["pretrain"].items()}})
+                           **{name: models.load_checkpoint(e.checkpoint) for name, e in up["pretrain"].items()}})
         return loaded
 
-    def evaluation(up: Any) -> dict[str, Any]:
-        external = Path(up["cohorts"]["external"])
-        results: dict[str, Any] = {"corpora": {name: corpus_profile(Path(up["cohorts"][name]))
-                                               for name in ("private", "synthetic")}}
+    def evaluation(up: Any) -> ResultsFile:
+        corpora: Corpora = up["cohorts"]
+        external = Path(corpora.external)
+        results: dict[str, Any] = {"corpora": {"private": corpus_profile(Path(corpora.private)),
+                                               "synthetic": corpus_profile(Path(corpora.synthetic))}}
         for name, vc in contenders(up).items():
             feats = external_feats[name] = evaluate.dir_embeddings(vc, external)
             results[name] = {mode.replace("-", "_"): [_evaluate(vc, external, task, mode, seed, feats)
                                                       for task in TASKS] for mode in ("zero-shot", "linear-probe")}
         io.write_json(root / "evaluation.json", results)
-        return {"file": str(root / "evaluation.json")}
+        return ResultsFile.of(root / "evaluation.json")
 
-    def calibration(up: Any) -> dict[str, Any]:
-        external, calibration_set = Path(up["cohorts"]["external"]), Path(up["cohorts"]["calibration"])
+    def calibration(up: Any) -> ResultsFile:
+        external, calibration_set = Path(up["cohorts"].external), Path(up["cohorts"].calibration)
         ext_records = read_metadata(external)
         labels = ([r.labels for r in read_metadata(calibration_set)], [r.labels for r in ext_records])
         patients = [patient_key(r) for r in ext_records]
@@ -135,17 +145,17 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                      external_feats[name] if name in external_feats else evaluate.dir_embeddings(vc, external))
             out[name] = [_calibrated(vc, labels, task, feats, patients) for task in TASKS]
         io.write_json(root / "calibrated.json", out)
-        return {"file": str(root / "calibrated.json")}
+        return ResultsFile.of(root / "calibrated.json")
 
     train = {"steps": args.steps, "batch_size": args.batch_size}
     done = run_stages(root, [
-        Stage("cohorts", cohorts, data_settings, dirs=(root / "data",)),
-        Stage("pretrain", pretrain, train, reads=("cohorts",), dirs=(root / "pretrain",)),
-        Stage("evaluate", evaluation, {"tasks": TASKS}, reads=("cohorts", "pretrain")),
-        Stage("calibrate", calibration, {"tasks": TASKS}, reads=("cohorts", "pretrain")),
+        Stage("cohorts", cohorts, Corpora, data_settings, dirs=(root / "data",)),
+        Stage("pretrain", pretrain, dict[str, Checkpoint], train, reads=("cohorts",), dirs=(root / "pretrain",)),
+        Stage("evaluate", evaluation, ResultsFile, {"tasks": TASKS}, reads=("cohorts", "pretrain")),
+        Stage("calibrate", calibration, ResultsFile, {"tasks": TASKS}, reads=("cohorts", "pretrain")),
     ])
-    results = json.loads(Path(done["evaluate"]["file"]).read_text())
-    for name, entries in json.loads(Path(done["calibrate"]["file"]).read_text()).items():
+    results = json.loads(Path(done["evaluate"].results).read_text())
+    for name, entries in json.loads(Path(done["calibrate"].results).read_text()).items():
         results[name]["zero_shot_calibrated"] = entries
     return results
 
