@@ -22,12 +22,18 @@ from fedclip.audits.mia import strongest_attack  # noqa: E402
 from fedclip.audits.report import Section, figure_png  # noqa: E402
 from fedclip.audits.report import render as render_audits  # noqa: E402
 from fedclip.audits.results import load_results  # noqa: E402
-from fedclip.experiments.outputs import Cohorts, Federation, ResultsFile, Synthesized  # noqa: E402
+from fedclip.experiments.outputs import (  # noqa: E402
+    Cohorts,
+    Federation,
+    GeneratorRelease,
+    ResultsFile,
+    Synthesized,
+)
 
 if TYPE_CHECKING:  # the study module imports this one
     from fedclip.experiments.study import StudyConfig
 
-FORMAT = 2  # of results.json: the report stage reruns when it changes
+FORMAT = 3  # of results.json: the report stage reruns when it changes
 
 HEADER = ["model", "pretraining data", "DP ε (ledger, per patient)", "external bal. acc. [95% CI]",
           "external AUC [95% CI]", "bal. acc. at the hospitals", "MIA AUC [95% CI] (patient)",
@@ -91,10 +97,7 @@ def build(cfg: StudyConfig, inputs: Inputs) -> dict[str, Any]:
     audits = inputs.audits
     rows: list[dict[str, Any]] = []
     corpus = inputs.synthesized.corpus
-    release = inputs.synthesized.generator
-    generator = release.privacy if release else None  # a DP release of the members' statistics
-    synthetic_dp = (f"no patient record trained it; generator statistics ε = {generator['epsilon']:g}"
-                    if generator else "not needed: no patient record trained it")
+    synthetic_dp, synthetic_short = _synthetic_dp(inputs.synthesized.generator)
     for name in ("synthetic", "private"):
         ext = _task_entry(ev[name]["external_zero_shot"], cfg.task)
         hosp = _task_entry(ev[name]["hospitals_zero_shot"], cfg.task)
@@ -103,7 +106,7 @@ def build(cfg: StudyConfig, inputs: Inputs) -> dict[str, Any]:
             "data": (f"synthetic corpus ({corpus.n} images)" if name == "synthetic"
                      else f"private cohort ({inputs.data.members.n} images)"),
             "dp": synthetic_dp if name == "synthetic" else "none (ε = ∞)",
-            "dp_short": (f"{generator['epsilon']:g} (gen.)" if generator else "-") if name == "synthetic" else "∞",
+            "dp_short": synthetic_short if name == "synthetic" else "∞",
             "ledger_epsilon": None,
             "external": {"balanced_accuracy": _metric(ext, "balanced_accuracy"), "auc": _metric(ext, "auc")},
             "hospitals_balanced_accuracy": hosp["balanced_accuracy"],
@@ -138,8 +141,23 @@ def build(cfg: StudyConfig, inputs: Inputs) -> dict[str, Any]:
     other = {kind: doc for kind in ("copying", "dejavu", "exposure") if (doc := _results(audits, kind)) is not None}
     return {"kind": "study", "format": FORMAT, "task": cfg.task, "external_hospital": cfg.external_hospital,
             "hospitals": ", ".join(cfg.hospital_names), "rows": rows, "ratios": ratios,
+            "generator_fitted": inputs.synthesized.generator is not None,
             "privacy_unit": "patient; add/remove-one patient; Opacus RDP accountant via each node's ledger",
             "summaries": _summaries(other), "config": cfglib.plain(cfg)}
+
+
+def _synthetic_dp(release: GeneratorRelease | None) -> tuple[str, str]:
+    """What the synthetic-data model's DP column may say (long, short): no patient record trained it, but
+    the corpus it trained on came from the members' statistics (exact or DP), or from outside the study."""
+    if release is None:
+        return ("not stated: a corpus brought in (study.synthetic_data); whether its generator saw patients, and "
+                "under which guarantee, is for its maker to state", "?")
+    if release.privacy is None:
+        return ("none: no patient record trained it, but its generator's statistics are exact aggregates of the "
+                "members (ε = ∞)", "∞ (gen.)")
+    eps = release.privacy["epsilon"]
+    return (f"no patient record trained it; generator statistics released with ε = {eps:g} per patient",
+            f"{eps:g} (gen.)")
 
 
 def _fed_dp(fed: Federation) -> str:
@@ -224,9 +242,13 @@ def headline_section(cfg: StudyConfig, doc: Mapping[str, Any]) -> Section:
     r = doc["ratios"]
     s.paragraphs.append(
         f"Task: {doc['task']}. External hospital: {doc['external_hospital']} (a camera never trained on). Private "
-        f"cohort at {doc['hospitals']}: members trained the real-data model, fitted the synthetic corpus's generator "
-        "and fine-tuned the federated models; held-out patients of the same hospitals never trained anything and are "
-        "the membership audits' non-members. Privacy unit: " + doc["privacy_unit"] + ".")
+        f"cohort at {doc['hospitals']}: members trained the real-data model, "
+        + ("fitted the synthetic corpus's generator " if doc["generator_fitted"] else "")
+        + "and fine-tuned the federated models; held-out patients of the same hospitals never trained anything and "
+        "are the membership audits' non-members. "
+        + ("" if doc["generator_fitted"] else "The synthetic corpus was brought in (study.synthetic_data): what its "
+           "generator learned from, and from whom, this study does not know. ")
+        + "Privacy unit: " + doc["privacy_unit"] + ".")
     eps = ", ".join(f"{k} {v:.2f}" for k, v in r["epsilon_lb_over_ledger"].items()) or "-"
     s.paragraphs.append(
         f"Synthetic ÷ real external balanced accuracy: {r['synthetic_over_private_external_balanced_accuracy']:.2f}. "

@@ -74,7 +74,7 @@ class GeneratorRelease:
     """The Med-AIGC step's released cohort statistics and how they were privatised."""
 
     statistics: str
-    privacy: dict[str, Any]
+    privacy: dict[str, Any] | None  # None: exact statistics, no DP
 
 
 @dataclass(frozen=True)
