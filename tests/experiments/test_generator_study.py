@@ -28,7 +28,7 @@ def test_the_study_runs_every_arm_writes_its_table_and_figure_and_skips_finished
     seen = []
     GeneratorStudy(TOY, tmp_path).run(on_event=lambda kind, stage, s: seen.append(kind))
     assert set(seen) == {"skip"}  # a finished study reruns nothing
-    assert outputs["report"]["figure"].endswith("copy_rate.png")
+    assert outputs["report"].figure.endswith("copy_rate.png")
 
 
 def test_with_reference_generators_the_study_adds_the_calibrated_attacks_without_retraining(tmp_path):
