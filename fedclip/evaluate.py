@@ -87,10 +87,12 @@ def image_embeddings(vc: VisionClip, images: Iterable[Image.Image | np.ndarray |
 
 # --------------------------------------------------------------------------------------- metrics
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean recall over the classes present in `y` (scikit-learn), without its warning when a prediction names a
-    class absent from `y`: on small or bootstrap samples that is the normal case, not a fault."""
+    """Mean recall over the classes present in `y` (scikit-learn), without its warnings when a prediction names a
+    class absent from `y` or when `y` and the predictions hold one class: on small or bootstrap samples that is
+    the normal case, not a fault."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", "A single label was found")
         return float(balanced_accuracy_score(y, pred))
 
 
@@ -110,8 +112,8 @@ def metrics(y: np.ndarray, scores: np.ndarray, ordinal: bool = False) -> dict[st
             p = p[:, present] / p[:, present].sum(1, keepdims=True)
             out["auc"] = float(roc_auc_score(y, p, multi_class="ovr", labels=present)) if len(present) > 2 \
                 else float(roc_auc_score(y == present[1], p[:, 1]))
-    if ordinal:
-        out["kappa"] = float(cohen_kappa_score(y, pred, weights="quadratic"))
+    if ordinal and len(np.union1d(y, pred)) >= 2:  # one class in both: kappa is 0/0 (absent, as AUC is)
+        out["kappa"] = float(cohen_kappa_score(y, pred, labels=labels, weights="quadratic"))
     return out
 
 

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,13 @@ def test_metrics_against_hand_computed_values():
     k = evaluate.metrics(grade, off_by_one, ordinal=True)["kappa"]
     assert 0.5 < k < 1.0  # near misses cost little under quadratic weights
     assert evaluate.metrics(grade, np.eye(5)[[4, 3, 2, 1, 0]], ordinal=True)["kappa"] == pytest.approx(-1.0)
+
+
+def test_one_class_in_labels_and_predictions_gives_no_undefined_metric_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's single-label and undefined-kappa warnings fail here
+        m = evaluate.metrics(np.array([2, 2, 2]), np.eye(5)[[2, 2, 2]], ordinal=True)
+    assert m == {"balanced_accuracy": 1.0, "macro_f1": 1.0}  # no AUC, no kappa: both are 0/0 on one class
 
 
 def test_bootstrap_interval_brackets_the_estimate():
