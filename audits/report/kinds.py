@@ -452,7 +452,8 @@ def _copy_pairs(doc: dict[str, Any], audit_dir: Path, n: int = 4) -> bytes | Non
 
 
 def comparison_figures(docs: list[dict[str, Any]], redact: bool) -> list[tuple[str, bytes]]:
-    """The side-by-side figures: each membership audit's strongest attack, and ε lower bounds vs claims."""
+    """The side-by-side figures: the attack each membership verdict rests on (the strongest, or the one whose
+    AUC fell significantly below chance), and ε lower bounds vs claims."""
     out = []
     mias = [d for d in docs if d["kind"] == "mia"]
     if mias:
@@ -462,9 +463,10 @@ def comparison_figures(docs: list[dict[str, Any]], redact: bool) -> list[tuple[s
             attack = _mia_verdict(d)["attack"]
             e = d["attacks"][attack][d["level"]]
             curves.append((f"{label(d, redact)} ({attack}, AUC {e['auc']:.2f})", e))
-        roc_axes(ax, curves, "strongest attack per model")
-        out.append(("ROC of the strongest attack on each model (log-log), each from the smallest false-positive "
-                    "rate its non-members resolve.", figure_png(fig)))
+        roc_axes(ax, curves, "the attack each verdict rests on")
+        out.append(("ROC of the attack each model's verdict rests on (log-log): the strongest, or the one scoring "
+                    "members significantly below chance; each from the smallest false-positive rate its "
+                    "non-members resolve.", figure_png(fig)))
     eps = [d for d in docs if d["kind"] == "epsilon"]
     if eps:
         fig, ax = plt.subplots(figsize=(4.6, 3.0))
