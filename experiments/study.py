@@ -28,6 +28,7 @@ from typing import Any
 
 from fedclip import config as cfglib
 from fedclip import evaluate, io, models
+from fedclip.audits.results import AuditError
 from fedclip.errors import FedclipError
 from fedclip.experiments import STUDIES_DIR, cohort_seed, headline
 from fedclip.experiments.outputs import (
@@ -326,7 +327,7 @@ class Study:
                 f.checkpoint, members, holdout, p, MiaConfig(attacks=at, refs=c.mia_refs, level="patient",
                                                              seed=c.seed), out)
             if fed.dp:
-                jobs[f"epsilon-{name}"] = lambda out, f=fed: _epsilon(f, c, out)
+                jobs[f"epsilon-{name}"] = lambda out, f=fed, n=name: _epsilon(f, self.root / "nodes" / n, c, out)
         if c.copying and synthesized.generator is not None:
             jobs["copying"] = lambda out: run_copying(synthesized.corpus.dir, members, holdout,
                                                       CopyingConfig(seed=c.seed), out)
@@ -420,10 +421,25 @@ def _federation_result(out: Path) -> dict[str, Any]:
             "ledger": [row.to_json() for row in s.ledger]}
 
 
-def _epsilon(fed: Federation, c: StudyConfig, out: Path) -> dict[str, Any]:
-    """The one-run white-box bound of what one hospital ran over the whole federation."""
-    from fedclip.audits.epsilon import EpsilonConfig, prepare, run_epsilon, settings_from_run
+def _epsilon(fed: Federation, nodes: Path, c: StudyConfig, out: Path) -> dict[str, Any]:
+    """The one-run white-box bound of the mechanism a hospital deployed, replayed from its own ledger (its
+    recorded rounds' noise, sampling and steps, per patient): the hospital that spent the most, so the bound
+    is set against the ledger ε the headline shows. A re-run from the federation's settings would audit
+    image-level training, not the patient-level mechanism the hospitals ran."""
+    from fedclip.audits.epsilon import EpsilonConfig, prepare_deployed, run_epsilon
 
-    base, data, ft, ledger_eps = settings_from_run(fed.run)
-    return run_epsilon(prepare(base, data, ft), EpsilonConfig(canaries=c.epsilon_canaries, seed=c.seed), out,
-                       source={"run": fed.run, "data": str(data)}, ledger_epsilon=ledger_eps)
+    clients = sorted(nodes.glob("client-*"))
+    if not clients:
+        raise AuditError(f"{nodes} holds no node state (client-K) to replay; run the study with --from federate")
+    node = max(clients, key=_spent)
+    training = prepare_deployed(fed.run, node)
+    return run_epsilon(training, EpsilonConfig(canaries=c.epsilon_canaries, seed=c.seed), out,
+                       source={"run": fed.run, "node": str(node), "data": f"the run's data, {node.name} partition"},
+                       ledger_epsilon=training.ledger_epsilon)
+
+
+def _spent(node: Path) -> float:
+    """The largest cumulative ε in a node's ledgers (0 for a node that never trained)."""
+    from fedclip.federated.ledger import read_entries
+
+    return max((e.epsilon for path in node.glob("ledger-*.jsonl") for e in read_entries(path)), default=0.0)

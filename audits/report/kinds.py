@@ -500,7 +500,8 @@ def mia_row(d: dict[str, Any], redact: bool) -> list[str]:
 
 def epsilon_row(d: dict[str, Any], redact: bool) -> list[str]:
     th = d["theoretical"]
-    return [label(d, redact), "DP fine-tuning", f"yes ({th['unit']})", f"{th['epsilon']:.2f} / -",
+    ledger = _eps_text(d["ledger_epsilon"]) if d.get("ledger_epsilon") is not None else "-"
+    return [label(d, redact), "DP fine-tuning", f"yes ({th['unit']})", f"{th['epsilon']:.2f} / {ledger}",
             f"ε audit ({d['threat']}, {d['method']})", f"ε_lb {d['epsilon_lb']:.2f}",
             f"tightness {d['tightness']:.2f}" if d.get("tightness") is not None else "-"]
 

@@ -214,3 +214,13 @@ def test_the_shipped_criteria_example_names_every_criterion():
 
     crit = read_criteria(Path(__file__).parents[2] / "docs" / "signoff-criteria.toml")
     assert set(crit["criteria"]) == set(CRITERIA) and crit["signatories"]
+
+
+def test_the_side_by_side_epsilon_row_states_the_audited_claim_and_the_nodes_ledger():
+    from fedclip.audits.report.kinds import epsilon_row
+
+    doc = {"kind": "epsilon", "name": "epsilon-fed", "threat": "white-box", "method": "one-run", "epsilon_lb": 1.7,
+           "tightness": 0.21, "theoretical": {"epsilon": 7.994, "unit": "patient"}, "ledger_epsilon": 7.999}
+    row = epsilon_row(doc, redact=True)
+    assert row[2:4] == ["yes (patient)", "7.99 / 8.00"]  # a replayed node: its accountant's ε and its ledger's
+    assert epsilon_row({**doc, "ledger_epsilon": None}, redact=True)[3] == "7.99 / -"  # a re-run has no ledger
