@@ -71,6 +71,10 @@ def test_a_shrunken_quickstart_runs_end_to_end_and_reruns_only_what_changed(tmp_
         assert 0 < rows[name]["ledger_epsilon"] <= 8.0  # spent from each study hospital's own ledger
         assert rows[name]["epsilon_lb"]["epsilon_lb"] <= rows[name]["epsilon_lb"]["theoretical"]
         assert (out / "nodes" / name / "client-0").is_dir()
+        eps = json.loads((out / "audits" / f"epsilon-{name}" / "results.json").read_text())
+        # the mechanism a hospital deployed, per patient, against its own ledger (not an image-level re-run)
+        assert eps["theoretical"]["unit"] == "patient" and "replayed from client-" in eps["theoretical"]["mechanism"]
+        assert eps["ledger_epsilon"] == pytest.approx(rows[name]["ledger_epsilon"])
     for r in rows.values():
         assert 0 <= r["mia"]["auc"]["value"] <= 1 and r["mia"]["level"] == "patient"
     mia_synthetic = json.loads((out / "audits" / "mia-synthetic" / "results.json").read_text())
