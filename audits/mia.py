@@ -111,13 +111,14 @@ def finetune_settings(fed: dict[str, Any]) -> FinetuneConfig:
     """The fine-tuning one node runs over a whole federation, in one go, from a federation's resolved
     `[federate]` table (a checkpoint's provenance or a run's config.toml: every default written out)."""
     from fedclip import config as cfglib
+    from fedclip.federated.config import FederateConfig
 
     if not isinstance(fed.get("finetune"), dict) or "rounds" not in fed:
         raise AuditError("the federation's settings have no [federate.finetune] table: it was run by an older "
                          "fedclip; federate again with this version to audit it")
-    ft = cfglib.build(FinetuneConfig, fed["finetune"], "federate.finetune")
+    federation = cfglib.build(FederateConfig, {"rounds": fed["rounds"], "finetune": fed["finetune"]}, "federate")
     # per image: the reference and canary trainers have no patient grouping (yet); results say "per image"
-    return replace(ft, epochs=ft.epochs * int(fed["rounds"]), rounds=1, unit="image")
+    return replace(federation.per_node(), unit="image")
 
 
 def run_mia(target: str | Path, members: str | Path, nonmembers: str | Path, population: str | Path | None,

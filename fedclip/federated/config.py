@@ -70,6 +70,11 @@ class FederateConfig:
         """This config with some local-training settings changed (`cfg.with_finetune(epsilon=4.0)`)."""
         return replace(self, finetune=replace(self.finetune, **changes))
 
+    def per_node(self) -> FinetuneConfig:
+        """The fine-tuning one node runs over the whole federation, in one go (every round's epochs back to
+        back): what an auditor re-runs to imitate a hospital's training."""
+        return replace(self.finetune, epochs=self.finetune.epochs * self.rounds, rounds=1)
+
     def finetune_config(self, grant: Grant, proximal_mu: float = 0.0) -> FinetuneConfig:
         """What this node runs in one round: the requested training within the node's grant."""
         return replace(self.finetune, dp=grant.dp, epsilon=grant.epsilon, delta=grant.delta, unit=grant.unit,
